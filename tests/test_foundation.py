@@ -1,0 +1,67 @@
+"""Package layout, validation helpers, CLI entry points."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from memwall.kernels import _validate as v
+from memwall.simulator import cli
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("memwall ")
+
+
+def test_info_json(capsys):
+    import json
+
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for key in ("cpu_model", "features", "numba", "numpy", "numba_threads", "kernel_paths"):
+        assert key in info
+    assert isinstance(info["features"]["avx512f"], bool)
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "memwall.simulator.cli", "--version"],
+                         capture_output=True, text=True, check=True)
+    assert "memwall" in out.stdout
+
+
+def test_as_array_dtype_and_ndim_errors():
+    with pytest.raises(TypeError, match="a: expected dtype int8, got float32"):
+        v.as_array(np.zeros((2, 2), np.float32), "a", dtype=np.int8)
+    with pytest.raises(ValueError, match="b: expected a 2-D array"):
+        v.as_array(np.zeros(3, np.int8), "b", dtype=np.int8, ndim=2)
+    with pytest.raises(TypeError, match="c: expected a numpy.ndarray, got list"):
+        v.as_array([1, 2], "c", dtype=np.int8)
+
+
+def test_as_array_copies_noncontiguous_and_negative_strides():
+    x = np.arange(24, dtype=np.int8).reshape(4, 6)
+    for view in (x[:, ::2], x[::-1], x.T):
+        out = v.as_array(view, "x", dtype=np.int8, ndim=2)
+        assert out.flags.c_contiguous
+        np.testing.assert_array_equal(out, view)
+
+
+def test_scalar_checks():
+    assert v.check_int(np.int64(3), "k", minimum=1) == 3
+    with pytest.raises(TypeError, match="k: expected an integer"):
+        v.check_int(2.0, "k")
+    with pytest.raises(ValueError, match="group_size: expected an integer >= 1, got 0"):
+        v.check_int(0, "group_size", minimum=1)
+    with pytest.raises(ValueError, match=r"sparsity: expected a value in \[0.0, 1.0\)"):
+        v.check_fraction(1.0, "sparsity", include_high=False)
+    with pytest.raises(ValueError, match="scale: expected values > 0, found 0.0"):
+        v.check_positive(np.array([1.0, 0.0]), "scale")
+    with pytest.raises(ValueError, match="scale: expected finite values, found nan"):
+        v.check_positive(np.array([np.nan]), "scale")
+    with pytest.raises(ValueError, match=r"q: expected values in \[-8, 7\], found 9 at index \(1, 0\)"):
+        v.check_range(np.array([[1, 2], [9, 0]]), "q", -8, 7)
