@@ -1,0 +1,124 @@
+"""Run the benchmarks (or read a pytest-benchmark JSON) and print the ratio table.
+
+Convention for every benchmark in this folder: a test sets ``benchmark.group`` to the case (e.g.
+``"int8_gemm 1024^3"``) and ``benchmark.extra_info["impl"]`` to who ran it (``"memwall"``, ``"numpy"``,
+``"scipy"``, ``"torch"`` ...).  Optional extra_info: ``ops`` (work per call: the table shows Gop/s),
+``bytes`` (bytes moved per call: GB/s), ``targets`` on the memwall entry (``{"numpy": 4.0}``: the speed-up
+over that impl the issue asks for; the table says whether it is met), and ``table`` (a list of row dicts,
+e.g. a crossover sweep, printed as is).  The ratio is the baseline's median time over memwall's median time
+of the same run: above 1 means memwall is faster.
+
+    python benchmarks/report.py                   # run every benchmark, print the table
+    python benchmarks/report.py -k gemm           # a subset (pytest -k)
+    python benchmarks/report.py --json out.json   # from a saved run (pytest --benchmark-json)
+    python benchmarks/report.py --markdown        # table for the README
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_benchmarks(select: str | None, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "bench.json")
+        cmd = [sys.executable, "-m", "pytest", HERE, "-q", "-p", "no:cacheprovider", "--benchmark-enable",
+               "--benchmark-only", f"--benchmark-json={out}", "-m", "", "-o", "addopts="]
+        if select:
+            cmd += ["-k", select]
+        cmd += extra
+        print("running:", " ".join(cmd), file=sys.stderr)
+        rc = subprocess.call(cmd, stdout=sys.stderr)
+        if not os.path.exists(out):
+            raise SystemExit(f"benchmarks produced no results (pytest exit {rc})")
+        with open(out, encoding="utf-8") as fh:
+            return json.load(fh)
+
+
+def summarize(data: dict) -> tuple[list[dict], list[tuple[str, list[dict]]]]:
+    groups: dict[str, dict[str, dict]] = defaultdict(dict)
+    tables = []
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info", {})
+        impl = info.get("impl", b["name"])
+        groups[b.get("group") or b["name"]][impl] = {"median": b["stats"]["median"], **info}
+        if info.get("table"):
+            tables.append((b.get("group") or b["name"], info["table"]))
+    rows = []
+    for group, impls in groups.items():
+        mine = impls.get("memwall")
+        for impl, rec in impls.items():
+            row = {"case": group, "impl": impl, "median_ms": rec["median"] * 1e3}
+            if rec.get("ops"):
+                row["Gop/s"] = rec["ops"] / rec["median"] / 1e9
+            if rec.get("bytes"):
+                row["GB/s"] = rec["bytes"] / rec["median"] / 1e9
+            if mine is not None and impl != "memwall":
+                ratio = rec["median"] / mine["median"]
+                row["memwall_speedup"] = ratio
+                target = (mine.get("targets") or {}).get(impl)
+                if target is not None:
+                    row["target"] = target
+                    row["met"] = "yes" if ratio >= target else "NO"
+            rows.append(row)
+    return rows, tables
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def print_table(rows: list[dict], markdown: bool, file=sys.stdout) -> None:
+    if not rows:
+        print("(no rows)", file=file)
+        return
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    if markdown:
+        print("| " + " | ".join(cols) + " |", file=file)
+        print("|" + "---|" * len(cols), file=file)
+        for c in cells:
+            print("| " + " | ".join(c) + " |", file=file)
+        return
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)), file=file)
+    for c in cells:
+        print("  ".join(x.ljust(w) for x, w in zip(c, widths)), file=file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-k", dest="select", help="pytest -k expression selecting benchmarks")
+    ap.add_argument("--json", dest="json_in", help="read a saved pytest-benchmark JSON instead of running")
+    ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    ap.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest")
+    args = ap.parse_args(argv)
+    if args.json_in:
+        with open(args.json_in, encoding="utf-8") as fh:
+            data = json.load(fh)
+    else:
+        data = run_benchmarks(args.select, args.pytest_args)
+    rows, tables = summarize(data)
+    machine = data.get("machine_info", {})
+    print(f"machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
+          f"threads: {os.environ.get('MEMWALL_BENCH_THREADS', 'all')}")
+    print_table(rows, args.markdown)
+    for name, table in tables:
+        print(f"\n{name}")
+        print_table(table, args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
