@@ -14,7 +14,7 @@ import importlib
 import sys
 
 #: Modules that contribute subcommands (each defines ``register(subparsers)``).
-_COMMAND_MODULES = ("_cli_kernels", "_cli_sim", "_cli_calib", "_cli_plan")
+_COMMAND_MODULES = ("_cli_kernels", "_cli_sim", "_cli_calib", "_cli_e2e", "_cli_plan")
 
 
 class UsageError(Exception):
