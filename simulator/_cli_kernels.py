@@ -13,6 +13,12 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="emit one JSON object")
     p.set_defaults(func=_formats)
 
+    p = sub.add_parser("bench", help="run the kernel benchmarks of a source checkout and print the ratio table")
+    p.add_argument("-k", dest="select", help="pytest -k expression selecting benchmarks (e.g. gemm, spmm)")
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    p.add_argument("--threads", type=int, help="threads for every library (default: all CPUs)")
+    p.set_defaults(func=_bench)
+
 
 def host_info() -> dict:
     """What ``memwall info`` reports, as a dict."""
@@ -91,3 +97,34 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
+
+
+def _find_benchmarks() -> str | None:
+    """The benchmarks/ folder of the source checkout this package was installed from (editable), or of cwd."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (os.path.dirname(here), os.getcwd()):
+        cand = os.path.join(root, "benchmarks", "report.py")
+        if os.path.exists(cand):
+            return cand
+    return None
+
+
+def _bench(args) -> int:
+    import os
+    import subprocess
+    import sys
+
+    script = _find_benchmarks()
+    if script is None:
+        raise FileNotFoundError("benchmarks/report.py not found: run `memwall bench` from a memwall source checkout")
+    env = dict(os.environ)
+    if args.threads:
+        env["MEMWALL_BENCH_THREADS"] = str(args.threads)
+    cmd = [sys.executable, script]
+    if args.select:
+        cmd += ["-k", args.select]
+    if args.markdown:
+        cmd.append("--markdown")
+    return subprocess.call(cmd, env=env)
