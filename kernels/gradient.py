@@ -1,0 +1,609 @@
+"""Gradient sparsification for data-parallel training: top-k / threshold selection, error feedback, encoding.
+
+Selection methods (:func:`topk_sparsify`)
+    ``"exact"``      the ``k`` entries of largest ``|g|``; among equal ``|g|`` the lower flat index wins.
+                     Radix select on the IEEE bit patterns of ``|g|`` (for non-negative floats the unsigned bit
+                     pattern orders like the value): one parallel pass builds a 4096-bucket histogram of the
+                     top 12 bits per chunk, one parallel pass gathers the few entries in or above the bucket
+                     holding the k-th largest, and NumPy partitions only those candidates.
+    ``"sampled"``    Deep Gradient Compression style: the threshold is estimated as the matching quantile of
+                     ``|g|`` on a seeded random sample, then every entry with ``|g| >= threshold`` is sent; the
+                     achieved ``k`` (``SparseGradient.k``) is close to, not equal to, the requested one.
+    ``"threshold"``  every entry with ``|g| >= threshold`` (``threshold=`` given).
+
+Encoding
+    :class:`SparseGradient` holds ``indices`` (int32 while the gradient has < 2**31 entries, else int64; sorted
+    ascending) and ``values`` (float32, the signed selected entries); ``nbytes`` is what goes on the wire and
+    ``compression_ratio`` = dense float32 bytes / encoded bytes.  :func:`decode` and :func:`accumulate_into`
+    scatter-add them back (duplicates add up, as when summing the messages of several workers).
+
+Error feedback (:class:`ErrorFeedback`)
+    What is not sent is kept in a residual and added to the next step's gradient, so nothing is lost:
+    after every step ``sum of decoded messages + residual == sum of gradients`` -- exactly per step (the
+    selected entries are *moved* out of the accumulator; with a float64 accumulator the float32 rounding of a
+    sent value stays in the residual), and across steps up to the accumulator's own rounding of ``residual +
+    g`` (none at all for float64 with values that add exactly).  Optional DGC momentum correction
+    accumulates velocity instead of raw gradients and masks the momentum of sent entries.
+
+Non-finite gradients (NaN, +-Inf)
+    ``nan="raise"`` (default): ``ValueError`` naming the first non-finite position; no state is changed.
+    ``nan="skip"``: non-finite entries are never selected (they count as not sent; an error-feedback residual
+    would keep them, so :class:`ErrorFeedback` only allows ``"raise"``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from ._validate import as_array, check_choice, check_fraction, check_int, check_range
+
+__all__ = [
+    "topk_sparsify",
+    "SparseGradient",
+    "decode",
+    "accumulate_into",
+    "ErrorFeedback",
+    "encoded_nbytes",
+]
+
+#: Default fraction of entries sampled by ``method="sampled"`` (DGC samples 0.1% - 1%).
+SAMPLE_RATIO = 0.01
+#: Minimum sample size of ``method="sampled"`` (the whole gradient when it is smaller).
+SAMPLE_MIN = 4096
+#: Added before flooring ``ratio * size`` (binary round-off such as 0.29 * 100 = 28.999999999999996).
+RATIO_ROUND_EPS = 1e-9
+
+_BUCKET_BITS = 12
+_NBUCKETS = 1 << _BUCKET_BITS
+_MAX_CHUNKS = 64
+_MIN_CHUNK = 1 << 15
+_METHODS = ("exact", "sampled", "threshold")
+_NAN_POLICIES = ("raise", "skip")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# key layout: |x| as an unsigned bit pattern
+# ----------------------------------------------------------------------------------------------------------
+def _key_params(dtype):
+    """(key view dtype, sign-clearing mask, bucket shift, first non-finite key) for float32 / float64."""
+    if dtype == np.float32:
+        return np.uint32, np.uint32(0x7FFFFFFF), np.uint32(31 - _BUCKET_BITS), np.uint32(0x7F800000)
+    return (np.uint64, np.uint64(0x7FFFFFFFFFFFFFFF), np.uint64(63 - _BUCKET_BITS),
+            np.uint64(0x7FF0000000000000))
+
+
+def _chunk_starts(n: int) -> np.ndarray:
+    """Fixed chunking (independent of the thread count, so results never depend on it)."""
+    nch = max(1, min(_MAX_CHUNKS, n // _MIN_CHUNK))
+    return (np.arange(nch + 1, dtype=np.int64) * n) // nch
+
+
+@njit(parallel=True, cache=True)
+def _hist_kernel(keys, absmask, shift, starts, hist):  # pragma: no cover - compiled
+    nch = starts.shape[0] - 1
+    nb = hist.shape[1]
+    for c in prange(nch):
+        # four interleaved sub-histograms break the store->load chain when neighbours share a bucket
+        h = np.zeros((4, nb), dtype=np.int64)
+        lo = starts[c]
+        hi = starts[c + 1]
+        i = lo
+        while i + 4 <= hi:
+            h[0, (keys[i] & absmask) >> shift] += 1
+            h[1, (keys[i + 1] & absmask) >> shift] += 1
+            h[2, (keys[i + 2] & absmask) >> shift] += 1
+            h[3, (keys[i + 3] & absmask) >> shift] += 1
+            i += 4
+        while i < hi:
+            h[0, (keys[i] & absmask) >> shift] += 1
+            i += 1
+        for b in range(nb):
+            hist[c, b] = h[0, b] + h[1, b] + h[2, b] + h[3, b]
+
+
+@njit(parallel=True, cache=True)
+def _gather_range_kernel(keys, absmask, shift, lo_b, hi_b, starts, offs, out_idx, out_key):  # pragma: no cover
+    """Entries whose bucket lies in [lo_b, hi_b): positions and keys, in index order per chunk."""
+    nch = starts.shape[0] - 1
+    for c in prange(nch):
+        p = offs[c]
+        for i in range(starts[c], starts[c + 1]):
+            kk = keys[i] & absmask
+            b = kk >> shift
+            if b >= lo_b and b < hi_b:
+                out_idx[p] = i
+                out_key[p] = kk
+                p += 1
+
+
+@njit(cache=True)
+def _finish_topk_kernel(cand_idx, cand_key, t, take_ties, out_idx):  # pragma: no cover - compiled
+    """Keep candidates with key > t and the first ``take_ties`` with key == t (candidates in index order)."""
+    p = 0
+    ties = 0
+    for j in range(cand_idx.shape[0]):
+        kk = cand_key[j]
+        if kk > t:
+            out_idx[p] = cand_idx[j]
+            p += 1
+        elif kk == t and ties < take_ties:
+            out_idx[p] = cand_idx[j]
+            p += 1
+            ties += 1
+    return p
+
+
+@njit(parallel=True, cache=True)
+def _count_ge_kernel(keys, absmask, t, nonfinite, starts, counts, bad):  # pragma: no cover - compiled
+    nch = starts.shape[0] - 1
+    for c in prange(nch):
+        cnt = 0
+        nb = 0
+        for i in range(starts[c], starts[c + 1]):
+            kk = keys[i] & absmask
+            if kk >= nonfinite:
+                nb += 1
+            elif kk >= t:
+                cnt += 1
+        counts[c] = cnt
+        bad[c] = nb
+
+
+@njit(parallel=True, cache=True)
+def _select_ge_kernel(keys, absmask, t, nonfinite, starts, offs, out_idx):  # pragma: no cover - compiled
+    nch = starts.shape[0] - 1
+    for c in prange(nch):
+        p = offs[c]
+        for i in range(starts[c], starts[c + 1]):
+            kk = keys[i] & absmask
+            if kk >= t and kk < nonfinite:
+                out_idx[p] = i
+                p += 1
+
+
+@njit(parallel=True, cache=True)
+def _mask_kernel(keys, absmask, t, starts, tie_offs, take_ties, out):  # pragma: no cover - compiled
+    """out[i] = key > t, or key == t among the first ``take_ties`` ties in index order."""
+    nch = starts.shape[0] - 1
+    for c in prange(nch):
+        ties = tie_offs[c]
+        for i in range(starts[c], starts[c + 1]):
+            kk = keys[i] & absmask
+            if kk > t:
+                out[i] = True
+            elif kk == t:
+                out[i] = ties < take_ties
+                ties += 1
+            else:
+                out[i] = False
+
+
+@njit(cache=True)
+def _gather_values_kernel(x, idx, out):  # pragma: no cover - compiled
+    for j in range(idx.shape[0]):
+        out[j] = x[idx[j]]
+
+
+@njit(cache=True)
+def _accumulate_kernel(dense, idx, vals):  # pragma: no cover - compiled
+    # serial on purpose: duplicate indices must add up in a fixed order (no racing scatter-adds)
+    for j in range(idx.shape[0]):
+        dense[idx[j]] += vals[j]
+
+
+def _histogram(keys, absmask, shift, starts) -> np.ndarray:
+    hist = np.empty((starts.shape[0] - 1, _NBUCKETS), dtype=np.int64)
+    _hist_kernel(keys, absmask, shift, starts, hist)
+    return hist
+
+
+def _first_nonfinite(x: np.ndarray) -> int:
+    return int(np.flatnonzero(~np.isfinite(x))[0])
+
+
+def _raise_nonfinite(x: np.ndarray, name: str):
+    bad = _first_nonfinite(x)
+    raise ValueError(f"{name}: expected finite values, found {x[bad]} at flat index {bad} "
+                     f"(pass nan='skip' to leave non-finite entries unsent)")
+
+
+def _bucket_of_kth(tot: np.ndarray, k: int) -> tuple[int, int]:
+    """Bucket holding the k-th largest key (1-based k <= tot.sum()) and the count strictly above it."""
+    cum = np.cumsum(tot[::-1])
+    j = int(np.searchsorted(cum, k))
+    b = tot.shape[0] - 1 - j
+    above = int(cum[j - 1]) if j > 0 else 0
+    return b, above
+
+
+# ----------------------------------------------------------------------------------------------------------
+# selection cores (flat, contiguous float32/float64 input; already validated)
+# ----------------------------------------------------------------------------------------------------------
+def _exact_topk(x: np.ndarray, k: int, nan: str, name: str):
+    """Indices (int64, ascending) of the k largest |x|, ties -> lower index; and the k-th largest |x|."""
+    n = x.size
+    kdt, absmask, shift, nonfinite = _key_params(x.dtype)
+    keys = x.view(kdt)
+    starts = _chunk_starts(n)
+    hist = _histogram(keys, absmask, shift, starts)
+    nf_b = int(nonfinite >> shift)
+    if hist[:, nf_b:].any():
+        if nan == "raise":
+            _raise_nonfinite(x, name)
+    tot = hist[:, :nf_b].sum(axis=0)
+    finite = int(tot.sum())
+    k = min(k, finite)
+    if k == 0:
+        return np.zeros(0, np.int64), math.nan
+    b, _ = _bucket_of_kth(tot, k)
+    counts = hist[:, b:nf_b].sum(axis=1)
+    offs = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=offs[1:])
+    ncand = int(offs[-1])
+    cand_idx = np.empty(ncand, dtype=np.int64)
+    cand_key = np.empty(ncand, dtype=kdt)
+    _gather_range_kernel(keys, absmask, shift, kdt(b), kdt(nf_b), starts, offs, cand_idx, cand_key)
+    t = np.partition(cand_key, ncand - k)[ncand - k]
+    take_ties = k - int(np.count_nonzero(cand_key > t))
+    out = np.empty(k, dtype=np.int64)
+    got = _finish_topk_kernel(cand_idx, cand_key, t, take_ties, out)
+    assert got == k
+    return out, float(np.array(t, dtype=kdt).view(x.dtype))
+
+
+def _threshold_select(x: np.ndarray, thr_key, nan: str, name: str):
+    """Indices (int64, ascending) of the entries with |x| >= the float whose bit pattern is ``thr_key``."""
+    kdt, absmask, _, nonfinite = _key_params(x.dtype)
+    keys = x.view(kdt)
+    starts = _chunk_starts(x.size)
+    nch = starts.shape[0] - 1
+    counts = np.empty(nch, dtype=np.int64)
+    bad = np.empty(nch, dtype=np.int64)
+    _count_ge_kernel(keys, absmask, kdt(thr_key), nonfinite, starts, counts, bad)
+    if nan == "raise" and bad.any():
+        _raise_nonfinite(x, name)
+    offs = np.zeros(nch + 1, dtype=np.int64)
+    np.cumsum(counts, out=offs[1:])
+    out = np.empty(int(offs[-1]), dtype=np.int64)
+    _select_ge_kernel(keys, absmask, kdt(thr_key), nonfinite, starts, offs, out)
+    return out
+
+
+def _keep_largest_mask(x: np.ndarray, keep: int) -> np.ndarray:
+    """Bool mask over the flat, finite, contiguous float array ``x``: the ``keep`` largest |x|, ties -> lower
+    index (used by :func:`memwall.kernels.prune.magnitude_mask`)."""
+    n = x.size
+    if keep <= 0:
+        return np.zeros(n, dtype=np.bool_)
+    if keep >= n:
+        return np.ones(n, dtype=np.bool_)
+    kdt, absmask, shift, _ = _key_params(x.dtype)
+    keys = x.view(kdt)
+    starts = _chunk_starts(n)
+    hist = _histogram(keys, absmask, shift, starts)
+    tot = hist.sum(axis=0)
+    b, above = _bucket_of_kth(tot, keep)
+    counts = hist[:, b]
+    offs = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=offs[1:])
+    ncand = int(offs[-1])
+    cand_idx = np.empty(ncand, dtype=np.int64)
+    cand_key = np.empty(ncand, dtype=kdt)
+    _gather_range_kernel(keys, absmask, shift, kdt(b), kdt(b + 1), starts, offs, cand_idx, cand_key)
+    need = keep - above  # 1 <= need <= ncand
+    t = np.partition(cand_key, ncand - need)[ncand - need]
+    take_ties = need - int(np.count_nonzero(cand_key > t))
+    # ties before each chunk, in index order
+    is_tie = cand_key == t
+    tie_cum = np.concatenate(([0], np.cumsum(is_tie)))
+    tie_offs = tie_cum[offs[:-1]].astype(np.int64)
+    out = np.empty(n, dtype=np.bool_)
+    _mask_kernel(keys, absmask, t, starts, tie_offs, take_ties, out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------------------
+def _index_dtype(size: int):
+    return np.int32 if size < 2**31 else np.int64
+
+
+def encoded_nbytes(size: int, k: int) -> int:
+    """Bytes of an encoded message with ``k`` entries out of ``size``: k * (index bytes + 4)."""
+    size = check_int(size, "size", minimum=0)
+    k = check_int(k, "k", minimum=0, maximum=size)
+    return k * (np.dtype(_index_dtype(size)).itemsize + 4)
+
+
+@dataclass(frozen=True)
+class SparseGradient:
+    """An encoded sparse gradient.
+
+    ``indices``: flat C-order positions, int32 (size < 2**31) or int64, ascending, no duplicates.
+    ``values``: float32, the signed selected entries. ``size`` / ``shape``: of the dense gradient.
+    ``k``: entries sent (achieved); ``requested_k``: what was asked (differs for ``"sampled"``).
+    ``threshold``: the smallest ``|g|`` that qualifies (exact: the k-th largest |g|; sampled: the estimate;
+    threshold: the given one). ``method``: how it was selected.
+    """
+
+    indices: np.ndarray
+    values: np.ndarray
+    size: int
+    shape: tuple
+    k: int
+    requested_k: int | None
+    threshold: float
+    method: str
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire: indices + values."""
+        return int(self.indices.nbytes + self.values.nbytes)
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of the dense float32 gradient."""
+        return 4 * self.size
+
+    @property
+    def density(self) -> float:
+        return self.k / self.size if self.size else 0.0
+
+    @property
+    def compression_ratio(self) -> float:
+        """dense float32 bytes / encoded bytes (inf when nothing is sent)."""
+        return self.dense_nbytes / self.nbytes if self.nbytes else math.inf
+
+    def to_dense(self) -> np.ndarray:
+        """The dense float32 gradient with only the sent entries (shape ``self.shape``)."""
+        return decode(self.indices, self.values, self.size).reshape(self.shape)
+
+
+def _gradient(g, name: str = "g") -> np.ndarray:
+    if not isinstance(g, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(g).__name__}")
+    if g.dtype == np.float16:
+        g = g.astype(np.float32)
+    return as_array(g, name, dtype=(np.float32, np.float64))
+
+
+def _resolve_k(size: int, k, ratio) -> int:
+    if (k is None) == (ratio is None):
+        raise ValueError("k, ratio: give exactly one of k (entries to send) or ratio (fraction to send)")
+    if k is not None:
+        return check_int(k, "k", minimum=1, maximum=max(size, 0)) if size else _k_empty(k)
+    ratio = check_fraction(ratio, "ratio", include_low=False)
+    if size == 0:
+        return 0
+    return max(1, min(size, int(math.floor(ratio * size + RATIO_ROUND_EPS))))
+
+
+def _k_empty(k):
+    check_int(k, "k")
+    raise ValueError(f"k: expected 1 <= k <= size, but the gradient is empty (size 0); got k={k}")
+
+
+def _select(x: np.ndarray, k: int, method: str, threshold, sample_ratio, seed, nan: str, name: str):
+    """Core of topk_sparsify on a flat contiguous float array: (int64 indices, threshold used)."""
+    if method == "exact":
+        if x.size == 0:
+            return np.zeros(0, np.int64), math.nan
+        return _exact_topk(x, k, nan, name)
+    kdt = _key_params(x.dtype)[0]
+    if method == "threshold":
+        thr = abs(float(threshold))
+        key = np.array(thr, dtype=x.dtype).view(kdt)[()]
+        return _threshold_select(x, key, nan, name), thr
+    # sampled
+    n = x.size
+    if n == 0:
+        return np.zeros(0, np.int64), math.nan
+    s = min(n, max(SAMPLE_MIN, int(math.ceil(sample_ratio * n))))
+    if s == n:
+        sample = np.abs(x)
+    else:
+        pos = np.random.default_rng(seed).integers(0, n, size=s)
+        sample = np.abs(x[pos])
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        if nan == "raise":
+            _raise_nonfinite(x, name)
+        return np.zeros(0, np.int64), math.nan
+    ks = min(finite.size, max(1, int(round(k * finite.size / n))))
+    thr = np.partition(finite, finite.size - ks)[finite.size - ks]
+    key = np.array(thr, dtype=x.dtype).view(kdt)[()]
+    return _threshold_select(x, key, nan, name), float(thr)
+
+
+def topk_sparsify(g, k: int | None = None, ratio: float | None = None, method: str = "exact", *,
+                  threshold: float | None = None, sample_ratio: float = SAMPLE_RATIO, seed=0,
+                  nan: str = "raise") -> SparseGradient:
+    """Select the entries of a gradient to send and encode them as (indices, values).
+
+    Parameters
+    ----------
+    g : float32 / float64 array, any shape (float16 is converted; others are a TypeError)
+        Positions are flat C-order indices.
+    k : int in [1, g.size], optional
+        Entries to send (``"exact"``: exactly k; ``"sampled"``: the target).
+    ratio : float in (0, 1], optional
+        Fraction to send instead of k: ``k = max(1, floor(ratio * g.size))`` (0 for an empty gradient).
+    method : "exact" | "sampled" | "threshold"
+        See the module doc. ``"threshold"`` needs ``threshold=`` and ignores k / ratio (leave them out).
+    threshold : float >= 0, only for ``method="threshold"``: send every ``|g| >= threshold``.
+    sample_ratio : float in (0, 1], fraction sampled by ``"sampled"`` (at least ``SAMPLE_MIN`` entries).
+    seed : seed or ``numpy.random.Generator`` for the sample (default 0: reproducible).
+    nan : "raise" | "skip"
+        Non-finite gradients: ``ValueError`` naming the first position, or never select those entries.
+
+    Returns
+    -------
+    SparseGradient with indices ascending (int32 while g.size < 2**31), float32 values, the achieved k,
+    ``nbytes`` and ``compression_ratio``.
+    """
+    x = _gradient(g)
+    check_choice(method, "method", _METHODS)
+    check_choice(nan, "nan", _NAN_POLICIES)
+    sample_ratio = check_fraction(sample_ratio, "sample_ratio", include_low=False)
+    if method == "threshold":
+        if threshold is None:
+            raise ValueError("threshold: method='threshold' needs threshold= (send every |g| >= threshold)")
+        if k is not None or ratio is not None:
+            raise ValueError("k, ratio: not used by method='threshold' (give threshold= only)")
+        thr = check_fraction(threshold, "threshold", high=math.inf, include_high=False)
+        kk = None
+    else:
+        if threshold is not None:
+            raise ValueError(f"threshold: only used by method='threshold', not method={method!r}")
+        kk = _resolve_k(x.size, k, ratio)
+        thr = None
+    flat = x.reshape(-1)
+    idx, used = _select(flat, kk if kk is not None else 0, method, thr, sample_ratio, seed, nan, "g")
+    vals = np.empty(idx.shape[0], dtype=np.float32)
+    if idx.size:
+        if flat.dtype == np.float32:
+            _gather_values_kernel(flat, idx, vals)
+        else:
+            vals[:] = flat[idx]
+    return SparseGradient(indices=idx.astype(_index_dtype(x.size), copy=False), values=vals, size=int(x.size),
+                          shape=tuple(x.shape), k=int(idx.shape[0]), requested_k=kk, threshold=float(used),
+                          method=method)
+
+
+def _size_arg(size) -> tuple[int, tuple]:
+    if isinstance(size, (tuple, list)):
+        shape = tuple(check_int(s, f"size[{i}]", minimum=0) for i, s in enumerate(size))
+        return int(np.prod(shape, dtype=np.int64)), shape
+    n = check_int(size, "size", minimum=0)
+    return n, (n,)
+
+
+def _sparse_args(indices, values, size: int):
+    idx = as_array(indices, "indices", ndim=1)
+    if not np.issubdtype(idx.dtype, np.integer) or idx.dtype == np.bool_:
+        raise TypeError(f"indices: expected an integer array (int32 or int64), got dtype {idx.dtype.name}")
+    vals = values
+    if isinstance(vals, np.ndarray) and vals.dtype == np.float16:
+        vals = vals.astype(np.float32)
+    vals = as_array(vals, "values", dtype=(np.float32, np.float64), ndim=1)
+    if idx.shape[0] != vals.shape[0]:
+        raise ValueError(f"indices, values: lengths differ ({idx.shape[0]} != {vals.shape[0]})")
+    check_range(idx, "indices", 0, size - 1)
+    if idx.dtype not in (np.int32, np.int64):
+        idx = idx.astype(np.int64)
+    return idx, vals
+
+
+def decode(indices, values, size) -> np.ndarray:
+    """Dense gradient from an encoded one: zeros with ``values`` added at ``indices`` (duplicates add up).
+
+    Parameters
+    ----------
+    indices : int array (any integer dtype), 1-D, each in [0, size)
+    values : float32 / float64, 1-D, same length
+    size : int, or a shape tuple for the result
+
+    Returns
+    -------
+    ndarray of ``values.dtype`` (float32 for a SparseGradient), shape ``(size,)`` or the given shape.
+    """
+    n, shape = _size_arg(size)
+    idx, vals = _sparse_args(indices, values, n)
+    out = np.zeros(n, dtype=vals.dtype)
+    if idx.size:
+        _accumulate_kernel(out, idx, vals)
+    return out.reshape(shape)
+
+
+def accumulate_into(dense, indices, values) -> np.ndarray:
+    """In place: ``dense.flat[indices] += values`` (duplicates add up, in order); returns ``dense``.
+
+    ``dense`` must be a C-contiguous, writeable float32/float64 array (any shape; flat indices).  ``values``
+    is cast to ``dense.dtype``.
+    """
+    if not isinstance(dense, np.ndarray):
+        raise TypeError(f"dense: expected a numpy.ndarray, got {type(dense).__name__}")
+    if dense.dtype not in (np.float32, np.float64):
+        raise TypeError(f"dense: expected dtype float32 or float64, got {dense.dtype.name}")
+    if not dense.flags.c_contiguous or not dense.flags.writeable:
+        raise ValueError("dense: expected a C-contiguous, writeable array (it is updated in place)")
+    idx, vals = _sparse_args(indices, values, dense.size)
+    if idx.size:
+        _accumulate_kernel(dense.reshape(-1), idx, vals.astype(dense.dtype, copy=False))
+    return dense
+
+
+class ErrorFeedback:
+    """Residual (error-feedback) accumulator for sparsified data-parallel gradients, optional DGC momentum.
+
+    Without momentum, each :meth:`step` forms ``acc = residual + g``, selects from ``|acc|``, sends the
+    selected entries as float32 and keeps everything else -- including, for a float64 accumulator, the float32
+    rounding of the sent values -- as the new residual.  Hence after each step
+    ``decode(sent) + residual == acc`` exactly, and over T steps ``sum(sent) + residual == sum(g)`` up to the
+    rounding of the T additions ``residual + g`` in the accumulator dtype.
+
+    With ``momentum=m`` (Deep Gradient Compression, Lin et al. 2018): ``u = m*u + g``; ``v = v + u``;
+    select from ``|v|``; send ``v`` there; zero ``v`` (moved to the message) and ``u`` (momentum factor
+    masking) at the sent positions. The invariant then reads ``sum(sent) + residual == sum(u_t)``.
+
+    Parameters
+    ----------
+    shape : int or tuple, the gradient's shape
+    dtype : float32 (default) or float64, the accumulator dtype
+    momentum : float in [0, 1) or None
+    """
+
+    def __init__(self, shape, *, dtype=np.float32, momentum: float | None = None):
+        _, self.shape = _size_arg(shape)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {self.dtype.name}")
+        self.momentum = None if momentum is None else check_fraction(momentum, "momentum", include_high=False)
+        self.residual = np.zeros(self.shape, dtype=self.dtype)
+        self._scratch = np.zeros(self.shape, dtype=self.dtype)
+        self.velocity = None if momentum is None else np.zeros(self.shape, dtype=self.dtype)
+        self._scratch_u = None if momentum is None else np.zeros(self.shape, dtype=self.dtype)
+        self.steps = 0
+
+    def reset(self) -> None:
+        """Forget the residual (and momentum)."""
+        self.residual[...] = 0
+        if self.velocity is not None:
+            self.velocity[...] = 0
+        self.steps = 0
+
+    def step(self, g, k: int | None = None, ratio: float | None = None, method: str = "exact", **kw) -> SparseGradient:
+        """Add ``g`` to the accumulator, select with :func:`topk_sparsify` (same ``k`` / ``ratio`` /
+        ``method`` / ``threshold`` / ``sample_ratio`` / ``seed`` arguments), move the sent entries out of
+        the accumulator and return the message. Non-finite ``g`` raises ``ValueError`` and changes nothing."""
+        if kw.get("nan", "raise") != "raise":
+            raise ValueError("nan: ErrorFeedback only supports nan='raise' (a residual cannot keep NaN)")
+        x = _gradient(g)
+        if x.shape != self.shape:
+            raise ValueError(f"g: expected shape {self.shape} (the accumulator's), got {x.shape}")
+        if self.momentum is None:
+            acc = self._scratch
+            np.add(self.residual, x, out=acc)
+        else:
+            u = self._scratch_u
+            np.multiply(self.velocity, self.momentum, out=u)
+            u += x
+            acc = self._scratch
+            np.add(self.residual, u, out=acc)
+        msg = topk_sparsify(acc, k=k, ratio=ratio, method=method, **kw)  # raises before any state change
+        flat = acc.reshape(-1)
+        idx = msg.indices
+        if self.dtype == np.float32:
+            flat[idx] = 0
+        else:
+            flat[idx] -= msg.values.astype(np.float64)  # exact (Sterbenz): keeps the float32 rounding error
+        self._scratch, self.residual = self.residual, acc
+        if self.momentum is not None:
+            u.reshape(-1)[idx] = 0
+            self._scratch_u, self.velocity = self.velocity, u
+        self.steps += 1
+        return msg
