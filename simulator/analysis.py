@@ -1,0 +1,682 @@
+"""Analyses built on the per-op cost model: whole-model totals, format crossovers, the memory-wall trend.
+
+* :func:`estimate_model` — one pass of a zoo model (prefill / decode / a CNN forward pass) on a device under
+  a compression config: total time, tokens/s, time to first token, energy per token or per image, speedup
+  against a baseline, and a per-layer list (ops, bytes, time, bound, energy).
+* :func:`format_crossover` — for one GEMM shape on one device, the sparsity at which each sparse format
+  (CSR, BSR, channel pruning; N:M at its fixed ratio) starts to beat dense, dense INT8 and dense INT4.
+* :func:`memory_wall_trend` — peak compute, DRAM bandwidth and ridge point (ops per byte) across GPU
+  generations (P100 -> V100 -> A100 -> H100) and the fraction of a model's layers that are memory-bound on
+  each.
+* :func:`compression_table` — the table behind ``memwall report``: one model on one device under a list of
+  compression options.
+
+Conventions.  The kernels of a pass run one after another, so times and energies add.  Layers whose
+compression does not fit their shape (an N:M group that does not divide K, a group size that does not
+divide K, a block that does not divide the weight) fall back to the nearest config that fits — dense
+storage with the same dtypes, then per-channel scales — and say so in ``notes``; a config that fits no layer
+at all is an error.  Activation x activation products (attention) and memory ops keep the activation dtype
+and dense storage.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from ..kernels._validate import check_int
+from .ops import GemmOp, MemoryOp
+from .workload import Model, Step
+
+__all__ = [
+    "LayerResult",
+    "ModelEstimate",
+    "Crossover",
+    "TrendPoint",
+    "estimate_model",
+    "format_crossover",
+    "memory_wall_trend",
+    "compression_table",
+    "make_compression",
+    "baseline_for",
+    "bound_class",
+    "TREND_DEVICES",
+    "REPORT_OPTIONS",
+    "CROSSOVER_FORMATS",
+    "roofline_points",
+]
+
+#: GPU generations of the memory-wall trend, oldest first.
+TREND_DEVICES = ("p100", "v100", "a100-40gb", "h100-sxm")
+
+#: The compression options of ``memwall report``: (label, options for :func:`make_compression`).
+#: Unset dtypes inherit the device baseline's (FP16 on GPUs, FP32 on CPUs).
+REPORT_OPTIONS = (
+    ("baseline", {}),
+    ("int8 w8a16", {"weights": "int8"}),
+    ("int8 w8a8", {"weights": "int8", "acts": "int8"}),
+    ("int4 g128 w4a16", {"weights": "int4", "group": 128}),
+    ("fp8 w8a8", {"weights": "fp8", "acts": "fp8"}),
+    ("2:4", {"format": "nm:2:4"}),
+    ("2:4 + int8 w8a8", {"format": "nm:2:4", "weights": "int8", "acts": "int8"}),
+    ("csr 90%", {"format": "csr", "sparsity": 0.9}),
+    ("bsr 16x16 75%", {"format": "bsr:16x16", "sparsity": 0.75}),
+    ("channel 50%", {"format": "channel", "sparsity": 0.5}),
+)
+
+#: Sparse formats compared by :func:`format_crossover` by default.
+CROSSOVER_FORMATS = ("csr", "bsr:16x16", "bsr:32x32", "channel", "nm:2:4")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _load_device(device):
+    from .devices import load_device
+
+    return load_device(device)
+
+
+def _load_model(model) -> Model:
+    if isinstance(model, Model):
+        return model
+    from .zoo import load_model
+
+    return load_model(model)
+
+
+def baseline_for(device):
+    """The default baseline of ``device``: dense FP16 weights and activations on GPUs, FP32 on CPUs."""
+    from . import roofline
+
+    device = _load_device(device)
+    fn = getattr(roofline, "default_baseline", None)
+    if fn is not None:
+        return fn(device)
+    from .compression import Compression
+
+    dt = "fp16" if device.kind == "gpu" else "fp32"
+    return Compression(weights=dt, acts=dt)
+
+
+def make_compression(weights=None, acts=None, group=None, format="dense", sparsity=None, *, device=None,
+                     base=None):
+    """A validated ``Compression`` from CLI-style options.
+
+    ``weights`` / ``acts`` left as ``None`` inherit ``base`` (default: the baseline of ``device``; FP16 when no
+    device is given).  ``format`` is ``dense``, ``csr``, ``bsr:RxC``, ``nm:N:M`` or ``channel``; ``sparsity``
+    in [0, 1) (N:M formats imply theirs)."""
+    from .compression import Compression
+
+    if base is None:
+        base = baseline_for(device) if device is not None else None
+    w = weights if weights is not None else (base.weights if base is not None else "fp16")
+    a = acts if acts is not None else (base.acts if base is not None else "fp16")
+    kw = dict(weights=w, acts=a, group=group, format=format or "dense")
+    if sparsity is not None:
+        kw["sparsity"] = sparsity
+    return Compression.parse(**kw)
+
+
+def _dense(comp, keep_group: bool = True):
+    """``comp`` with dense storage (same dtypes)."""
+    kw = dict(format="dense", sparsity=0.0, block=None, n=None, m=None)
+    if not keep_group:
+        kw["group_size"] = None
+    return replace(comp, **kw)
+
+
+def _label(comp) -> str:
+    return getattr(comp, "label", None) or str(comp)
+
+
+def bound_class(bound: str, device) -> str:
+    """``memory`` when ``bound`` names a memory level of ``device``, ``compute`` when it names a compute unit,
+    else ``overhead`` (kernel launch / fixed cost)."""
+    b = str(bound).lower()
+    levels = [lv.name.lower() for lv in device.memory_levels]
+    if b in levels or any(b.startswith(lv) for lv in levels):
+        return "memory"
+    units = [u.lower() for u in getattr(device, "units", {})] or ["tensor", "vector"]
+    if any(b.startswith(u) for u in units) or b in ("compute", "matrix", "dequant"):
+        return "compute"
+    return "overhead"
+
+
+class _Estimator:
+    """Per-op estimates of one device, memoised on (shape, config): a model repeats a few op shapes many
+    times (every transformer block is the same), so a whole model costs a handful of estimates."""
+
+    def __init__(self, device, warm: bool):
+        from . import roofline
+
+        self.device = device
+        self.warm = warm
+        self._estimate = roofline.estimate
+        self._cache: dict = {}
+
+    def __call__(self, op, comp):
+        key = (replace(op, name=""), comp)
+        hit = self._cache.get(key)
+        if hit is None:
+            try:
+                hit = self._estimate(self.device, key[0], comp, warm=self.warm, baseline=comp)
+            except ValueError as exc:
+                hit = exc
+            self._cache[key] = hit
+        if isinstance(hit, Exception):
+            raise hit
+        return hit
+
+    def fitting(self, op, comp):
+        """(estimate, config used, note or None) with the fallbacks of the module doc."""
+        if isinstance(op, GemmOp) and not op.weight_operand:
+            c = _dense(comp, keep_group=False)
+            return self(op, c), c, None
+        if isinstance(op, MemoryOp):
+            candidates = [_dense(comp), _dense(comp, keep_group=False)]
+        else:
+            candidates = [comp]
+            if getattr(comp, "format", "dense") != "dense":
+                candidates.append(_dense(comp))
+            if getattr(comp, "group_size", None):
+                candidates.append(_dense(comp, keep_group=False))
+        first = None
+        for c in dict.fromkeys(candidates):  # ordered, unique
+            try:
+                est = self(op, c)
+            except ValueError as exc:
+                first = first or exc
+                continue
+            note = None
+            if c is not candidates[0] and isinstance(op, GemmOp):
+                note = f"{op.name}: {_label(comp)} does not fit ({first}); ran {_label(c)}"
+            return est, c, note
+        raise ValueError(f"{op.name}: {first}") from None
+
+
+# ---------------------------------------------------------------------------------------- model totals
+@dataclass(frozen=True)
+class LayerResult:
+    """One layer of a model estimate (the sum over its ops)."""
+
+    name: str
+    kind: str
+    params: int
+    ops: float
+    macs: int
+    bytes_by_level: dict
+    time_s: float
+    baseline_time_s: float
+    bound: str
+    bound_class: str
+    energy_j: float
+    compression: str
+    notes: tuple = ()
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_time_s / self.time_s if self.time_s > 0 else 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "kind": self.kind, "params": self.params, "ops": self.ops, "macs": self.macs,
+            "bytes_by_level": dict(self.bytes_by_level), "time_s": self.time_s,
+            "baseline_time_s": self.baseline_time_s, "speedup": self.speedup, "bound": self.bound,
+            "bound_class": self.bound_class, "energy_j": self.energy_j, "compression": self.compression,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class ModelEstimate:
+    """Totals of one pass of a model on a device (see :func:`estimate_model`)."""
+
+    model: str
+    family: str
+    device: str
+    phase: str
+    step: Step
+    compression: str
+    baseline: str
+    params: int
+    macs: int
+    ops: float
+    time_s: float
+    baseline_time_s: float
+    energy_j: float
+    baseline_energy_j: float
+    energy_by_component: dict
+    bytes_by_level: dict
+    time_by_bound: dict
+    layers: tuple
+    notes: tuple = ()
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_time_s / self.time_s if self.time_s > 0 else 1.0
+
+    @property
+    def tokens(self) -> int:
+        """Tokens processed (prefill, encoders) or generated (decode) in this pass; images for a CNN."""
+        return self.step.tokens
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self.family == "cnn":
+            return None
+        return self.tokens / self.time_s
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Time to first token: the prefill pass of a decoder."""
+        return self.time_s if (self.family == "decoder" and self.phase == "prefill") else None
+
+    @property
+    def energy_per_token_j(self) -> float | None:
+        return None if self.family == "cnn" else self.energy_j / self.tokens
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.step.batch / self.time_s if self.family == "cnn" else None
+
+    @property
+    def energy_per_image_j(self) -> float | None:
+        return self.energy_j / self.step.batch if self.family == "cnn" else None
+
+    @property
+    def bound(self) -> str:
+        """The bound class that takes most of the time (memory, compute or overhead)."""
+        return max(self.time_by_bound, key=self.time_by_bound.get) if self.time_by_bound else "overhead"
+
+    @property
+    def memory_bound_fraction(self) -> float:
+        """Fraction of the layers (that run ops) whose time is set by a memory level."""
+        if not self.layers:
+            return 0.0
+        return sum(l.bound_class == "memory" for l in self.layers) / len(self.layers)
+
+    def to_dict(self, layers: bool = True) -> dict:
+        d = {
+            "model": self.model, "family": self.family, "device": self.device, "phase": self.phase,
+            "batch": self.step.batch, "seq": self.step.seq, "context": self.step.context,
+            "compression": self.compression, "baseline": self.baseline, "params": self.params,
+            "macs": self.macs, "ops": self.ops, "time_s": self.time_s, "baseline_time_s": self.baseline_time_s,
+            "speedup": self.speedup, "bound": self.bound, "time_by_bound": dict(self.time_by_bound),
+            "memory_bound_layer_fraction": self.memory_bound_fraction,
+            "energy_j": self.energy_j, "baseline_energy_j": self.baseline_energy_j,
+            "energy_by_component": dict(self.energy_by_component), "bytes_by_level": dict(self.bytes_by_level),
+            "tokens": self.tokens, "tokens_per_s": self.tokens_per_s, "ttft_s": self.ttft_s,
+            "energy_per_token_j": self.energy_per_token_j, "images_per_s": self.images_per_s,
+            "energy_per_image_j": self.energy_per_image_j, "notes": list(self.notes),
+        }
+        if layers:
+            d["layers"] = [l.to_dict() for l in self.layers]
+        return d
+
+
+def _add(into: dict, other) -> None:
+    for k, v in dict(other).items():
+        into[k] = into.get(k, 0.0) + float(v)
+
+
+def estimate_model(model, device, comp=None, *, batch: int = 1, seq: int | None = None, phase: str = "prefill",
+                   context: int | None = None, baseline=None, warm: bool = False, _estimator=None) -> ModelEstimate:
+    """Estimate one pass of ``model`` on ``device``.
+
+    Parameters
+    ----------
+    model : str or Model
+        A zoo id (see :func:`memwall.simulator.zoo.list_models`) or a :class:`~.workload.Model`.
+    device : str or Device
+        A device id, ``host``, a TOML path, or a loaded device.
+    comp : Compression, dict, or None
+        The config of every layer, or a dict layer name -> config (layers not named run ``baseline``).
+        ``None``: the baseline.
+    batch, seq, phase, context
+        The pass (see :meth:`~.workload.Model.step`): prefill of ``seq`` prompt tokens, or one decode step
+        against ``context`` cached tokens; CNNs: a batch of images.
+    baseline : Compression or None
+        What ``speedup`` compares with (default: dense FP16 on GPUs, dense FP32 on CPUs).
+    warm : bool
+        Weights already resident in a cache that holds them (see ``roofline.estimate``).
+
+    Returns
+    -------
+    ModelEstimate
+        Totals, per-phase rates (``tokens_per_s``, ``ttft_s``, energy per token / image) and ``layers``.
+    """
+    model = _load_model(model)
+    device = _load_device(device)
+    step = model.step(batch=batch, seq=seq, phase=phase, context=context)
+    est = _estimator if _estimator is not None else _Estimator(device, warm)
+    base = baseline if baseline is not None else baseline_for(device)
+    per_layer = isinstance(comp, dict)
+    if per_layer:
+        names = {l.name for l in model.layers}
+        unknown = sorted(set(comp) - names)
+        if unknown:
+            raise ValueError(f"{model.name}: unknown layer name(s) {', '.join(unknown[:5])}")
+    default = base if (comp is None or per_layer) else comp
+
+    layers, notes = [], []
+    energy_comp: dict = {}
+    bytes_lv: dict = {}
+    time_bound: dict = {}
+    total_t = total_bt = total_e = total_be = total_ops = 0.0
+    total_macs = 0
+    weight_ops = fallbacks = 0
+    first_fallback = None
+    for layer, ops in model.layer_ops(step):
+        if not ops:
+            continue
+        c = comp.get(layer.name, default) if per_layer else default
+        t = bt = e = o = 0.0
+        macs = 0
+        lv: dict = {}
+        lnotes = []
+        worst, worst_t = None, -1.0
+        used = c
+        for op in ops:
+            r, used_op, note = est.fitting(op, c)
+            b, _, _ = est.fitting(op, base)
+            if isinstance(op, GemmOp) and op.weight_operand:
+                weight_ops += 1
+                if note:
+                    fallbacks += 1
+                    first_fallback = first_fallback or note
+                    used = used_op
+            if note:
+                lnotes.append(note)
+            t += r.time_s
+            bt += b.time_s
+            e += r.energy_j
+            total_be += b.energy_j
+            o += float(r.ops)
+            macs += op.macs if isinstance(op, GemmOp) else 0
+            _add(lv, r.bytes_by_level)
+            _add(energy_comp, r.energy_by_component)
+            for n in getattr(r, "notes", ()):
+                lnotes.append(f"{op.name}: {n}")
+            if r.time_s > worst_t:
+                worst, worst_t = r, r.time_s
+        cls = bound_class(worst.bound, device)
+        time_bound[cls] = time_bound.get(cls, 0.0) + t
+        layers.append(LayerResult(layer.name, layer.kind, layer.params, o, macs, lv, t, bt, worst.bound, cls, e,
+                                  _label(used), tuple(dict.fromkeys(lnotes))))
+        notes += [n for n in lnotes if n not in notes]
+        total_t += t
+        total_bt += bt
+        total_e += e
+        total_ops += o
+        total_macs += macs
+        _add(bytes_lv, lv)
+    if comp is not None and not per_layer and weight_ops and fallbacks == weight_ops and c != base:
+        raise ValueError(f"{_label(comp)} fits no layer of {model.name}: {first_fallback}")
+    summary = []
+    if fallbacks:
+        summary.append(f"{fallbacks} of {weight_ops} weight GEMMs could not use the requested config "
+                       "(see the per-layer notes)")
+    return ModelEstimate(
+        model=model.name, family=model.family, device=device.id, phase=phase, step=step,
+        compression="per-layer" if per_layer else _label(default), baseline=_label(base), params=model.params,
+        macs=total_macs, ops=total_ops, time_s=total_t, baseline_time_s=total_bt, energy_j=total_e,
+        baseline_energy_j=total_be, energy_by_component=energy_comp, bytes_by_level=bytes_lv,
+        time_by_bound=time_bound, layers=tuple(layers), notes=tuple(summary + _condense(notes)),
+    )
+
+
+def _condense(notes: list, limit: int = 12) -> list:
+    """Notes without the per-op prefix, each once (a transformer repeats the same note per block)."""
+    seen: dict = {}
+    for n in notes:
+        body = n.split(": ", 1)[1] if ": " in n else n
+        seen.setdefault(body, 0)
+        seen[body] += 1
+    out = [f"{b} (x{c})" if c > 1 else b for b, c in seen.items()]
+    return out[:limit]
+
+
+# ---------------------------------------------------------------------------------------- crossover
+@dataclass(frozen=True)
+class Crossover:
+    """Where a sparse format starts to beat a dense config on one GEMM shape.
+
+    ``sparsity`` is the smallest sparsity from which the format is faster than ``target`` all the way up to
+    ``max_sparsity`` (``None``: it never is; N:M formats have one fixed sparsity)."""
+
+    format: str
+    values: str
+    target: str
+    target_time_s: float
+    sparsity: float | None
+    time_s: float | None
+    max_sparsity: float
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "values": self.values, "target": self.target,
+                "target_time_s": self.target_time_s, "sparsity": self.sparsity, "time_s": self.time_s,
+                "max_sparsity": self.max_sparsity, "note": self.note}
+
+
+def _targets(device, k, weights, acts, names):
+    out = []
+    for t in names:
+        if t == "dense":
+            out.append(("dense " + weights, dict(weights=weights, acts=acts)))
+        elif t == "int8":
+            out.append(("dense int8", dict(weights="int8", acts=acts)))
+        elif t == "int4":
+            g = 128 if k % 128 == 0 else None
+            out.append(("dense int4" + (" g128" if g else ""), dict(weights="int4", acts=acts, group=g)))
+        else:
+            raise ValueError(f"crossover target {t!r}: expected dense, int8 or int4")
+    return out
+
+
+def _sweep_times(device, op, fmt, weights, acts, sparsities, warm):
+    """Times of ``op`` under ``fmt`` at each sparsity (vectorized when the cost model offers an array path)."""
+    from . import roofline
+
+    times = []
+    for s in sparsities:
+        comp = make_compression(weights=weights, acts=acts, format=fmt, sparsity=float(s))
+        times.append(roofline.estimate(device, op, comp, warm=warm, baseline=comp).time_s)
+    return times
+
+
+def format_crossover(device, m: int, n: int, k: int, *, formats=None, weights: str | None = None,
+                     acts: str | None = None, targets=("dense", "int8", "int4"), warm: bool = False,
+                     max_sparsity: float = 0.99, grid: int = 100, tol: float = 1e-3) -> list[Crossover]:
+    """For an (m x k) @ (k x n) layer (weights n x k) on ``device``: the sparsity at which each format beats
+    each dense target.
+
+    Parameters
+    ----------
+    formats : sequence of str
+        Sparse formats (default :data:`CROSSOVER_FORMATS`): ``csr``, ``bsr:RxC``, ``channel``, ``nm:N:M``.
+    weights, acts : str
+        dtypes of the sparse values and of the activations (default: the device baseline's).
+    targets : sequence of ``dense``, ``int8``, ``int4``
+        Dense configs to beat: dense at ``weights``; INT8 weights; INT4 weights (group 128 when it divides K).
+    max_sparsity, grid, tol
+        The sweep runs over ``grid`` sparsities in [0, max_sparsity], then bisects to ``tol``.
+
+    Returns
+    -------
+    list of Crossover
+        One per (format, target).  Configs the device or shape cannot run are reported with ``sparsity=None``
+        and the reason in ``note``.
+    """
+    from . import roofline
+
+    device = _load_device(device)
+    op = GemmOp("gemm", m=check_int(m, "m", minimum=1), n=check_int(n, "n", minimum=1),
+                k=check_int(k, "k", minimum=1))
+    base = baseline_for(device)
+    weights = weights or base.weights
+    acts = acts or base.acts
+    max_sparsity = float(max_sparsity)
+    if not 0.0 < max_sparsity < 1.0:
+        raise ValueError(f"max_sparsity: expected a value in (0, 1), got {max_sparsity}")
+    formats = tuple(formats) if formats else CROSSOVER_FORMATS
+    tgt = []
+    for label, kw in _targets(device, k, weights, acts, targets):
+        try:
+            c = make_compression(**kw)
+            tgt.append((label, roofline.estimate(device, op, c, warm=warm, baseline=c).time_s, None))
+        except ValueError as exc:
+            tgt.append((label, math.nan, str(exc)))
+    out: list[Crossover] = []
+    for fmt in formats:
+        fixed = fmt.startswith("nm")
+        try:
+            if fixed:
+                comp = make_compression(weights=weights, acts=acts, format=fmt)
+                s_fixed = float(comp.sparsity)
+                times = [roofline.estimate(device, op, comp, warm=warm, baseline=comp).time_s]
+            else:
+                grid_s = [max_sparsity * i / (grid - 1) for i in range(grid)]
+                times = _sweep_times(device, op, fmt, weights, acts, grid_s, warm)
+        except ValueError as exc:
+            for label, tt, _ in tgt:
+                out.append(Crossover(fmt, weights, label, tt, None, None, max_sparsity, f"not applicable: {exc}"))
+            continue
+        for label, tt, err in tgt:
+            if err is not None:
+                out.append(Crossover(fmt, weights, label, tt, None, None, max_sparsity, f"target n/a: {err}"))
+                continue
+            if fixed:
+                ok = times[0] < tt
+                out.append(Crossover(fmt, weights, label, tt, s_fixed if ok else None, times[0], max_sparsity,
+                                     "fixed sparsity" + ("" if ok else f": {times[0] / tt:.2f}x the target time")))
+                continue
+            # smallest grid index from which every time is below the target
+            i = len(times)
+            while i > 0 and times[i - 1] < tt:
+                i -= 1
+            if i == len(times):
+                out.append(Crossover(fmt, weights, label, tt, None, None, max_sparsity,
+                                     f"never faster up to sparsity {max_sparsity:g} "
+                                     f"({times[-1] / tt:.2f}x the target time there)"))
+                continue
+            if i == 0:
+                out.append(Crossover(fmt, weights, label, tt, 0.0, times[0], max_sparsity, "faster at any sparsity"))
+                continue
+            lo, hi = grid_s[i - 1], grid_s[i]
+            t_hi = times[i]
+            while hi - lo > tol:
+                mid = 0.5 * (lo + hi)
+                t_mid = _sweep_times(device, op, fmt, weights, acts, [mid], warm)[0]
+                if t_mid < tt:
+                    hi, t_hi = mid, t_mid
+                else:
+                    lo = mid
+            out.append(Crossover(fmt, weights, label, tt, hi, t_hi, max_sparsity))
+    return out
+
+
+# ------------------------------------------------------------------------------------ memory-wall trend
+@dataclass(frozen=True)
+class TrendPoint:
+    """One device of the memory-wall trend."""
+
+    device: str
+    name: str
+    dtype: str
+    peak_ops_per_s: float
+    dram_bandwidth: float
+    ridge_ops_per_byte: float
+    model: str
+    layers: int
+    memory_bound_layers: int
+    memory_bound_time_fraction: float
+    time_s: float
+
+    @property
+    def memory_bound_fraction(self) -> float:
+        return self.memory_bound_layers / self.layers if self.layers else 0.0
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "name": self.name, "dtype": self.dtype,
+                "peak_ops_per_s": self.peak_ops_per_s, "dram_bandwidth": self.dram_bandwidth,
+                "ridge_ops_per_byte": self.ridge_ops_per_byte, "model": self.model, "layers": self.layers,
+                "memory_bound_layers": self.memory_bound_layers,
+                "memory_bound_fraction": self.memory_bound_fraction,
+                "memory_bound_time_fraction": self.memory_bound_time_fraction, "time_s": self.time_s}
+
+
+def memory_wall_trend(devices=TREND_DEVICES, *, model="resnet50", dtype: str = "fp16", batch: int = 1,
+                      seq: int | None = None, phase: str = "prefill", context: int | None = None, comp=None,
+                      warm: bool = False) -> list[TrendPoint]:
+    """Peak ``dtype`` compute, DRAM bandwidth and ridge point (peak / bandwidth, ops per byte) per device, and
+    how many layers of ``model`` are memory-bound on each (under ``comp``, default each device's baseline).
+
+    Compute grows faster than bandwidth from one GPU generation to the next, so the ridge point climbs and
+    a layer of fixed arithmetic intensity slides under the memory roof."""
+    model = _load_model(model)
+    out = []
+    for d in devices:
+        dev = _load_device(d)
+        est = estimate_model(model, dev, comp, batch=batch, seq=seq, phase=phase, context=context, warm=warm)
+        peak = dev.peak(dtype)
+        mem_t = est.time_by_bound.get("memory", 0.0)
+        out.append(TrendPoint(dev.id, dev.name, dtype, peak, dev.dram_bandwidth, peak / dev.dram_bandwidth,
+                              model.name, len(est.layers), sum(l.bound_class == "memory" for l in est.layers),
+                              mem_t / est.time_s if est.time_s else 0.0, est.time_s))
+    return out
+
+
+# ------------------------------------------------------------------------------------ compression table
+def compression_table(model, device, options=REPORT_OPTIONS, *, batch: int = 1, seq: int | None = None,
+                      phase: str = "prefill", context: int | None = None, baseline=None,
+                      warm: bool = False) -> list[dict]:
+    """``model`` on ``device`` under each ``(label, make_compression options)`` of ``options``.
+
+    Returns one dict per option: ``option``, ``compression``, ``time_s``, ``speedup``, ``bound``,
+    ``energy_j``, ``energy_per_unit_j`` and ``unit`` (token or image), ``tokens_per_s``, ``notes``; an option
+    the device cannot run has ``error`` set and ``None`` figures."""
+    model = _load_model(model)
+    device = _load_device(device)
+    base = baseline if baseline is not None else baseline_for(device)
+    est = _Estimator(device, warm)
+    rows = []
+    for label, kw in options:
+        row = {"model": model.name, "device": device.id, "option": label, "compression": None, "time_s": None,
+               "speedup": None, "bound": None, "energy_j": None, "energy_per_unit_j": None,
+               "unit": "image" if model.family == "cnn" else "token", "tokens_per_s": None, "notes": [],
+               "error": None}
+        try:
+            comp = make_compression(base=base, **kw)
+            r = estimate_model(model, device, comp, batch=batch, seq=seq, phase=phase, context=context,
+                               baseline=base, warm=warm, _estimator=est)
+        except ValueError as exc:
+            row["error"] = str(exc)
+            rows.append(row)
+            continue
+        row.update(compression=r.compression, time_s=r.time_s, speedup=r.speedup, bound=r.bound,
+                   energy_j=r.energy_j, tokens_per_s=r.tokens_per_s,
+                   energy_per_unit_j=r.energy_per_image_j if model.family == "cnn" else r.energy_per_token_j,
+                   notes=list(r.notes), phase=r.phase, batch=r.step.batch, seq=r.step.seq, context=r.step.context)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- roofline points
+def roofline_points(model, device, variants, *, batch: int = 1, seq: int | None = None, phase: str = "prefill",
+                    context: int | None = None, warm: bool = False) -> list[dict]:
+    """Points of a roofline plot: one per layer of ``model`` and per ``(label, Compression)`` of
+    ``variants``, with ``intensity`` (ops per DRAM byte) and ``perf`` (achieved ops/s)."""
+    model = _load_model(model)
+    device = _load_device(device)
+    dram = device.memory_levels[-1].name
+    est = _Estimator(device, warm)
+    pts = []
+    for label, comp in variants:
+        r = estimate_model(model, device, comp, batch=batch, seq=seq, phase=phase, context=context, warm=warm,
+                           _estimator=est)
+        for l in r.layers:
+            b = l.bytes_by_level.get(dram) or (max(l.bytes_by_level.values()) if l.bytes_by_level else 0.0)
+            if l.time_s <= 0 or b <= 0 or l.ops <= 0:
+                continue
+            pts.append({"device": device.id, "variant": label, "layer": l.name, "kind": l.kind,
+                        "intensity": l.ops / b, "perf": l.ops / l.time_s, "bound": l.bound})
+    return pts
