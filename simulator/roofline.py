@@ -1,0 +1,865 @@
+"""Roofline cost model over the memory hierarchy: time per roof, bound, energy, speedup — vectorized.
+
+One formula set (:func:`_gemm_core`, :func:`_memory_core`) runs on NumPy arrays of configurations; the scalar
+:func:`estimate` and :func:`estimate_ops` call the same code on batches and wrap the rows into explained
+:class:`Estimate` records, so the scalar and vector paths agree by construction (and a test checks it).
+
+The model of a GEMM ``count x (m x k) @ (k x n)`` whose (n x k) weight is compressed by a
+:class:`~memwall.simulator.compression.Compression`:
+
+Compute dtype and units
+    The compute dtype is the wider of weights and activations (same width, different kinds: fp16/bf16 -> fp32,
+    fp8/int8 -> fp16).  A float dtype the device lacks is promoted (fp8 -> fp16 -> fp32, bf16/tf32 -> fp32)
+    with a conversion cost and a note; integer *activations* the device cannot compute are an error (INT4
+    activations need INT4 units).  Dense and channel-pruned GEMMs run on the unit with the higher peak for the
+    compute dtype (tensor cores / matrix engines when present).  2:4-compatible N:M patterns run on the
+    sparse tensor peak; other patterns, or a device without sparse units, run dense after decompression.
+    Unstructured CSR runs on vector units at ``csr_vector_fraction`` of the vector peak.  BSR runs on the
+    tensor unit at ``bsr_matrix_fraction`` when both block sides are >= ``matrix_min_block_elements``, else on
+    vector units at an efficiency rising from ``csr_vector_fraction`` (1x1 blocks) to ``vector_gemm_fraction``
+    (blocks of >= 64 elements) linearly in log2(block area).
+
+Vector work besides the main product (same SMs / cores: its time *adds* to the main unit's time)
+    * weight conversion (dequantization) per stored weight element per re-read of the weight tile, i.e.
+      ``ceil(m / block_tile)`` times: int weights 2 ops (convert, scale) + 1 with zero points + 1 to unpack
+      int4; float weights 1 op (convert), 2 with group scales.  This is why W4A16 can lose to FP16 when
+      compute-bound at large batch.
+    * activation conversion when the activation dtype is not the compute dtype: 1 op (float) or 2 (int) per
+      element per ``ceil(n / block_tile)`` column blocks.
+    * quantizing activations (int8 / int4 / fp8 acts) costs a separate pass: 4 vector ops per element, reading
+      the activations in the high-precision dtype (fp16 on GPUs, fp32 on CPUs) and writing them quantized, and
+      one more kernel launch.
+    * decompressing a non-2:4 N:M weight to dense: 1 op per dense weight element per re-read.
+
+Efficiency that falls for small shapes
+    ``efficiency = unit fraction (large GEMM) x padding x waves``: padding = (m / m padded to the unit
+    granularity) x (n / n padded), with granularity ``matrix_min_block_elements`` on tensor units and 1 on
+    vector units; waves = output tiles (``block_tile`` squared, times ``count``, times a split-K factor
+    ``min(floor(P / tiles), ceil(k / block_tile))`` when tiles < P) over ``ceil(tiles / P) * P`` slots,
+    P = ``parallel_units`` (SMs or cores): wave quantization.
+
+Memory traffic per level (tiled GEMM)
+    Bytes: activations in ``A = m k a``, out ``C = m n' a`` (``a`` = activation itemsize, ``n'`` kept output
+    channels), weights ``W`` = exact compressed bytes (:func:`~memwall.simulator.compression.weight_bytes`),
+    all times ``count``.  The traffic that level ``j`` serves uses the tile side ``T_j`` of the level above
+    it (closer to compute): ``T_0`` = ``register_tile_elements`` for the smallest level, else
+    ``T_j = floor(sqrt(cap_{j-1} / (3 a)))`` (three square tiles — of A, W and C — fit in one instance of the
+    smaller level).  Traffic ``= A ceil(n'/T) + W ceil(m/T) + C`` (each operand re-read once per tile of the
+    other: weights per row-block of activations and vice versa), or compulsory ``A + W + C`` when one GEMM's
+    working set fits that smaller level (per instance), or its weights or activations fit half of it.  Inner
+    levels never see less traffic than outer ones.  ``warm=True``: weights that fit the last cache level
+    (total capacity) are read from it, not from DRAM.  Each level's roof is traffic / (bandwidth x fraction),
+    the DRAM fraction ``dram_bandwidth_fraction``, caches ``cache_bandwidth_fraction``.
+
+Time, bound, energy, speedup
+    ``time = max(memory roofs, tensor + vector) + launch overhead``; ``bound`` names the largest roof
+    (``tensor`` or ``vector`` for compute — whichever contributes more — or ``launch`` when the fixed overhead
+    exceeds every roof).  Energy (:mod:`~memwall.simulator.energy`): useful ops x energy/op(dtype) per unit
+    + traffic x energy/byte per level + idle power x time.  Speedup = baseline time / time for the same op
+    (baseline default :func:`default_baseline`: dense fp16 on GPUs, dense fp32 on CPUs).
+
+Memory-only ops (:class:`~memwall.simulator.ops.MemoryOp`) stream their bytes through every level (no
+reuse) and do ``ops_per_element`` vector ops per written element.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .compression import DTYPES, FORMATS, INT_DTYPES, ITEMSIZE, Compression, check_shape, weight_bytes
+from .devices import Device, load_device
+from .energy import energy_components  # noqa: F401  (re-exported helper; the vector path inlines the sums)
+from .ops import GemmOp, MemoryOp
+
+__all__ = [
+    "Estimate",
+    "estimate",
+    "estimate_ops",
+    "estimate_gemm_arrays",
+    "default_baseline",
+    "compute_dtype",
+    "roof_names",
+]
+
+_D = {d: i for i, d in enumerate(DTYPES)}
+_F = {f: i for i, f in enumerate(FORMATS)}
+_ITEM = np.array([ITEMSIZE[d] for d in DTYPES])
+_IS_INT = np.array([d in INT_DTYPES for d in DTYPES])
+_IS_QACT = np.array([d in ("int8", "int4", "fp8") for d in DTYPES])  # activations needing a quantization pass
+_RANK = {"fp32": 5, "tf32": 4, "fp16": 3, "bf16": 3, "fp8": 2, "int8": 2, "int4": 1}
+_PROMOTE = {"fp8": "fp16", "fp16": "fp32", "bf16": "fp32", "tf32": "fp32"}
+_EPS = 1e-9
+_INDEX_LIMIT = float(2**31)
+_TENSOR, _VECTOR = 0, 1
+
+
+def default_baseline(device) -> Compression:
+    """Dense fp16 weights and activations on GPUs, dense fp32 on CPUs."""
+    dev = load_device(device)
+    dt = "fp16" if dev.kind == "gpu" and dev.has_dtype("fp16") else "fp32"
+    return Compression(weights=dt, acts=dt)
+
+
+def compute_dtype(device, weights: str, acts: str) -> str:
+    """The dtype a GEMM of ``weights`` x ``acts`` computes in on ``device`` (see the module doc).
+
+    Raises ValueError when the activation dtype is an integer type the device cannot compute."""
+    dev = load_device(device)
+    for v, name in ((weights, "weights"), (acts, "acts")):
+        if v not in DTYPES:
+            raise ValueError(f"{name}: unknown dtype {v!r}; valid dtypes: {', '.join(DTYPES)}")
+    if acts in INT_DTYPES and not dev.has_dtype(acts):
+        raise ValueError(f"acts: {acts} activations need {acts} compute, which {dev.id} lacks "
+                         f"(it computes: {', '.join(dev.dtypes)})")
+    if weights == acts:
+        c = weights
+    elif _RANK[weights] != _RANK[acts]:
+        c = weights if _RANK[weights] > _RANK[acts] else acts
+    else:
+        c = "fp32" if {weights, acts} == {"fp16", "bf16"} else "fp16"
+    while not dev.has_dtype(c):
+        if c not in _PROMOTE:
+            raise ValueError(f"weights/acts {weights}/{acts}: {dev.id} has no {c} units "
+                             f"(it computes: {', '.join(dev.dtypes)})")
+        c = _PROMOTE[c]
+    return c
+
+
+def roof_names(device) -> tuple[str, ...]:
+    """Names a ``bound`` can take on ``device``: its memory levels, ``tensor``, ``vector``, ``launch``."""
+    dev = load_device(device)
+    return tuple(lv.name for lv in dev.memory_levels) + ("tensor", "vector", "launch")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# per-device lookup tables
+# ----------------------------------------------------------------------------------------------------------
+class _Tables:
+    def __init__(self, dev: Device):
+        self.dev = dev
+        nd = len(DTYPES)
+        self.ct = np.full((nd, nd), -1, dtype=np.int64)
+        self.ct_err: dict[tuple[int, int], str] = {}
+        for wi, w in enumerate(DTYPES):
+            for ai, a in enumerate(DTYPES):
+                try:
+                    self.ct[wi, ai] = _D[compute_dtype(dev, w, a)]
+                except ValueError as exc:
+                    self.ct_err[(wi, ai)] = str(exc)
+        tens = dev.units.get("tensor")
+        vec = dev.units["vector"]
+        self.t_dense = np.array([(tens.dense.get(d, 0.0) if tens else 0.0) for d in DTYPES])
+        self.t_sparse = np.array([(tens.sparse.get(d, 0.0) if tens else 0.0) for d in DTYPES])
+        self.v_dense = np.array([vec.dense.get(d, 0.0) for d in DTYPES])
+        self.e_op = np.array([dev.energy_j_per_op[d] for d in DTYPES])
+        eff = dev.efficiency
+        self.f_tensor = eff.tensor_gemm_fraction or 0.0
+        self.f_vector = eff.vector_gemm_fraction
+        self.f_csr = eff.csr_vector_fraction
+        self.f_bsr = eff.bsr_matrix_fraction or 0.0
+        self.f_nm = eff.nm_sparse_fraction or 0.0
+        lv = dev.memory_levels
+        self.nlev = len(lv)
+        self.cap = np.array([x.capacity_bytes for x in lv])
+        self.totcap = np.array([x.total_capacity_bytes for x in lv])
+        self.bw = np.array([x.bandwidth_bytes_per_s * (eff.dram_bandwidth_fraction if i == len(lv) - 1
+                                                       else eff.cache_bandwidth_fraction)
+                            for i, x in enumerate(lv)])
+        self.e_byte = np.array([x.energy_j_per_byte for x in lv])
+        t = dev.tiling
+        self.t_reg = float(t.register_tile_elements)
+        self.t_blk = float(t.block_tile_elements)
+        self.g_min = float(t.matrix_min_block_elements)
+        self.P = float(t.parallel_units)
+        self.launch = dev.kernel_launch_s
+        self.idle = dev.idle_w
+        self.hp_item = 2.0 if (dev.kind == "gpu" and dev.has_dtype("fp16")) else 4.0
+        self.names = roof_names(dev)
+
+
+_TABLES: dict[int, _Tables] = {}
+
+
+def _tables(dev: Device) -> _Tables:
+    t = _TABLES.get(id(dev))
+    if t is None or t.dev is not dev:
+        t = _Tables(dev)
+        _TABLES[id(dev)] = t
+    return t
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the vectorized core
+# ----------------------------------------------------------------------------------------------------------
+def _cdiv(a, b):
+    return np.ceil(a / b)
+
+
+def _weight_bytes_arrays(fmt, w, rows, cols, sp, group, sbytes, zp, br, bc, nmn, nmm):
+    """Exact weight bytes (the compression module's byte model) on arrays; returns (total, kept_rows, kept)."""
+    item = _ITEM[w]
+    is4 = w == _D["int4"]
+    quant = _IS_INT[w]
+    total = rows * cols
+    # dense / channel
+    pruned_rows = np.where(fmt == _F["channel"], np.minimum(rows, np.floor(sp * rows + _EPS)), 0.0)
+    krows = rows - pruned_rows
+    dense_vals = np.where(is4, krows * np.ceil(cols / 2), krows * cols * item)
+    g = np.where(group > 0, group, 1.0)
+    nscales = np.where(group > 0, krows * np.floor(cols / g), np.where(quant, krows, 0.0))
+    dense_b = dense_vals + nscales * sbytes * (1.0 + zp)
+    # csr
+    nnz = total - np.minimum(total, np.floor(sp * total + _EPS))
+    idx_csr = np.where(np.maximum(nnz, cols) < _INDEX_LIMIT, 4.0, 8.0)
+    csr_vals = np.where(is4, np.ceil(nnz / 2), nnz * item)
+    csr_b = csr_vals + (nnz + rows + 1) * idx_csr + np.where(quant, rows * 4.0, 0.0)
+    # bsr
+    brr = np.where(br > 0, br, 1.0)
+    bcc = np.where(bc > 0, bc, 1.0)
+    nblocks = np.floor(rows / brr) * np.floor(cols / bcc)
+    nb = nblocks - np.minimum(nblocks, np.floor(sp * nblocks + _EPS))
+    idx_bsr = np.where(np.maximum(nb, cols) < _INDEX_LIMIT, 4.0, 8.0)
+    bvals = nb * brr * bcc
+    bsr_b = (np.where(is4, np.ceil(bvals / 2), bvals * item) + nb * idx_bsr
+             + (np.floor(rows / brr) + 1) * idx_bsr + np.where(quant, nb * 4.0, 0.0))
+    # nm
+    mm = np.where(nmm > 0, nmm, 1.0)
+    kr = np.floor(cols / mm) * nmn
+    bits = np.maximum(1.0, np.ceil(np.log2(np.maximum(mm, 2.0))))
+    nm_b = (np.where(is4, rows * np.ceil(kr / 2), rows * kr * item) + rows * np.ceil(kr * bits / 8)
+            + np.where(quant, rows * 4.0, 0.0))
+    wb = np.select([fmt == _F["csr"], fmt == _F["bsr"], fmt == _F["nm"]], [csr_b, bsr_b, nm_b], dense_b)
+    kept = np.select([fmt == _F["csr"], fmt == _F["bsr"], fmt == _F["nm"]], [nnz, bvals, rows * kr], krows * cols)
+    return wb, krows, kept
+
+
+def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br, bc, nmn, nmm, wop, warm):
+    """All arrays broadcast to one shape; returns a dict of arrays (see estimate_gemm_arrays)."""
+    # --- dtypes -------------------------------------------------------------------------------------
+    w_eff = np.where(wop, w, a)
+    fmt = np.where(wop, fmt, _F["dense"])
+    c = T.ct[w_eff, a]
+    if (c < 0).any():
+        i = int(np.flatnonzero(c < 0)[0])
+        raise ValueError(T.ct_err[(int(w_eff.flat[i]), int(a.flat[i]))])
+    a_item = _ITEM[a]
+    # --- weights ------------------------------------------------------------------------------------
+    wb1, n_out, kept1 = _weight_bytes_arrays(fmt, w_eff, n, k, sp, group, sbytes, zp, br, bc, nmn, nmm)
+    wb1 = np.where(wop, wb1, n * k * a_item)
+    A1 = m * k * a_item
+    C1 = m * n_out * a_item
+    A, W, C = A1 * count, wb1 * count, C1 * count
+    qact = _IS_QACT[a]
+    Q = np.where(qact, m * k * (T.hp_item + a_item) * count, 0.0)
+    # --- traffic per level --------------------------------------------------------------------------
+    L = T.nlev
+    traffic = [None] * L
+    rW_last = None
+    for j in range(L):
+        if j == 0:
+            tile = T.t_reg
+            fits = np.zeros(np.shape(m), dtype=bool)
+        else:
+            cap = T.cap[j - 1]
+            tile = max(1.0, 0.0)  # placeholder, replaced below (per-config itemsize)
+            tile = np.maximum(1.0, np.floor(np.sqrt(cap / (3.0 * a_item))))
+            fits = ((A1 + wb1 + C1) <= cap) | (np.minimum(A1, wb1) <= cap / 2)
+        rA = np.where(fits, 1.0, np.maximum(1.0, _cdiv(n_out, tile)))
+        rW = np.where(fits, 1.0, np.maximum(1.0, _cdiv(m, tile)))
+        traffic[j] = A * rA + W * rW + C + Q
+        rW_last = rW
+    resident = warm & (wb1 <= T.totcap[L - 2])
+    traffic[L - 1] = traffic[L - 1] - np.where(resident, W * rW_last, 0.0)
+    for j in range(L - 2, -1, -1):
+        traffic[j] = np.maximum(traffic[j], traffic[j + 1])
+    # --- compute ------------------------------------------------------------------------------------
+    td, ts, vd = T.t_dense[c], T.t_sparse[c], T.v_dense[c]
+    vdt = np.where(vd > 0, c, _D["fp32"])
+    vpeak = T.v_dense[vdt]
+    is_dense = (fmt == _F["dense"]) | (fmt == _F["channel"])
+    is_csr = fmt == _F["csr"]
+    is_bsr = fmt == _F["bsr"]
+    is_nm = fmt == _F["nm"]
+    nm_compat = (((nmm == 2) | (nmm == 4)) & (2 * nmn <= nmm)) | ((nmm % 4 == 0) & (nmn <= 2) & (nmm > 0))
+    nm_sparse = is_nm & nm_compat & (ts > 0)
+    bsr_tensor = is_bsr & (td > 0) & (np.minimum(br, bc) >= T.g_min)
+    tensor_best = td > vd
+    use_tensor = np.where(is_dense | (is_nm & ~nm_sparse), tensor_best, nm_sparse | bsr_tensor)
+    useful = 2.0 * m * kept1 * count
+    dense_equiv = 2.0 * m * n_out * k * count
+    work = np.where(is_nm, dense_equiv, useful)
+    blk_eff = T.f_csr + (T.f_vector - T.f_csr) * np.minimum(1.0, np.log2(np.maximum(br * bc, 1.0)) / 6.0)
+    peak = np.select(
+        [nm_sparse, bsr_tensor, is_csr, is_bsr & ~bsr_tensor],
+        [ts * T.f_nm, td * T.f_bsr, vpeak * T.f_csr, vpeak * blk_eff],
+        np.where(use_tensor, td * T.f_tensor, vpeak * T.f_vector),
+    )
+    g = np.where(use_tensor, T.g_min, 1.0)
+    mm_ = np.maximum(m, 1.0)
+    nn_ = np.maximum(n_out, 1.0)
+    pad = np.where(is_csr, 1.0, (mm_ / (_cdiv(mm_, g) * g)) * (nn_ / (_cdiv(nn_, g) * g)))
+    tiles = _cdiv(mm_, T.t_blk) * _cdiv(nn_, T.t_blk) * np.maximum(count, 1.0)
+    split = np.maximum(1.0, np.minimum(np.floor(T.P / tiles), _cdiv(np.maximum(k, 1.0), T.t_blk)))
+    tiles = tiles * split
+    waves = _cdiv(tiles, T.P) * T.P
+    shape_eff = pad * tiles / waves
+    t_main = np.where(work > 0, work / np.maximum(peak * shape_eff, 1e-300), 0.0)
+    # vector work besides the main product
+    reuse_w = np.maximum(1.0, _cdiv(m, T.t_blk))
+    reuse_a = np.maximum(1.0, _cdiv(n_out, T.t_blk))
+    w_int = _IS_INT[w_eff]
+    deq_per = np.where(w_eff == c, 0.0,
+                       np.where(w_int, 2.0 + zp + (w_eff == _D["int4"]), np.where(group > 0, 2.0, 1.0)))
+    deq_ops = np.where(wop, kept1, n * k) * count * reuse_w * deq_per
+    conv_per = np.where(a == c, 0.0, np.where(_IS_INT[a], 2.0, 1.0))
+    conv_ops = m * k * count * reuse_a * conv_per
+    quant_ops = np.where(qact, 4.0 * m * k * count, 0.0)
+    decomp_ops = np.where(is_nm & ~nm_sparse, n * k * count * reuse_w, 0.0)
+    extra = deq_ops + conv_ops + quant_ops + decomp_ops
+    t_extra = extra / (vpeak * T.f_vector)
+    t_tensor = np.where(use_tensor, t_main, 0.0)
+    t_vector = np.where(use_tensor, 0.0, t_main) + t_extra
+    t_compute = t_tensor + t_vector
+    # --- time, bound ------------------------------------------------------------------------------
+    t_mem = [traffic[j] / T.bw[j] for j in range(L)]
+    stack = np.stack(t_mem + [t_compute])
+    mx = stack.max(axis=0)
+    arg = stack.argmax(axis=0)
+    overhead = T.launch * (1.0 + qact)
+    bound = np.where(arg == L, np.where(t_tensor >= t_vector, L, L + 1), arg)
+    bound = np.where(overhead > mx, L + 2, bound)
+    time = mx + overhead
+    # --- energy ---------------------------------------------------------------------------------------
+    e_tensor = np.where(use_tensor, useful, 0.0) * T.e_op[c]
+    e_vector = (np.where(use_tensor, 0.0, useful) + extra) * T.e_op[vdt]
+    e_levels = [traffic[j] * T.e_byte[j] for j in range(L)]
+    e_static = T.idle * time
+    energy = e_tensor + e_vector + sum(e_levels) + e_static
+    out = {
+        "time_s": time, "bound_code": bound, "energy_j": energy, "ops": useful,
+        "t_tensor": t_tensor, "t_vector": t_vector, "t_overhead": overhead,
+        "e_tensor": e_tensor, "e_vector": e_vector, "e_static": e_static,
+        "weight_bytes": W, "act_bytes": A + C, "quant_pass_bytes": Q, "compute_dtype": c, "vector_dtype": vdt,
+        "use_tensor": use_tensor, "nm_sparse": nm_sparse, "resident": resident, "vector_extra_ops": extra,
+        "dequant_ops": deq_ops, "conv_ops": conv_ops, "reuse_w": reuse_w, "shape_eff": shape_eff,
+        "t_extra": t_extra,
+    }
+    for j in range(L):
+        out[f"bytes_{j}"] = traffic[j]
+        out[f"t_mem_{j}"] = t_mem[j]
+        out[f"e_mem_{j}"] = e_levels[j]
+    return out
+
+
+def _memory_core(T: _Tables, reads, writes, opse, welems, w, a, warm):
+    a_item = _ITEM[a]
+    w_item = _ITEM[w]
+    Wb = welems * w_item
+    total = (reads + writes) * a_item + Wb
+    L = T.nlev
+    resident = warm & (Wb <= T.totcap[L - 2])
+    traffic = [total] * L
+    traffic[L - 1] = total - np.where(resident, Wb, 0.0)
+    c = T.ct[a, a]
+    if (c < 0).any():
+        i = int(np.flatnonzero(c < 0)[0])
+        raise ValueError(T.ct_err[(int(a.flat[i]), int(a.flat[i]))])
+    c = np.where(_IS_INT[a], _D["fp32"], c)
+    vdt = np.where(T.v_dense[c] > 0, c, _D["fp32"])
+    ops = opse * writes
+    t_vector = ops / (T.v_dense[vdt] * T.f_vector)
+    t_mem = [traffic[j] / T.bw[j] for j in range(L)]
+    stack = np.stack(t_mem + [t_vector])
+    mx = stack.max(axis=0)
+    arg = stack.argmax(axis=0)
+    bound = np.where(arg == L, L + 1, arg)
+    overhead = np.full(np.shape(mx), T.launch)
+    bound = np.where(overhead > mx, L + 2, bound)
+    time = mx + overhead
+    e_vector = ops * T.e_op[vdt]
+    e_levels = [traffic[j] * T.e_byte[j] for j in range(L)]
+    e_static = T.idle * time
+    zeros = np.zeros(np.shape(mx))
+    out = {
+        "time_s": time, "bound_code": bound, "energy_j": e_vector + sum(e_levels) + e_static, "ops": ops,
+        "t_tensor": zeros, "t_vector": t_vector, "t_overhead": overhead, "e_tensor": zeros, "e_vector": e_vector,
+        "e_static": e_static, "weight_bytes": Wb, "act_bytes": (reads + writes) * a_item, "resident": resident,
+        "compute_dtype": c, "vector_dtype": vdt,
+    }
+    for j in range(L):
+        out[f"bytes_{j}"] = traffic[j]
+        out[f"t_mem_{j}"] = t_mem[j]
+        out[f"e_mem_{j}"] = e_levels[j]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# argument preparation for the vector path
+# ----------------------------------------------------------------------------------------------------------
+def _codes(value, table: dict, name: str, valid: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind in "iu":
+        if arr.size and (arr.min() < 0 or arr.max() >= len(table)):
+            raise ValueError(f"{name}: integer codes must lie in [0, {len(table) - 1}] ({valid})")
+        return arr.astype(np.int64)
+    if arr.dtype.kind in "UO":
+        if arr.ndim == 0:
+            key = str(arr.item())
+            if key not in table:
+                raise ValueError(f"{name}: unknown {key!r}; valid: {valid}")
+            return np.asarray(table[key], dtype=np.int64)
+        uniq, inv = np.unique(arr.astype(str), return_inverse=True)
+        bad = [u for u in uniq if u not in table]
+        if bad:
+            raise ValueError(f"{name}: unknown {bad[0]!r}; valid: {valid}")
+        return np.array([table[u] for u in uniq], dtype=np.int64)[inv].reshape(arr.shape)
+    raise TypeError(f"{name}: expected names (str) or integer codes, got dtype {arr.dtype}")
+
+
+def _num(value, name: str, *, integer: bool = False, minimum: float = 0.0) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if arr.size:
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name}: expected finite values")
+        if arr.min() < minimum:
+            raise ValueError(f"{name}: expected values >= {minimum:g}, got {arr.min():g}")
+        if integer and (arr != np.floor(arr)).any():
+            raise ValueError(f"{name}: expected integer values")
+    return arr
+
+
+def _format_arrays(fmt, block_r, block_c, nm_n, nm_m):
+    """Format codes plus block / N:M arrays; format names like 'bsr:16x16' and 'nm:2:4' are parsed."""
+    arr = np.asarray(fmt)
+    if arr.dtype.kind in "UO":
+        flat = arr.astype(str)
+        uniq, inv = np.unique(flat, return_inverse=True)
+        parsed = []
+        for u in uniq:
+            if u in _F:
+                parsed.append((_F[u], 0, 0, 0, 0))
+                continue
+            cfg = Compression.parse(format=u)
+            br, bc = cfg.block or (0, 0)
+            parsed.append((_F[cfg.format], br, bc, cfg.n or 0, cfg.m or 0))
+        tab = np.array(parsed, dtype=np.float64)[inv].reshape(arr.shape + (5,))
+        code = tab[..., 0].astype(np.int64)
+        spec = [tab[..., i] for i in range(1, 5)]
+    else:
+        code = _codes(arr, _F, "format", ", ".join(FORMATS))
+        spec = [np.zeros(())] * 4
+    given = [block_r, block_c, nm_n, nm_m]
+    names = ["block_r", "block_c", "nm_n", "nm_m"]
+    outs = []
+    for s, gv, nm in zip(spec, given, names):
+        outs.append(s if gv is None else _num(gv, nm, integer=True))
+    return code, outs
+
+
+def _prepare(dev, T, m, n, k, count, weights, acts, group_size, scale_dtype, zero_points, format, sparsity,
+             block_r, block_c, nm_n, nm_m, weight_operand, warm):
+    m = _num(m, "m", integer=True)
+    n = _num(n, "n", integer=True)
+    k = _num(k, "k", integer=True)
+    count = _num(count, "count", integer=True)
+    w = _codes(weights, _D, "weights", ", ".join(DTYPES))
+    a = w if acts is None else _codes(acts, _D, "acts", ", ".join(DTYPES))
+    if acts is None:  # weight-only quantization by default, as Compression.parse does
+        a = np.where(_IS_INT[w] | (w == _D["fp8"]), _D["fp16"], w)
+    g = _num(0 if group_size is None else group_size, "group_size", integer=True)
+    sd = _codes(scale_dtype, _D, "scale_dtype", "fp32, fp16, bf16")
+    sbytes = _ITEM[sd]
+    zp = _num(zero_points, "zero_points")
+    f, (br, bc, nmn, nmm) = _format_arrays(format, block_r, block_c, nm_n, nm_m)
+    sp = _num(sparsity, "sparsity")
+    if sp.size and sp.max() >= 1.0:
+        raise ValueError(f"sparsity: expected values in [0, 1), got {sp.max():g}")
+    wop = np.asarray(weight_operand, dtype=bool)
+    wm = np.asarray(warm, dtype=bool)
+    arrs = np.broadcast_arrays(m, n, k, count, w, a, f, sp, g, sbytes, zp, br, bc, nmn, nmm, wop, wm)
+    m, n, k, count, w, a, f, sp, g, sbytes, zp, br, bc, nmn, nmm, wop, wm = arrs
+    # consistency checks (vectorized): the scalar Compression validates the same things
+    is_bsr = f == _F["bsr"]
+    is_nm = f == _F["nm"]
+    if (is_bsr & ((br < 1) | (bc < 1))).any():
+        raise ValueError("block_r, block_c: format bsr needs a block shape (e.g. format='bsr:16x16')")
+    if (is_nm & ((nmn < 1) | (nmm <= nmn))).any():
+        raise ValueError("nm_n, nm_m: format nm needs 1 <= n < m (e.g. format='nm:2:4')")
+    chk = wop & is_bsr
+    if (chk & ((np.fmod(n, np.maximum(br, 1)) != 0) | (np.fmod(k, np.maximum(bc, 1)) != 0))).any():
+        i = int(np.flatnonzero(chk & ((np.fmod(n, np.maximum(br, 1)) != 0) | (np.fmod(k, np.maximum(bc, 1)) != 0)))[0])
+        raise ValueError(f"block: {int(br.flat[i])}x{int(bc.flat[i])} does not divide the "
+                         f"{int(n.flat[i])}x{int(k.flat[i])} weight (out x in)")
+    if (wop & is_nm & (np.fmod(k, np.maximum(nmm, 1)) != 0)).any():
+        raise ValueError("m: nm:N:M needs in-features (k) divisible by M")
+    has_g = wop & (g > 0)
+    if (has_g & (np.fmod(k, np.maximum(g, 1)) != 0)).any():
+        i = int(np.flatnonzero(has_g & (np.fmod(k, np.maximum(g, 1)) != 0))[0])
+        raise ValueError(f"group_size: {int(g.flat[i])} does not divide K = {int(k.flat[i])}")
+    if (f == _F["dense"]).any() and (sp[f == _F["dense"]] > 0).any():
+        raise ValueError("sparsity: the dense format has no sparsity; use csr, bsr or channel")
+    sp = np.where(is_nm, 1.0 - nmn / np.maximum(nmm, 1.0), sp)
+    return dict(m=m, n=n, k=k, count=count, w=w, a=a, fmt=f, sp=sp, group=g, sbytes=sbytes, zp=zp, br=br,
+                bc=bc, nmn=nmn, nmm=nmm, wop=wop, warm=wm)
+
+
+def _comp_kwargs(comp: Compression) -> dict:
+    return dict(weights=comp.weights, acts=comp.acts, group_size=comp.group_size or 0,
+                scale_dtype=comp.scale_dtype, zero_points=float(comp.zero_points), format=_F[comp.format],
+                sparsity=comp.sparsity, block_r=(comp.block or (0, 0))[0], block_c=(comp.block or (0, 0))[1],
+                nm_n=comp.n or 0, nm_m=comp.m or 0)
+
+
+def _as_comp(value, name: str) -> Compression:
+    if isinstance(value, Compression):
+        return value
+    if isinstance(value, str):
+        return Compression.parse(weights=value, acts=value if value not in INT_DTYPES else None)
+    if isinstance(value, Mapping):
+        return Compression.parse(**value)
+    raise TypeError(f"{name}: expected a Compression, a dtype name or a dict of Compression.parse arguments, "
+                    f"got {type(value).__name__}")
+
+
+def estimate_gemm_arrays(device, m, n, k, *, count=1, weights="fp16", acts=None, group_size=None,
+                         scale_dtype="fp16", zero_points=False, format="dense", sparsity=0.0, block_r=None,
+                         block_c=None, nm_n=None, nm_m=None, weight_operand=True, warm=False, comp=None,
+                         baseline=None) -> dict:
+    """Estimate many GEMM configurations at once (NumPy broadcasting over every argument).
+
+    Parameters
+    ----------
+    device : str, path or Device
+    m, n, k : array-like of non-negative integers
+        ``count`` GEMMs of (m x k) activations times a (k x n) operand (the weight, stored n x k).
+    count : array-like of int, default 1
+    weights, acts : dtype names (str or array of str) or integer codes into ``DTYPES``
+        ``acts=None``: fp16 for int/fp8 weights, else the weight dtype (as ``Compression.parse``).
+    group_size : array-like of int or None (0 = none)
+    scale_dtype : str, zero_points : bool array-like
+    format : names (``dense``, ``csr``, ``bsr:RxC``, ``nm:N:M``, ``channel``; str or array of str) or integer
+        codes into ``FORMATS`` (then give ``block_r``/``block_c`` or ``nm_n``/``nm_m`` arrays).
+    sparsity : array-like in [0, 1) (implied for nm)
+    weight_operand, warm : bool array-like
+    comp : Compression, optional
+        Fills weights/acts/group/scale/zero-points/format/sparsity from one config (overrides those arguments).
+    baseline : Compression, dtype name, False or None
+        Speedup reference (default :func:`default_baseline`); ``False`` skips it (faster).
+
+    Returns
+    -------
+    dict of ndarrays (broadcast shape)
+        ``time_s``, ``bound`` (roof names), ``bound_code`` (index into :func:`roof_names`), ``energy_j``,
+        ``ops``, ``speedup`` (unless ``baseline=False``), ``baseline_time_s``, ``t_tensor``, ``t_vector``,
+        ``t_overhead``, ``weight_bytes``, ``act_bytes``, ``dram_bytes``, ``bytes_<level>`` and
+        ``time_<level>`` per memory level, ``energy_<component>``, ``compute_dtype`` (codes into DTYPES),
+        ``use_tensor``, ``arithmetic_intensity`` (ops per DRAM byte).
+    """
+    dev = load_device(device)
+    T = _tables(dev)
+    if comp is not None:
+        comp = _as_comp(comp, "comp")
+        kw = _comp_kwargs(comp)
+        weights, acts, group_size, scale_dtype, zero_points = (kw["weights"], kw["acts"], kw["group_size"],
+                                                               kw["scale_dtype"], kw["zero_points"])
+        format, sparsity, block_r, block_c, nm_n, nm_m = (kw["format"], kw["sparsity"], kw["block_r"],
+                                                          kw["block_c"], kw["nm_n"], kw["nm_m"])
+    p = _prepare(dev, T, m, n, k, count, weights, acts, group_size, scale_dtype, zero_points, format, sparsity,
+                 block_r, block_c, nm_n, nm_m, weight_operand, warm)
+    core = _gemm_core(T, **p)
+    out = _public(dev, T, core)
+    if baseline is not False:
+        base = _as_comp(default_baseline(dev) if baseline is None else baseline, "baseline")
+        pb = dict(p)
+        bk = _comp_kwargs(base)
+        shape = p["m"].shape
+        pb.update(w=np.broadcast_to(_D[bk["weights"]], shape), a=np.broadcast_to(_D[bk["acts"]], shape),
+                  fmt=np.broadcast_to(bk["format"], shape), sp=np.broadcast_to(float(bk["sparsity"]), shape),
+                  group=np.broadcast_to(float(bk["group_size"]), shape),
+                  sbytes=np.broadcast_to(_ITEM[_D[bk["scale_dtype"]]], shape),
+                  zp=np.broadcast_to(bk["zero_points"], shape), br=np.broadcast_to(float(bk["block_r"]), shape),
+                  bc=np.broadcast_to(float(bk["block_c"]), shape), nmn=np.broadcast_to(float(bk["nm_n"]), shape),
+                  nmm=np.broadcast_to(float(bk["nm_m"]), shape))
+        bt = _gemm_core(T, **pb)["time_s"]
+        out["baseline_time_s"] = bt
+        out["speedup"] = bt / out["time_s"]
+    return out
+
+
+def _public(dev, T, core) -> dict:
+    L = T.nlev
+    names = np.array(T.names)
+    out = {
+        "time_s": core["time_s"], "bound": names[core["bound_code"]], "bound_code": core["bound_code"],
+        "energy_j": core["energy_j"], "ops": core["ops"], "t_tensor": core["t_tensor"],
+        "t_vector": core["t_vector"], "t_overhead": core["t_overhead"], "weight_bytes": core["weight_bytes"],
+        "act_bytes": core["act_bytes"], "dram_bytes": core[f"bytes_{L - 1}"],
+        "compute_dtype": core["compute_dtype"], "use_tensor": core.get("use_tensor"),
+        "energy_tensor": core["e_tensor"], "energy_vector": core["e_vector"], "energy_static": core["e_static"],
+    }
+    for j, lv in enumerate(dev.memory_levels):
+        out[f"bytes_{lv.name}"] = core[f"bytes_{j}"]
+        out[f"time_{lv.name}"] = core[f"t_mem_{j}"]
+        out[f"energy_{lv.name}"] = core[f"e_mem_{j}"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["arithmetic_intensity"] = np.where(out["dram_bytes"] > 0, core["ops"] / out["dram_bytes"], np.inf)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# records
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Estimate:
+    """An explained estimate of one op under one compression config on one device.
+
+    ``bytes_by_level`` and ``time_by_roof`` are keyed by memory level names (small -> large) plus ``tensor``,
+    ``vector`` and ``launch`` for the roofs; ``energy_by_component`` by ``tensor``, ``vector``, level names
+    and ``static``.  SI units: s, J, bytes, ops (1 FMA = 2 ops).
+    """
+
+    name: str
+    ops: float
+    bytes_by_level: Mapping[str, float]
+    time_by_roof: Mapping[str, float]
+    time_s: float
+    bound: str
+    energy_j: float
+    energy_by_component: Mapping[str, float]
+    speedup: float
+    notes: tuple[str, ...]
+    device: str = ""
+    compression: str = ""
+    compute_dtype: str = ""
+    unit: str = ""
+    weight_bytes: float = 0.0
+    weight_bytes_breakdown: Mapping[str, int] = field(default_factory=dict)
+    baseline_time_s: float = float("nan")
+    arithmetic_intensity: float = float("nan")
+
+    @property
+    def dram_bytes(self) -> float:
+        return list(self.bytes_by_level.values())[-1] if self.bytes_by_level else 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (plain floats and strings)."""
+        return {
+            "name": self.name, "device": self.device, "compression": self.compression, "ops": float(self.ops),
+            "bytes_by_level": {k: float(v) for k, v in self.bytes_by_level.items()},
+            "time_by_roof": {k: float(v) for k, v in self.time_by_roof.items()},
+            "time_s": float(self.time_s), "bound": self.bound, "energy_j": float(self.energy_j),
+            "energy_by_component": {k: float(v) for k, v in self.energy_by_component.items()},
+            "speedup": float(self.speedup), "baseline_time_s": float(self.baseline_time_s),
+            "compute_dtype": self.compute_dtype, "unit": self.unit, "weight_bytes": float(self.weight_bytes),
+            "weight_bytes_breakdown": {k: int(v) for k, v in self.weight_bytes_breakdown.items()},
+            "arithmetic_intensity": float(self.arithmetic_intensity), "notes": list(self.notes),
+        }
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= scale:
+            return f"{b / scale:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+def _notes(dev: Device, T: _Tables, op, comp: Compression, row: dict, base_time: float) -> tuple[str, ...]:
+    notes = []
+    L = T.nlev
+    bound = row["bound"]
+    c = DTYPES[int(row["compute_dtype"])]
+    is_gemm = isinstance(op, GemmOp)
+    mem_bound = bound in T.names[:L]
+    if is_gemm and op.weight_operand:
+        wanted = comp.weights if comp.weights == comp.acts else None
+        if wanted and wanted != c:
+            notes.append(f"{wanted} is not native on {dev.id}: computed in {c} after conversion")
+        if comp.format == "nm":
+            if row["nm_sparse"]:
+                if mem_bound:
+                    notes.append(f"{comp.format_spec} gives no compute speedup here: memory-bound at batch "
+                                 f"{op.m} ({bound}); only the smaller weight bytes help")
+            elif not dev.has_dtype(c, sparse=True):
+                notes.append(f"{dev.id} has no 2:4 sparse {c} units: {comp.format_spec} runs dense after "
+                             "decompression (only the bytes shrink)")
+            else:
+                notes.append(f"{comp.format_spec} does not map onto 2:4 sparse tensor cores: runs dense after "
+                             "decompression")
+        if comp.format == "csr":
+            notes.append(f"unstructured CSR runs on vector units at {T.f_csr:.0%} of the vector peak"
+                         + (" (tensor cores cannot run CSR)" if "tensor" in dev.units else ""))
+        if comp.format == "bsr" and not row["use_tensor"] and "tensor" in dev.units:
+            r, cc = comp.block
+            notes.append(f"bsr {r}x{cc} blocks are below the {int(T.g_min)}x{int(T.g_min)} tensor-core "
+                         "minimum: vector units")
+        if row["dequant_ops"] > 0:
+            main = row["t_tensor"] if row["use_tensor"] else row["t_vector"] - row["t_extra"]
+            notes.append(f"{comp.weights} weights are converted to {c} on vector units "
+                         f"({int(row['reuse_w'])} re-read(s) of each weight tile): {row['t_extra']:.3g} s of "
+                         f"conversion work added to the {main:.3g} s product")
+    if comp.acts in ("int8", "int4", "fp8"):
+        notes.append(f"quantizing activations to {comp.acts} costs a pass: "
+                     f"{_fmt_bytes(row['quant_pass_bytes'])} and one more kernel launch")
+    if (comp.acts != c and is_gemm and comp.acts not in INT_DTYPES and c != comp.weights
+            and comp.weights != comp.acts):
+        notes.append(f"{comp.acts} activations are computed in {c} on {dev.id}")
+    if row["_warm"]:
+        if row["resident"]:
+            notes.append(f"weights ({_fmt_bytes(row['weight_bytes'])}) resident in {dev.llc.name} (warm)")
+        elif row["weight_bytes"] > 0:
+            notes.append(f"warm requested, but the weights ({_fmt_bytes(row['weight_bytes'])}) exceed "
+                         f"{dev.llc.name} ({_fmt_bytes(dev.llc.total_capacity_bytes)}): read from "
+                         f"{dev.dram.name}")
+    if bound == "launch":
+        notes.append("launch overhead dominates: batch more work per kernel")
+    elif mem_bound:
+        notes.append(f"memory-bound on {bound}: {row['arithmetic_intensity']:.3g} ops/byte vs ridge "
+                     f"{dev.ridge_point(c):.3g} ({c})" if dev.has_dtype(c) else f"memory-bound on {bound}")
+    else:
+        notes.append(f"compute-bound on {bound} units ({c})")
+    if row["weight_bytes"] > dev.dram_capacity:
+        notes.append(f"weights ({_fmt_bytes(row['weight_bytes'])}) exceed {dev.dram.name} capacity "
+                     f"({_fmt_bytes(dev.dram_capacity)})")
+    if base_time == base_time and row["time_s"] > base_time * 1.0001:
+        notes.append(f"slower than the baseline ({base_time:.3g} s vs {row['time_s']:.3g} s)")
+    return tuple(notes)
+
+
+def _gemm_batch(dev, T, gemms, comp: Compression, warm: bool):
+    m = np.array([g.m for g in gemms], dtype=np.float64)
+    n = np.array([g.n for g in gemms], dtype=np.float64)
+    k = np.array([g.k for g in gemms], dtype=np.float64)
+    cnt = np.array([g.count for g in gemms], dtype=np.float64)
+    wop = np.array([g.weight_operand for g in gemms], dtype=bool)
+    for g in gemms:
+        if g.weight_operand:
+            check_shape(g.n, g.k, comp)
+    kw = _comp_kwargs(comp)
+    p = _prepare(dev, T, m, n, k, cnt, kw["weights"], kw["acts"], kw["group_size"], kw["scale_dtype"],
+                 kw["zero_points"], kw["format"], kw["sparsity"], kw["block_r"], kw["block_c"], kw["nm_n"],
+                 kw["nm_m"], wop, warm)
+    return _gemm_core(T, **p)
+
+
+def _memory_batch(dev, T, mops, comp: Compression, warm: bool):
+    r = np.array([o.elements_read for o in mops], dtype=np.float64)
+    wr = np.array([o.elements_written for o in mops], dtype=np.float64)
+    pe = np.array([o.ops_per_element for o in mops], dtype=np.float64)
+    we = np.array([o.weight_elements for o in mops], dtype=np.float64)
+    shape = r.shape
+    w = np.full(shape, _D[comp.weights])
+    a = np.full(shape, _D[comp.acts])
+    return _memory_core(T, r, wr, pe, we, w, a, np.full(shape, bool(warm)))
+
+
+def estimate_ops(device, ops: Sequence, comp=None, *, warm: bool = False, baseline=None) -> list[Estimate]:
+    """Estimate a list of ops (one batched pass per config); returns one :class:`Estimate` per op.
+
+    ``comp`` is one :class:`Compression` for every op, or a dict ``op name -> Compression`` (ops not in it get
+    the baseline config), or None (the baseline).  ``baseline``: Compression, dtype name, or None for
+    :func:`default_baseline`.
+    """
+    dev = load_device(device)
+    T = _tables(dev)
+    base = _as_comp(default_baseline(dev) if baseline is None else baseline, "baseline")
+    ops = list(ops)
+    for i, op in enumerate(ops):
+        if not isinstance(op, (GemmOp, MemoryOp)):
+            raise TypeError(f"ops[{i}]: expected a GemmOp or MemoryOp, got {type(op).__name__}")
+    if comp is None:
+        comps = [base] * len(ops)
+    elif isinstance(comp, Mapping):
+        comps = [_as_comp(comp[op.name], f"comp[{op.name!r}]") if op.name in comp else base for op in ops]
+    else:
+        c1 = _as_comp(comp, "comp")
+        comps = [c1] * len(ops)
+    results: list[Estimate | None] = [None] * len(ops)
+    # group ops by (config, kind) so each group is one vector pass
+    groups: dict[tuple, list[int]] = {}
+    for i, (op, c) in enumerate(zip(ops, comps)):
+        groups.setdefault((c, isinstance(op, GemmOp)), []).append(i)
+    for (c, is_gemm), idx in groups.items():
+        sel = [ops[i] for i in idx]
+        if is_gemm:
+            core = _gemm_batch(dev, T, sel, c, warm)
+            bcore = core if c == base else _gemm_batch(dev, T, sel, base, warm)
+        else:
+            core = _memory_batch(dev, T, sel, c, warm)
+            bcore = core if c == base else _memory_batch(dev, T, sel, base, warm)
+        pub = _public(dev, T, core)
+        for jj, i in enumerate(idx):
+            results[i] = _record(dev, T, ops[i], c, core, pub, jj, float(bcore["time_s"][jj]), warm)
+    return results
+
+
+def _record(dev, T, op, comp, core, pub, j, base_time, warm) -> Estimate:
+    L = T.nlev
+    row = {key: (val[j] if isinstance(val, np.ndarray) and val.ndim else val) for key, val in core.items()}
+    row["bound"] = str(pub["bound"][j])
+    row["arithmetic_intensity"] = float(pub["arithmetic_intensity"][j])
+    row["_warm"] = warm
+    row.setdefault("nm_sparse", False)
+    row.setdefault("dequant_ops", 0.0)
+    row.setdefault("quant_pass_bytes", 0.0)
+    levels = [lv.name for lv in dev.memory_levels]
+    bytes_by_level = {levels[i]: float(row[f"bytes_{i}"]) for i in range(L)}
+    time_by_roof = {levels[i]: float(row[f"t_mem_{i}"]) for i in range(L)}
+    time_by_roof.update(tensor=float(row["t_tensor"]), vector=float(row["t_vector"]),
+                        launch=float(row["t_overhead"]))
+    energy = {"tensor": float(row["e_tensor"]), "vector": float(row["e_vector"])}
+    energy.update({levels[i]: float(row[f"e_mem_{i}"]) for i in range(L)})
+    energy["static"] = float(row["e_static"])
+    if isinstance(op, GemmOp) and op.weight_operand:
+        breakdown = {key: v * op.count for key, v in weight_bytes(op.n, op.k, comp).items()}
+    else:
+        breakdown = {}
+    c = DTYPES[int(row["compute_dtype"])]
+    unit = "tensor" if bool(row.get("use_tensor", False)) else "vector"
+    time_s = float(row["time_s"])
+    return Estimate(
+        name=op.name, ops=float(row["ops"]), bytes_by_level=bytes_by_level, time_by_roof=time_by_roof,
+        time_s=time_s, bound=row["bound"], energy_j=float(row["energy_j"]), energy_by_component=energy,
+        speedup=base_time / time_s, notes=_notes(dev, T, op, comp, row, base_time), device=dev.id,
+        compression=comp.label, compute_dtype=c, unit=unit, weight_bytes=float(row["weight_bytes"]),
+        weight_bytes_breakdown=breakdown, baseline_time_s=base_time,
+        arithmetic_intensity=row["arithmetic_intensity"],
+    )
+
+
+def estimate(device, op, comp=None, *, warm: bool = False, baseline=None) -> Estimate:
+    """Estimate one op (:class:`~memwall.simulator.ops.GemmOp` or :class:`~memwall.simulator.ops.MemoryOp`)
+    under ``comp`` on ``device``.
+
+    Parameters
+    ----------
+    device : str, path or Device
+        A device id, ``host``, a TOML path, or a loaded :class:`~memwall.simulator.devices.Device`.
+    op : GemmOp or MemoryOp
+    comp : Compression, dtype name, dict of ``Compression.parse`` arguments, or None (the baseline)
+    warm : bool
+        Weights that fit the last cache level are read from it instead of DRAM.
+    baseline : Compression or dtype name, optional
+        The reference for ``speedup`` (default :func:`default_baseline`).
+
+    Returns
+    -------
+    Estimate
+
+    Raises
+    ------
+    ValueError
+        Impossible configurations: activation dtypes the device cannot compute, block shapes / N:M / group
+        sizes that do not divide the weight.
+    """
+    if not isinstance(op, (GemmOp, MemoryOp)):
+        raise TypeError(f"op: expected a GemmOp or MemoryOp, got {type(op).__name__}")
+    return estimate_ops(device, [op], comp, warm=warm, baseline=baseline)[0]
