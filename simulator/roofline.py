@@ -179,6 +179,13 @@ class _Tables:
         self.idle = dev.idle_w
         self.hp_item = 2.0 if (dev.kind == "gpu" and dev.has_dtype("fp16")) else 4.0
         self.names = roof_names(dev)
+        # tile side per (level, activation dtype): the register tile for the smallest level, else three
+        # square tiles of the activation itemsize in one instance of the next smaller level
+        self.tile = np.empty((self.nlev, len(DTYPES)))
+        for j in range(self.nlev):
+            for ai in range(len(DTYPES)):
+                self.tile[j, ai] = (self.t_reg if j == 0
+                                    else max(1.0, math.floor(math.sqrt(self.cap[j - 1] / (3.0 * _ITEM[ai])))))
 
 
 _TABLES: dict[int, _Tables] = {}
@@ -200,40 +207,52 @@ def _cdiv(a, b):
 
 
 def _weight_bytes_arrays(fmt, w, rows, cols, sp, group, sbytes, zp, br, bc, nmn, nmm):
-    """Exact weight bytes (the compression module's byte model) on arrays; returns (total, kept_rows, kept)."""
+    """Exact weight bytes (the compression module's byte model) on arrays; returns (total, kept_rows, kept).
+    Formulas of formats absent from ``fmt`` are skipped."""
     item = _ITEM[w]
     is4 = w == _D["int4"]
     quant = _IS_INT[w]
     total = rows * cols
     # dense / channel
-    pruned_rows = np.where(fmt == _F["channel"], np.minimum(rows, np.floor(sp * rows + _EPS)), 0.0)
-    krows = rows - pruned_rows
+    is_ch = fmt == _F["channel"]
+    if is_ch.any():
+        krows = rows - np.where(is_ch, np.minimum(rows, np.floor(sp * rows + _EPS)), 0.0)
+    else:
+        krows = rows
     dense_vals = np.where(is4, krows * np.ceil(cols / 2), krows * cols * item)
-    g = np.where(group > 0, group, 1.0)
-    nscales = np.where(group > 0, krows * np.floor(cols / g), np.where(quant, krows, 0.0))
-    dense_b = dense_vals + nscales * sbytes * (1.0 + zp)
-    # csr
-    nnz = total - np.minimum(total, np.floor(sp * total + _EPS))
-    idx_csr = np.where(np.maximum(nnz, cols) < _INDEX_LIMIT, 4.0, 8.0)
-    csr_vals = np.where(is4, np.ceil(nnz / 2), nnz * item)
-    csr_b = csr_vals + (nnz + rows + 1) * idx_csr + np.where(quant, rows * 4.0, 0.0)
-    # bsr
-    brr = np.where(br > 0, br, 1.0)
-    bcc = np.where(bc > 0, bc, 1.0)
-    nblocks = np.floor(rows / brr) * np.floor(cols / bcc)
-    nb = nblocks - np.minimum(nblocks, np.floor(sp * nblocks + _EPS))
-    idx_bsr = np.where(np.maximum(nb, cols) < _INDEX_LIMIT, 4.0, 8.0)
-    bvals = nb * brr * bcc
-    bsr_b = (np.where(is4, np.ceil(bvals / 2), bvals * item) + nb * idx_bsr
-             + (np.floor(rows / brr) + 1) * idx_bsr + np.where(quant, nb * 4.0, 0.0))
-    # nm
-    mm = np.where(nmm > 0, nmm, 1.0)
-    kr = np.floor(cols / mm) * nmn
-    bits = np.maximum(1.0, np.ceil(np.log2(np.maximum(mm, 2.0))))
-    nm_b = (np.where(is4, rows * np.ceil(kr / 2), rows * kr * item) + rows * np.ceil(kr * bits / 8)
-            + np.where(quant, rows * 4.0, 0.0))
-    wb = np.select([fmt == _F["csr"], fmt == _F["bsr"], fmt == _F["nm"]], [csr_b, bsr_b, nm_b], dense_b)
-    kept = np.select([fmt == _F["csr"], fmt == _F["bsr"], fmt == _F["nm"]], [nnz, bvals, rows * kr], krows * cols)
+    nscales = np.where(group > 0, krows * np.floor(cols / np.maximum(group, 1.0)), np.where(quant, krows, 0.0))
+    wb = dense_vals + nscales * sbytes * (1.0 + zp)
+    kept = krows * cols
+    is_csr = fmt == _F["csr"]
+    if is_csr.any():
+        nnz = total - np.minimum(total, np.floor(sp * total + _EPS))
+        idx = np.where(np.maximum(nnz, cols) < _INDEX_LIMIT, 4.0, 8.0)
+        csr_b = (np.where(is4, np.ceil(nnz / 2), nnz * item) + (nnz + rows + 1) * idx
+                 + np.where(quant, rows * 4.0, 0.0))
+        wb = np.where(is_csr, csr_b, wb)
+        kept = np.where(is_csr, nnz, kept)
+    is_bsr = fmt == _F["bsr"]
+    if is_bsr.any():
+        brr = np.maximum(br, 1.0)
+        bcc = np.maximum(bc, 1.0)
+        nbr = np.floor(rows / brr)
+        nblocks = nbr * np.floor(cols / bcc)
+        nb = nblocks - np.minimum(nblocks, np.floor(sp * nblocks + _EPS))
+        idx = np.where(np.maximum(nb, cols) < _INDEX_LIMIT, 4.0, 8.0)
+        bvals = nb * brr * bcc
+        bsr_b = (np.where(is4, np.ceil(bvals / 2), bvals * item) + (nb + nbr + 1) * idx
+                 + np.where(quant, nb * 4.0, 0.0))
+        wb = np.where(is_bsr, bsr_b, wb)
+        kept = np.where(is_bsr, bvals, kept)
+    is_nm = fmt == _F["nm"]
+    if is_nm.any():
+        mm = np.maximum(nmm, 1.0)
+        kr = np.floor(cols / mm) * nmn
+        bits = np.maximum(1.0, np.ceil(np.log2(np.maximum(mm, 2.0))))
+        nm_b = (np.where(is4, rows * np.ceil(kr / 2), rows * kr * item) + rows * np.ceil(kr * bits / 8)
+                + np.where(quant, rows * 4.0, 0.0))
+        wb = np.where(is_nm, nm_b, wb)
+        kept = np.where(is_nm, rows * kr, kept)
     return wb, krows, kept
 
 
@@ -259,17 +278,18 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     L = T.nlev
     traffic = [None] * L
     rW_last = None
+    ws1 = A1 + wb1 + C1
+    small1 = np.minimum(A1, wb1)
     for j in range(L):
+        tile = T.tile[j][a]
         if j == 0:
-            tile = T.t_reg
-            fits = np.zeros(np.shape(m), dtype=bool)
+            rA = np.maximum(1.0, _cdiv(n_out, tile))
+            rW = np.maximum(1.0, _cdiv(m, tile))
         else:
             cap = T.cap[j - 1]
-            tile = max(1.0, 0.0)  # placeholder, replaced below (per-config itemsize)
-            tile = np.maximum(1.0, np.floor(np.sqrt(cap / (3.0 * a_item))))
-            fits = ((A1 + wb1 + C1) <= cap) | (np.minimum(A1, wb1) <= cap / 2)
-        rA = np.where(fits, 1.0, np.maximum(1.0, _cdiv(n_out, tile)))
-        rW = np.where(fits, 1.0, np.maximum(1.0, _cdiv(m, tile)))
+            fits = (ws1 <= cap) | (small1 <= cap / 2)
+            rA = np.where(fits, 1.0, np.maximum(1.0, _cdiv(n_out, tile)))
+            rW = np.where(fits, 1.0, np.maximum(1.0, _cdiv(m, tile)))
         traffic[j] = A * rA + W * rW + C + Q
         rW_last = rW
     resident = warm & (wb1 <= T.totcap[L - 2])
@@ -326,9 +346,10 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     t_compute = t_tensor + t_vector
     # --- time, bound ------------------------------------------------------------------------------
     t_mem = [traffic[j] / T.bw[j] for j in range(L)]
-    stack = np.stack(t_mem + [t_compute])
-    mx = stack.max(axis=0)
-    arg = stack.argmax(axis=0)
+    mx, arg = t_mem[0], np.zeros(np.shape(t_mem[0]), dtype=np.int64)
+    for j, t in enumerate(t_mem[1:] + [t_compute], start=1):
+        arg = np.where(t > mx, j, arg)
+        mx = np.maximum(mx, t)
     overhead = T.launch * (1.0 + qact)
     bound = np.where(arg == L, np.where(t_tensor >= t_vector, L, L + 1), arg)
     bound = np.where(overhead > mx, L + 2, bound)
@@ -512,6 +533,67 @@ def _prepare(dev, T, m, n, k, count, weights, acts, group_size, scale_dtype, zer
                 bc=bc, nmn=nmn, nmm=nmm, wop=wop, warm=wm)
 
 
+_CHUNK = 1 << 15
+_POOL = None
+
+
+def _threads() -> int:
+    import os
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def _run_core(core_fn, T, p: dict, keys=None) -> dict:
+    """Run ``core_fn`` over the broadcast arrays of ``p`` in cache-sized chunks, on a few threads (NumPy
+    releases the GIL), and return full-shape output arrays (only ``keys`` when given)."""
+    global _POOL
+    shape = np.broadcast_shapes(*(np.shape(v) for v in p.values()))
+    total = math.prod(shape)
+    flat = {}
+    for key, v in p.items():
+        v = np.asarray(v)
+        if v.size and (v.ndim == 0 or all(st == 0 for st in v.strides)):
+            flat[key] = v.reshape(-1)[0] if v.ndim else v  # a broadcast scalar stays a scalar
+        else:
+            flat[key] = np.ascontiguousarray(np.broadcast_to(v, shape)).reshape(-1)
+    if total <= _CHUNK:
+        res = core_fn(T, **flat)
+        return {k: np.broadcast_to(v, (total,)).reshape(shape) for k, v in res.items()
+                if keys is None or k in keys}
+    bounds = [(i, min(i + _CHUNK, total)) for i in range(0, total, _CHUNK)]
+    out: dict = {}
+
+    def work(lohi):
+        lo, hi = lohi
+        res = core_fn(T, **{k: (v[lo:hi] if np.ndim(v) else v) for k, v in flat.items()})
+        return lo, hi, res
+
+    def store(lo, hi, res):
+        for k, v in res.items():
+            if keys is not None and k not in keys:
+                continue
+            if k not in out:
+                out[k] = np.empty(total, dtype=np.asarray(v).dtype)
+            out[k][lo:hi] = v
+
+    nthreads = _threads()
+    if nthreads > 1:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(max_workers=nthreads, thread_name_prefix="memwall-sim")
+        for lo, hi, res in _POOL.map(work, bounds):
+            store(lo, hi, res)
+    else:
+        for bnd in bounds:
+            store(*work(bnd))
+    return {k: v.reshape(shape) for k, v in out.items()}
+
+
 def _comp_kwargs(comp: Compression) -> dict:
     return dict(weights=comp.weights, acts=comp.acts, group_size=comp.group_size or 0,
                 scale_dtype=comp.scale_dtype, zero_points=float(comp.zero_points), format=_F[comp.format],
@@ -533,7 +615,7 @@ def _as_comp(value, name: str) -> Compression:
 def estimate_gemm_arrays(device, m, n, k, *, count=1, weights="fp16", acts=None, group_size=None,
                          scale_dtype="fp16", zero_points=False, format="dense", sparsity=0.0, block_r=None,
                          block_c=None, nm_n=None, nm_m=None, weight_operand=True, warm=False, comp=None,
-                         baseline=None) -> dict:
+                         baseline=None, detail=False) -> dict:
     """Estimate many GEMM configurations at once (NumPy broadcasting over every argument).
 
     Parameters
@@ -555,14 +637,18 @@ def estimate_gemm_arrays(device, m, n, k, *, count=1, weights="fp16", acts=None,
     baseline : Compression, dtype name, False or None
         Speedup reference (default :func:`default_baseline`); ``False`` skips it (faster).
 
+    detail : bool
+        Also return the per-level and per-unit breakdown (more memory per configuration).
+
     Returns
     -------
     dict of ndarrays (broadcast shape)
-        ``time_s``, ``bound`` (roof names), ``bound_code`` (index into :func:`roof_names`), ``energy_j``,
-        ``ops``, ``speedup`` (unless ``baseline=False``), ``baseline_time_s``, ``t_tensor``, ``t_vector``,
-        ``t_overhead``, ``weight_bytes``, ``act_bytes``, ``dram_bytes``, ``bytes_<level>`` and
-        ``time_<level>`` per memory level, ``energy_<component>``, ``compute_dtype`` (codes into DTYPES),
-        ``use_tensor``, ``arithmetic_intensity`` (ops per DRAM byte).
+        Always: ``time_s``, ``bound`` (roof names), ``bound_code`` (index into :func:`roof_names`),
+        ``energy_j``, ``ops``, ``weight_bytes``, ``dram_bytes``, ``arithmetic_intensity`` (ops per DRAM byte),
+        ``speedup`` and ``baseline_time_s`` (unless ``baseline=False``).  With ``detail``: ``t_tensor``,
+        ``t_vector``, ``t_overhead``, ``act_bytes``, ``bytes_<level>``, ``time_<level>``,
+        ``energy_<level>``, ``energy_tensor``, ``energy_vector``, ``energy_static``, ``compute_dtype``
+        (codes into DTYPES), ``use_tensor``.
     """
     dev = load_device(device)
     T = _tables(dev)
@@ -575,8 +661,9 @@ def estimate_gemm_arrays(device, m, n, k, *, count=1, weights="fp16", acts=None,
                                                           kw["block_c"], kw["nm_n"], kw["nm_m"])
     p = _prepare(dev, T, m, n, k, count, weights, acts, group_size, scale_dtype, zero_points, format, sparsity,
                  block_r, block_c, nm_n, nm_m, weight_operand, warm)
-    core = _gemm_core(T, **p)
-    out = _public(dev, T, core)
+    keys = None if detail else _COMPACT_KEYS + (f"bytes_{T.nlev - 1}",)
+    core = _run_core(_gemm_core, T, p, keys)
+    out = _public(dev, T, core, detail)
     if baseline is not False:
         base = _as_comp(default_baseline(dev) if baseline is None else baseline, "baseline")
         pb = dict(p)
@@ -589,29 +676,36 @@ def estimate_gemm_arrays(device, m, n, k, *, count=1, weights="fp16", acts=None,
                   zp=np.broadcast_to(bk["zero_points"], shape), br=np.broadcast_to(float(bk["block_r"]), shape),
                   bc=np.broadcast_to(float(bk["block_c"]), shape), nmn=np.broadcast_to(float(bk["nm_n"]), shape),
                   nmm=np.broadcast_to(float(bk["nm_m"]), shape))
-        bt = _gemm_core(T, **pb)["time_s"]
+        bt = _run_core(_gemm_core, T, pb, ("time_s",))["time_s"]
         out["baseline_time_s"] = bt
         out["speedup"] = bt / out["time_s"]
     return out
 
 
-def _public(dev, T, core) -> dict:
+_COMPACT_KEYS = ("time_s", "bound_code", "energy_j", "ops", "weight_bytes")
+
+
+def _public(dev, T, core, detail: bool = True) -> dict:
     L = T.nlev
     names = np.array(T.names)
     out = {
         "time_s": core["time_s"], "bound": names[core["bound_code"]], "bound_code": core["bound_code"],
-        "energy_j": core["energy_j"], "ops": core["ops"], "t_tensor": core["t_tensor"],
-        "t_vector": core["t_vector"], "t_overhead": core["t_overhead"], "weight_bytes": core["weight_bytes"],
-        "act_bytes": core["act_bytes"], "dram_bytes": core[f"bytes_{L - 1}"],
-        "compute_dtype": core["compute_dtype"], "use_tensor": core.get("use_tensor"),
-        "energy_tensor": core["e_tensor"], "energy_vector": core["e_vector"], "energy_static": core["e_static"],
+        "energy_j": core["energy_j"], "ops": core["ops"], "weight_bytes": core["weight_bytes"],
+        "dram_bytes": core[f"bytes_{L - 1}"],
     }
-    for j, lv in enumerate(dev.memory_levels):
-        out[f"bytes_{lv.name}"] = core[f"bytes_{j}"]
-        out[f"time_{lv.name}"] = core[f"t_mem_{j}"]
-        out[f"energy_{lv.name}"] = core[f"e_mem_{j}"]
     with np.errstate(divide="ignore", invalid="ignore"):
         out["arithmetic_intensity"] = np.where(out["dram_bytes"] > 0, core["ops"] / out["dram_bytes"], np.inf)
+    if detail:
+        out.update({
+            "t_tensor": core["t_tensor"], "t_vector": core["t_vector"], "t_overhead": core["t_overhead"],
+            "act_bytes": core["act_bytes"], "compute_dtype": core["compute_dtype"],
+            "use_tensor": core.get("use_tensor"), "energy_tensor": core["e_tensor"],
+            "energy_vector": core["e_vector"], "energy_static": core["e_static"],
+        })
+        for j, lv in enumerate(dev.memory_levels):
+            out[f"bytes_{lv.name}"] = core[f"bytes_{j}"]
+            out[f"time_{lv.name}"] = core[f"t_mem_{j}"]
+            out[f"energy_{lv.name}"] = core[f"e_mem_{j}"]
     return out
 
 
@@ -735,19 +829,22 @@ def _notes(dev: Device, T: _Tables, op, comp: Compression, row: dict, base_time:
 
 
 def _gemm_batch(dev, T, gemms, comp: Compression, warm: bool):
+    """The core on a list of validated GemmOps under one validated Compression (no re-validation)."""
+    for g in gemms:
+        if g.weight_operand:
+            check_shape(g.n, g.k, comp)
     m = np.array([g.m for g in gemms], dtype=np.float64)
     n = np.array([g.n for g in gemms], dtype=np.float64)
     k = np.array([g.k for g in gemms], dtype=np.float64)
     cnt = np.array([g.count for g in gemms], dtype=np.float64)
     wop = np.array([g.weight_operand for g in gemms], dtype=bool)
-    for g in gemms:
-        if g.weight_operand:
-            check_shape(g.n, g.k, comp)
-    kw = _comp_kwargs(comp)
-    p = _prepare(dev, T, m, n, k, cnt, kw["weights"], kw["acts"], kw["group_size"], kw["scale_dtype"],
-                 kw["zero_points"], kw["format"], kw["sparsity"], kw["block_r"], kw["block_c"], kw["nm_n"],
-                 kw["nm_m"], wop, warm)
-    return _gemm_core(T, **p)
+    sp = 1.0 - comp.n / comp.m if comp.format == "nm" else comp.sparsity
+    br, bc = comp.block or (0, 0)
+    return _gemm_core(T, m=m, n=n, k=k, count=cnt, w=np.int64(_D[comp.weights]), a=np.int64(_D[comp.acts]),
+                      fmt=np.int64(_F[comp.format]), sp=np.float64(sp), group=np.float64(comp.group_size or 0),
+                      sbytes=np.float64(ITEMSIZE[comp.scale_dtype]), zp=np.float64(comp.zero_points),
+                      br=np.float64(br), bc=np.float64(bc), nmn=np.float64(comp.n or 0),
+                      nmm=np.float64(comp.m or 0), wop=wop, warm=np.bool_(warm))
 
 
 def _memory_batch(dev, T, mops, comp: Compression, warm: bool):
@@ -862,4 +959,6 @@ def estimate(device, op, comp=None, *, warm: bool = False, baseline=None) -> Est
     """
     if not isinstance(op, (GemmOp, MemoryOp)):
         raise TypeError(f"op: expected a GemmOp or MemoryOp, got {type(op).__name__}")
+    if comp is not None:
+        comp = _as_comp(comp, "comp")
     return estimate_ops(device, [op], comp, warm=warm, baseline=baseline)[0]

@@ -307,8 +307,14 @@ def host_profile_path() -> Path:
     return Path(base) / "memwall" / "host.toml"
 
 
+_SHIPPED: dict[str, Path] | None = None
+
+
 def _shipped() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(_HERE.glob("*.toml")) if not p.stem.startswith("_")}
+    global _SHIPPED
+    if _SHIPPED is None:
+        _SHIPPED = {p.stem: p for p in sorted(_HERE.glob("*.toml")) if not p.stem.startswith("_")}
+    return _SHIPPED
 
 
 def list_devices() -> list[str]:
