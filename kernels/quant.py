@@ -22,7 +22,8 @@ uint8/uint4, asymmetric    [0, 2^b-1]      as signed asymmetric, on the unsigned
 ternary (bits="ternary")   {-1, 0, +1}     ``amax`` (threshold amax/2 for min-max; the
                                            percentile/MSE methods choose a smaller amax)
 binary (bits="binary")     {-1, +1}        ``mean(|x|)`` (the least-squares scale for sign(x));
-                                           ``x >= 0 -> +1``; the ``method`` is ignored
+                                           ``x >= 0 -> +1``; the ``method`` is ignored; an
+                                           all-zero unit gets FLT_MIN (0 is not on the grid)
 =========================  ==============  ====================================================
 
 Ternary and binary are symmetric and signed only.  ``QuantizedTensor.bits`` is 8, 4, 2 (ternary) or 1
@@ -311,10 +312,19 @@ def _check_layout(x: np.ndarray, axis, group_size):
     return axis, None
 
 
-def _prepare(x, bits, symmetric, axis, group_size, method, signed, kw):
-    x = as_array(x, "x", dtype=(np.float32, np.float64, np.float16), allow_convert=True)
+def _float_input(x, name, ndim=None) -> np.ndarray:
+    """A C-contiguous float32 array from a float ndarray (float16/64 converted) or an array-like of numbers;
+    integer/bool ndarrays are a TypeError (they are already quantized or not data)."""
+    if isinstance(x, np.ndarray) and x.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a float array (float32; float16/float64 are converted), got {x.dtype.name}")
+    x = as_array(x, name, dtype=(np.float32, np.float64, np.float16), ndim=ndim, allow_convert=True)
     if x.dtype != np.float32:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = x.astype(np.float32, order="C")  # (np.ascontiguousarray would turn 0-d into 1-d)
+    return x
+
+
+def _prepare(x, bits, symmetric, axis, group_size, method, signed, kw):
+    x = _float_input(x, "x")
     check_finite(x, "x")
     symmetric = bool(symmetric)
     signed = bool(signed)
@@ -337,6 +347,8 @@ def _compute(x, symmetric, signed, qmin, qmax, fmt, axis, group_size, method, pc
             mean_abs = np.abs(seg).mean(axis=1, dtype=np.float64)
         else:
             mean_abs = np.zeros(n_seg)
+        # binary cannot represent 0: an all-zero unit gets the smallest scale, dequantizing to +-FLT_MIN
+        mean_abs = np.where(mean_abs == 0.0, FLT_MIN, mean_abs)
         lo, hi = -mean_abs, mean_abs
     else:
         lo, hi = _ranges(seg, symmetric, signed, method, pct)
@@ -519,16 +531,16 @@ def dequantize(q, scale=None, zero_point=None, *, axis=None, group_size=None) ->
         if zero_point is None:
             zero_point = np.zeros(want, np.int32)
         else:
-            zero_point = as_array(zero_point, "zero_point")
+            zero_point = as_array(np.asarray(zero_point) if np.isscalar(zero_point) else zero_point, "zero_point")
             if zero_point.dtype.kind not in "iu":
                 raise TypeError(f"zero_point: expected an integer array, got {zero_point.dtype.name}")
             if zero_point.shape != want:
                 raise ValueError(f"zero_point: expected shape {want}, got {zero_point.shape}")
             check_range(zero_point, "zero_point", -(2**31), 2**31 - 1)
             zero_point = zero_point.astype(np.int32)
-        qt = QuantizedTensor(q, np.ascontiguousarray(scale), zero_point, 8, axis, group_size,
+        qt = QuantizedTensor(q, scale, zero_point, 8, axis, group_size,
                              q.dtype == np.int8, bool((zero_point == 0).all()))
-    vals = np.ascontiguousarray(qt.values)
+    vals = qt.values if qt.values.flags.c_contiguous else qt.values.copy()
     out = np.empty(vals.shape, np.float32)
     _run_elementwise(_dequant3_kernel, _dequant_cols_kernel, vals, out, qt.scale, qt.zero_point,
                      qt.axis, qt.group_size)
@@ -584,9 +596,7 @@ def quantize_rows_int8(x) -> tuple[np.ndarray, np.ndarray]:
     -------
     (q int8 (rows, K), scale float32 (rows,)).  NaN/Inf in x raise ValueError.
     """
-    x = as_array(x, "x", dtype=(np.float32, np.float64, np.float16), ndim=2, allow_convert=True)
-    if x.dtype != np.float32:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    x = _float_input(x, "x", ndim=2)
     q = np.empty(x.shape, np.int8)
     scale = np.empty(x.shape[0], np.float32)
     if x.size == 0:
@@ -787,9 +797,7 @@ def emulate_float(x, fmt, saturate=None) -> np.ndarray:
     float32 array of x's shape.
     """
     check_choice(fmt, "fmt", tuple(FLOAT_FORMATS))
-    x = as_array(x, "x", dtype=(np.float32, np.float64, np.float16), allow_convert=True)
-    if x.dtype != np.float32:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    x = _float_input(x, "x")
     info = FLOAT_FORMATS[fmt]
     if saturate is None:
         saturate = info["_saturate_default"]
