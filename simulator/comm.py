@@ -1,0 +1,558 @@
+"""Alpha-beta model of data-parallel gradient exchange: dense all-reduce vs. all-gather of top-k gradients.
+
+Every collective is priced with the classic latency-bandwidth ("alpha-beta") model of Hockney, as used for
+MPI/NCCL collectives by Thakur, Rabenseifner & Gropp ("Optimization of Collective Communication Operations
+in MPICH", IJHPCA 2005) and Patarasuk & Yuan ("Bandwidth optimal all-reduce algorithms", JPDC 2009):
+a message of ``n`` bytes over one link costs ``alpha + n / beta`` seconds, plus ``gamma`` seconds per byte
+where bytes are reduced (summed) by the receiving worker.
+
+With ``p`` workers and a gradient of ``n`` bytes:
+
+=====================================  ==============================================================  =====================================
+collective                             time                                                            bytes sent per worker
+=====================================  ==============================================================  =====================================
+ring all-reduce                        ``2 (p-1) alpha + 2 (p-1)/p n / beta + (p-1)/p n gamma``         ``2 (p-1)/p n``
+tree all-reduce (binary, reduce +      ``2 ceil(log2 p) (alpha + n / beta) + ceil(log2 p) n gamma``     ``<= 2 n`` (interior nodes)
+broadcast, whole message per hop)
+ring all-gather (``e`` bytes each)     ``(p-1) (alpha + e / beta)``                                     ``(p-1) e``
+=====================================  ==============================================================  =====================================
+
+Sparsified gradients are exchanged as top-k (index, value) pairs with an all-gather (each worker contributes
+its own ``k`` pairs; sums are formed locally after the gather).  The encoding matches
+:mod:`memwall.kernels.gradient`: values in the chosen dtype, indices int32 when the gradient has fewer than
+``2**31`` entries, else int64 (the project-wide index-width rule).
+
+Hierarchical (``nodes > 1`` with several workers per node ``g = workers / nodes``) — the scheme of NCCL's
+tree/ring hierarchy and Horovod's hierarchical all-reduce:
+
+* dense: reduce-scatter inside each node (intra link), ``g`` parallel inter-node ring all-reduces of
+  ``n / g`` bytes each that share the node's network bandwidth (``nics_per_node`` links), then an
+  all-gather inside each node;
+* sparse: ``g`` parallel inter-node ring all-gathers of one worker's ``e`` bytes each (sharing the node's
+  bandwidth), then an all-gather inside the node of the ``q = nodes`` blocks each worker now holds.
+
+Overlap with backward compute (optional): with ``backward_s`` given (or estimated by the simulator from the
+model and a device: the backward pass costs **2x the forward pass**, the rule of Kaplan et al. 2020 /
+Narayanan et al. 2021 — training compute ~ 6 N ops per token, 2 N forward and 4 N backward), gradient
+buckets are all-reduced while earlier layers still compute their gradients; the model treats this overlap as
+perfect, so the exposed communication is ``max(0, t_comm - backward_s)`` — an optimistic bound (the last
+bucket can never be hidden).  The cost of selecting the top-k on each worker and of summing the gathered
+pairs is not modelled (it is memory-bound local work, small next to the network on everything but NVLink).
+
+Network presets (:data:`NETWORKS`) carry line rates per direction and typical one-way small-message latency;
+every figure has its source; latencies are stated as assumptions where no standard fixes them.  Device
+profiles may add their own links (``load_network("a100-80gb:nvlink")``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from ..kernels._validate import check_choice, check_fraction, check_int
+
+__all__ = [
+    "Network",
+    "NETWORKS",
+    "VALUE_BYTES",
+    "CommEstimate",
+    "list_networks",
+    "load_network",
+    "index_bytes",
+    "topk_bytes",
+    "ring_allreduce_time",
+    "tree_allreduce_time",
+    "allgather_time",
+    "allreduce_bytes_per_worker",
+    "allgather_bytes_per_worker",
+    "hierarchical_allreduce_time",
+    "hierarchical_allgather_time",
+    "dense_exchange",
+    "sparse_exchange",
+    "crossover_sparsity",
+    "estimate_comm",
+    "model_parameters",
+]
+
+#: Bytes per gradient value for the dtypes a gradient may travel in.
+VALUE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
+
+
+@dataclass(frozen=True)
+class Network:
+    """One link type: ``bandwidth_bytes_per_s`` per direction per worker (beta), ``latency_s`` per message
+    (alpha), ``gamma_s_per_byte`` for reducing (summing) received bytes (0 = free), and where they come from."""
+
+    id: str
+    name: str
+    bandwidth_bytes_per_s: float
+    latency_s: float
+    gamma_s_per_byte: float = 0.0
+    source: str = ""
+
+    def __post_init__(self):
+        for f in ("bandwidth_bytes_per_s",):
+            v = getattr(self, f)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"network {self.id!r}: {f} must be a finite number > 0, got {v!r}")
+        for f in ("latency_s", "gamma_s_per_byte"):
+            v = getattr(self, f)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"network {self.id!r}: {f} must be a finite number >= 0, got {v!r}")
+
+    def message_time(self, nbytes: float) -> float:
+        """alpha + n / beta."""
+        return self.latency_s + nbytes / self.bandwidth_bytes_per_s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_ETH_LAT = ("latency: 25 us one-way small-message latency through a kernel TCP stack is an assumption "
+            "(typical NCCL-over-sockets / Gloo figures are 10-50 us)")
+
+#: Presets: line rate per direction, typical latency.  Ids are what ``--network`` takes.
+NETWORKS: dict[str, Network] = {n.id: n for n in (
+    Network("nvlink2", "NVLink 2 (V100 SXM2, 6 links)", 150e9, 5e-6,
+            source="bandwidth: 300 GB/s total bidirectional per GPU (NVIDIA Volta whitepaper) = 150 GB/s per "
+                   "direction; latency: 5 us per collective step is an assumption (NCCL ring step, order of "
+                   "magnitude from nccl-tests small-message all-reduce)"),
+    Network("nvlink3", "NVLink 3 (A100 SXM4, 12 links)", 300e9, 5e-6,
+            source="bandwidth: 600 GB/s total bidirectional per GPU (NVIDIA A100 datasheet) = 300 GB/s per "
+                   "direction; latency: 5 us assumed (as nvlink2)"),
+    Network("nvlink4", "NVLink 4 (H100 SXM5, 18 links)", 450e9, 5e-6,
+            source="bandwidth: 900 GB/s total bidirectional per GPU (NVIDIA H100 product page) = 450 GB/s per "
+                   "direction; latency: 5 us assumed (as nvlink2)"),
+    Network("pcie3", "PCIe 3.0 x16", 15.75e9, 2e-6,
+            source="bandwidth: 8 GT/s x 16 lanes x 128/130 encoding / 8 = 15.75 GB/s per direction (PCI-SIG "
+                   "PCIe 3.0 base spec); latency: 2 us per transfer assumed (DMA setup + round trip)"),
+    Network("pcie4", "PCIe 4.0 x16", 31.5e9, 2e-6,
+            source="bandwidth: 16 GT/s x 16 lanes x 128/130 / 8 = 31.5 GB/s per direction (PCI-SIG PCIe 4.0); "
+                   "latency: 2 us assumed"),
+    Network("pcie5", "PCIe 5.0 x16", 63e9, 2e-6,
+            source="bandwidth: 32 GT/s x 16 lanes x 128/130 / 8 = 63 GB/s per direction (PCI-SIG PCIe 5.0); "
+                   "latency: 2 us assumed"),
+    Network("10gbe", "10 Gigabit Ethernet (TCP)", 1.25e9, 25e-6,
+            source="bandwidth: 10 Gb/s line rate = 1.25 GB/s per direction (IEEE 802.3ae); " + _ETH_LAT),
+    Network("25gbe", "25 Gigabit Ethernet (TCP)", 3.125e9, 25e-6,
+            source="bandwidth: 25 Gb/s = 3.125 GB/s per direction (IEEE 802.3by); " + _ETH_LAT),
+    Network("100gbe", "100 Gigabit Ethernet (TCP)", 12.5e9, 25e-6,
+            source="bandwidth: 100 Gb/s = 12.5 GB/s per direction (IEEE 802.3ba/bj); " + _ETH_LAT),
+    Network("ib-edr", "InfiniBand EDR 4x", 12.5e9, 1.5e-6,
+            source="bandwidth: 100 Gb/s = 12.5 GB/s per direction (InfiniBand Trade Association roadmap); "
+                   "latency: ~1.5 us MPI ping-pong assumed (vendor figures 0.6-1 us port-to-port + host)"),
+    Network("ib-hdr", "InfiniBand HDR 4x", 25e9, 1.5e-6,
+            source="bandwidth: 200 Gb/s = 25 GB/s per direction (IBTA roadmap); latency: ~1.5 us assumed"),
+    Network("ib-ndr", "InfiniBand NDR 4x", 50e9, 1.5e-6,
+            source="bandwidth: 400 Gb/s = 50 GB/s per direction (IBTA roadmap); latency: ~1.5 us assumed"),
+)}
+
+
+def list_networks() -> list[str]:
+    """Ids of the network presets."""
+    return sorted(NETWORKS)
+
+
+def load_network(spec) -> Network:
+    """A :class:`Network` from a preset id (:data:`NETWORKS`), ``"DEVICE:LINK"`` (a link named in a device
+    profile's ``interconnects``), or a :class:`Network` (returned as is)."""
+    if isinstance(spec, Network):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"network: expected a preset id or a Network, got {type(spec).__name__}")
+    key = spec.strip().lower()
+    if key in NETWORKS:
+        return NETWORKS[key]
+    if ":" in spec:
+        dev_id, link = spec.rsplit(":", 1)
+        from .devices import load_device
+
+        dev = load_device(dev_id)
+        links = dict(getattr(dev, "interconnects", {}) or {})
+        if link not in links:
+            raise ValueError(f"network {spec!r}: device {dev_id!r} has no interconnect {link!r}; "
+                             f"it has: {', '.join(sorted(links)) or 'none'}")
+        return _network_from_profile(f"{dev_id}:{link}", links[link])
+    raise ValueError(f"network {spec!r}: unknown; expected one of {', '.join(list_networks())} "
+                     "or DEVICE:LINK naming an interconnect of a device profile")
+
+
+def _network_from_profile(nid: str, entry) -> Network:
+    """Accept the shapes a device profile may use for one interconnect: an object with bandwidth/latency
+    attributes, a dict, or a (bandwidth, latency) pair."""
+    def pick(obj, names):
+        for n in names:
+            if isinstance(obj, dict) and n in obj:
+                return obj[n]
+            if hasattr(obj, n):
+                return getattr(obj, n)
+        return None
+
+    if isinstance(entry, (tuple, list)) and len(entry) == 2:
+        bw, lat = entry
+        src = ""
+    else:
+        bw = pick(entry, ("bandwidth_bytes_per_s", "bandwidth", "bytes_per_s"))
+        lat = pick(entry, ("latency_s", "latency"))
+        src = pick(entry, ("source",)) or ""
+    if bw is None:
+        raise ValueError(f"network {nid!r}: the device profile gives no bandwidth for this link")
+    return Network(nid, nid, float(bw), float(lat or 0.0), source=str(src) or "device profile")
+
+
+# --- sizes -------------------------------------------------------------------------------------------
+
+
+def index_bytes(n_entries: int) -> int:
+    """Index width for positions in a gradient of ``n_entries``: 4 (int32) below 2**31 entries, else 8."""
+    return 4 if n_entries < 2**31 else 8
+
+
+def _check_params(params) -> int:
+    return check_int(params, "params", minimum=1)
+
+
+def _check_workers(workers, nodes):
+    workers = check_int(workers, "workers", minimum=1)
+    nodes = check_int(nodes, "nodes", minimum=1)
+    if workers % nodes:
+        raise ValueError(f"workers: {workers} workers do not split evenly over {nodes} nodes")
+    return workers, nodes
+
+
+def topk_bytes(params: int, sparsity: float, value_dtype: str = "fp32") -> dict:
+    """Bytes of one worker's top-k encoding of a ``params``-entry gradient at ``sparsity`` (fraction
+    dropped): ``k = ceil((1 - sparsity) * params)`` (at least 1) pairs of (index, value).
+
+    Returns ``{"k", "values", "indices", "total", "index_bytes"}``.
+    """
+    params = _check_params(params)
+    sparsity = check_fraction(sparsity, "sparsity")
+    check_choice(value_dtype, "value_dtype", tuple(VALUE_BYTES))
+    k = max(1, math.ceil((1.0 - sparsity) * params - 1e-9))
+    k = min(k, params)
+    ib = index_bytes(params)
+    vals = k * VALUE_BYTES[value_dtype]
+    return {"k": k, "values": vals, "indices": k * ib, "total": vals + k * ib, "index_bytes": ib}
+
+
+def allreduce_bytes_per_worker(nbytes: float, workers: int) -> float:
+    """Bytes each worker sends in a ring all-reduce: ``2 (p-1)/p n`` (reduce-scatter + all-gather)."""
+    p = check_int(workers, "workers", minimum=1)
+    return 2.0 * (p - 1) / p * nbytes
+
+
+def allgather_bytes_per_worker(nbytes_per_worker: float, workers: int) -> float:
+    """Bytes each worker sends (and receives) in a ring all-gather of ``e`` bytes each: ``(p-1) e``."""
+    p = check_int(workers, "workers", minimum=1)
+    return float((p - 1) * nbytes_per_worker)
+
+
+# --- collective times ---------------------------------------------------------------------------------
+
+
+def ring_allreduce_time(nbytes: float, workers: int, network, *, messages: int = 1) -> float:
+    """Ring all-reduce of ``nbytes`` over ``workers``: ``2(p-1) alpha + 2(p-1)/p n/beta + (p-1)/p n gamma``.
+
+    ``messages`` > 1 splits the gradient into that many buckets (each pays the latency term).
+    """
+    net = load_network(network)
+    p = check_int(workers, "workers", minimum=1)
+    messages = check_int(messages, "messages", minimum=1)
+    if p == 1 or nbytes <= 0:
+        return 0.0
+    return (2 * (p - 1) * net.latency_s * messages
+            + 2.0 * (p - 1) / p * nbytes / net.bandwidth_bytes_per_s
+            + (p - 1) / p * nbytes * net.gamma_s_per_byte)
+
+
+def tree_allreduce_time(nbytes: float, workers: int, network, *, messages: int = 1) -> float:
+    """Binary-tree all-reduce (reduce to the root, then broadcast; the whole message per hop, no
+    pipelining): ``2 ceil(log2 p) (alpha + n/beta) + ceil(log2 p) n gamma``.  Wins over the ring only for
+    small messages (latency-bound)."""
+    net = load_network(network)
+    p = check_int(workers, "workers", minimum=1)
+    messages = check_int(messages, "messages", minimum=1)
+    if p == 1 or nbytes <= 0:
+        return 0.0
+    d = math.ceil(math.log2(p))
+    return (2 * d * (net.latency_s * messages + nbytes / net.bandwidth_bytes_per_s)
+            + d * nbytes * net.gamma_s_per_byte)
+
+
+def allgather_time(nbytes_per_worker: float, workers: int, network) -> float:
+    """Ring all-gather where each worker contributes ``e`` bytes: ``(p-1) (alpha + e/beta)``."""
+    net = load_network(network)
+    p = check_int(workers, "workers", minimum=1)
+    if p == 1:
+        return 0.0
+    return (p - 1) * (net.latency_s + nbytes_per_worker / net.bandwidth_bytes_per_s)
+
+
+def hierarchical_allreduce_time(nbytes: float, workers: int, nodes: int, intra, inter, *,
+                                nics_per_node: int = 1, algorithm: str = "ring") -> dict:
+    """Dense all-reduce across ``nodes`` nodes of ``workers / nodes`` workers each.
+
+    Reduce-scatter inside the node (``intra``), all-reduce of each worker's ``n/g`` shard across nodes
+    (``inter``; the ``g`` shards of a node share ``nics_per_node`` links), all-gather inside the node.
+    Returns ``{"time_s", "intra_s", "inter_s", "bytes_per_worker", "inter_bytes_per_node"}``.
+    """
+    p, q = _check_workers(workers, nodes)
+    intra, inter = load_network(intra), load_network(inter)
+    nics = check_int(nics_per_node, "nics_per_node", minimum=1)
+    g = p // q
+    # intra: reduce-scatter then all-gather = one ring all-reduce's worth of traffic among g workers
+    intra_s = ring_allreduce_time(nbytes, g, intra)
+    node_bw = Network("node", "node", inter.bandwidth_bytes_per_s * nics / g, inter.latency_s,
+                      inter.gamma_s_per_byte)
+    ar = ring_allreduce_time if algorithm == "ring" else tree_allreduce_time
+    inter_s = ar(nbytes / g, q, node_bw) if q > 1 else 0.0
+    intra_b = allreduce_bytes_per_worker(nbytes, g)
+    inter_b = allreduce_bytes_per_worker(nbytes / g, q) if q > 1 else 0.0
+    return {"time_s": intra_s + inter_s, "intra_s": intra_s, "inter_s": inter_s,
+            "bytes_per_worker": intra_b + inter_b, "inter_bytes_per_node": inter_b * g}
+
+
+def hierarchical_allgather_time(nbytes_per_worker: float, workers: int, nodes: int, intra, inter, *,
+                                nics_per_node: int = 1) -> dict:
+    """All-gather of ``e`` bytes per worker across ``nodes`` nodes of ``g`` workers: first ``g`` parallel
+    inter-node ring all-gathers (one per local rank, sharing the node's links), then an intra-node ring
+    all-gather of the ``q e`` bytes each worker holds.  Same return keys as
+    :func:`hierarchical_allreduce_time`."""
+    p, q = _check_workers(workers, nodes)
+    intra, inter = load_network(intra), load_network(inter)
+    nics = check_int(nics_per_node, "nics_per_node", minimum=1)
+    g = p // q
+    e = float(nbytes_per_worker)
+    node_bw = Network("node", "node", inter.bandwidth_bytes_per_s * nics / g, inter.latency_s)
+    inter_s = allgather_time(e, q, node_bw) if q > 1 else 0.0
+    intra_s = allgather_time(q * e, g, intra)
+    inter_b = allgather_bytes_per_worker(e, q)
+    intra_b = allgather_bytes_per_worker(q * e, g)
+    return {"time_s": inter_s + intra_s, "intra_s": intra_s, "inter_s": inter_s,
+            "bytes_per_worker": inter_b + intra_b, "inter_bytes_per_node": inter_b * g}
+
+
+# --- one step's exchange ----------------------------------------------------------------------------
+
+
+def _links(workers, nodes, network, intra):
+    """(flat network or None, intra, inter) for this topology."""
+    p, q = _check_workers(workers, nodes)
+    net = load_network(network)
+    if q == 1:
+        return net, None, None  # one node: every worker on ``network``
+    if p == q:
+        return net, None, None  # one worker per node: a flat ring over the network
+    return None, load_network(intra if intra is not None else "nvlink3"), net
+
+
+def dense_exchange(params: int, workers: int, network, *, nodes: int = 1, intra=None,
+                   grad_dtype: str = "fp32", algorithm: str = "ring", nics_per_node: int = 1) -> dict:
+    """Dense gradient all-reduce of ``params`` values in ``grad_dtype``: time and bytes.
+
+    ``algorithm``: "ring", "tree" or "auto" (the faster of the two).  With ``nodes > 1`` and several
+    workers per node the exchange is hierarchical (``intra`` inside a node, default NVLink 3; ``network``
+    across nodes).
+    """
+    params = _check_params(params)
+    check_choice(grad_dtype, "grad_dtype", tuple(VALUE_BYTES))
+    check_choice(algorithm, "algorithm", ("ring", "tree", "auto"))
+    nbytes = params * VALUE_BYTES[grad_dtype]
+    flat, intra_net, inter_net = _links(workers, nodes, network, intra)
+    algos = ("ring", "tree") if algorithm == "auto" else (algorithm,)
+    best = None
+    for a in algos:
+        if flat is not None:
+            f = ring_allreduce_time if a == "ring" else tree_allreduce_time
+            t = f(nbytes, workers, flat)
+            b = allreduce_bytes_per_worker(nbytes, workers) if a == "ring" else (
+                0.0 if workers == 1 else 2.0 * nbytes)
+            rec = {"time_s": t, "bytes_per_worker": b, "algorithm": a, "topology": "flat"}
+        else:
+            h = hierarchical_allreduce_time(nbytes, workers, nodes, intra_net, inter_net,
+                                            nics_per_node=nics_per_node, algorithm=a)
+            rec = {**h, "algorithm": a, "topology": "hierarchical"}
+        if best is None or rec["time_s"] < best["time_s"]:
+            best = rec
+    best["gradient_bytes"] = nbytes
+    return best
+
+
+def sparse_exchange(params: int, workers: int, network, *, sparsity: float, nodes: int = 1, intra=None,
+                    value_dtype: str = "fp32", nics_per_node: int = 1) -> dict:
+    """All-gather of each worker's top-k (index, value) encoding: time, bytes and the encoding sizes."""
+    enc = topk_bytes(params, sparsity, value_dtype)
+    return _sparse_from_bytes(enc["total"], workers, network, nodes=nodes, intra=intra,
+                              nics_per_node=nics_per_node) | {"encoding": enc}
+
+
+def _sparse_from_bytes(e, workers, network, *, nodes, intra, nics_per_node):
+    flat, intra_net, inter_net = _links(workers, nodes, network, intra)
+    if flat is not None:
+        return {"time_s": allgather_time(e, workers, flat),
+                "bytes_per_worker": allgather_bytes_per_worker(e, workers), "topology": "flat",
+                "algorithm": "ring all-gather"}
+    h = hierarchical_allgather_time(e, workers, nodes, intra_net, inter_net, nics_per_node=nics_per_node)
+    return {**h, "topology": "hierarchical", "algorithm": "ring all-gather"}
+
+
+def crossover_sparsity(params: int, workers: int, network, *, nodes: int = 1, intra=None,
+                       grad_dtype: str = "fp32", value_dtype: str = "fp32", algorithm: str = "ring",
+                       nics_per_node: int = 1) -> float | None:
+    """Smallest sparsity at which the top-k all-gather is faster than the dense all-reduce.
+
+    0.0 when sparse wins even undropped; ``None`` when it never wins (even k = 1 is slower, which happens
+    only when the latency terms of the gather dominate).  For a flat ring with fp32 values and int32
+    indices this is ``1 - (1/p + alpha beta / (8 N))`` — the dense ring moves ``2(p-1)/p`` gradients, the
+    gather ``(p-1)`` encodings of twice the bytes per kept entry.  Found by bisection on the (monotone)
+    sparse time.
+    """
+    params = _check_params(params)
+    dense_t = dense_exchange(params, workers, network, nodes=nodes, intra=intra, grad_dtype=grad_dtype,
+                             algorithm=algorithm, nics_per_node=nics_per_node)["time_s"]
+    vb = VALUE_BYTES[check_choice(value_dtype, "value_dtype", tuple(VALUE_BYTES))]
+    pair = vb + index_bytes(params)
+
+    def sparse_t(density):
+        return _sparse_from_bytes(density * params * pair, workers, network, nodes=nodes, intra=intra,
+                                  nics_per_node=nics_per_node)["time_s"]
+
+    if workers == 1:
+        return None  # nothing to exchange: neither wins
+    if sparse_t(1.0) < dense_t:
+        return 0.0
+    if sparse_t(1.0 / params) >= dense_t:
+        return None
+    lo, hi = 1.0 / params, 1.0  # sparse wins at lo, loses at hi
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if sparse_t(mid) < dense_t:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12:
+            break
+    return 1.0 - lo
+
+
+# --- model-level estimate ---------------------------------------------------------------------------
+
+
+def model_parameters(model: str) -> int:
+    """Number of trainable parameters of a zoo model (weights of every layer, embeddings included)."""
+    from . import zoo  # lazily: the zoo is another module's
+
+    for name in ("parameter_count", "param_count", "count_parameters"):
+        fn = getattr(zoo, name, None)
+        if callable(fn):
+            return int(fn(model))
+    getm = getattr(zoo, "get_model", None) or getattr(zoo, "load_model", None)
+    if getm is None:
+        raise ValueError("model: this build's zoo offers no parameter count; pass --params N")
+    m = getm(model)
+    for attr in ("params", "parameters", "n_params", "num_params", "parameter_count"):
+        v = getattr(m, attr, None)
+        v = v() if callable(v) else v
+        if isinstance(v, int):
+            return v
+    raise ValueError(f"model {model!r}: no parameter count available; pass --params N")
+
+
+@dataclass(frozen=True)
+class CommEstimate:
+    """One training step's gradient exchange, dense vs. top-k compressed.
+
+    ``dense_time_s`` / ``compressed_time_s`` are communication times per step, or — when the backward time
+    is known — whole step times (``forward + backward + exposed communication``); ``time_basis`` says which.
+    """
+
+    params: int
+    workers: int
+    nodes: int
+    network: str
+    intra: str | None
+    sparsity: float
+    grad_dtype: str
+    value_dtype: str
+    dense_comm_s: float
+    compressed_comm_s: float
+    dense_bytes_per_worker: float
+    compressed_bytes_per_worker: float
+    dense_time_s: float
+    compressed_time_s: float
+    speedup: float
+    time_basis: str
+    crossover_sparsity: float | None
+    algorithm: str
+    topology: str
+    encoding: dict
+    forward_s: float | None = None
+    backward_s: float | None = None
+    notes: tuple = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        d["bytes_on_wire"] = {"dense_per_worker": self.dense_bytes_per_worker,
+                              "compressed_per_worker": self.compressed_bytes_per_worker,
+                              "dense_total": self.dense_bytes_per_worker * self.workers,
+                              "compressed_total": self.compressed_bytes_per_worker * self.workers}
+        return d
+
+
+def estimate_comm(*, params: int | None = None, model: str | None = None, workers: int, network,
+                  nodes: int = 1, intra=None, sparsity: float = 0.99, grad_dtype: str = "fp32",
+                  value_dtype: str | None = None, algorithm: str = "ring", nics_per_node: int = 1,
+                  backward_s: float | None = None, forward_s: float | None = None) -> CommEstimate:
+    """Per-step gradient exchange of a model (``model`` zoo name or ``params``) on ``workers`` workers.
+
+    Dense: all-reduce (ring / tree / auto) of the gradient in ``grad_dtype``.  Compressed: all-gather of
+    the top-k encoding at ``sparsity`` with values in ``value_dtype`` (default: ``grad_dtype``).
+    With ``backward_s`` (seconds of backward compute per step; ``forward_s`` defaults to half of it, the
+    backward = 2 x forward rule) communication overlaps the backward pass and times are step times.
+    """
+    if (params is None) == (model is None):
+        raise ValueError("give exactly one of params (a count) or model (a zoo name)")
+    if params is None:
+        params = model_parameters(model)
+    params = _check_params(params)
+    workers, nodes = _check_workers(workers, nodes)
+    sparsity = check_fraction(sparsity, "sparsity", include_high=False)
+    value_dtype = grad_dtype if value_dtype is None else value_dtype
+    net = load_network(network)
+    dense = dense_exchange(params, workers, net, nodes=nodes, intra=intra, grad_dtype=grad_dtype,
+                           algorithm=algorithm, nics_per_node=nics_per_node)
+    sparse = sparse_exchange(params, workers, net, sparsity=sparsity, nodes=nodes, intra=intra,
+                             value_dtype=value_dtype, nics_per_node=nics_per_node)
+    cross = crossover_sparsity(params, workers, net, nodes=nodes, intra=intra, grad_dtype=grad_dtype,
+                               value_dtype=value_dtype, algorithm=algorithm, nics_per_node=nics_per_node)
+    notes = []
+    if backward_s is not None:
+        backward_s = float(backward_s)
+        if not (math.isfinite(backward_s) and backward_s >= 0):
+            raise ValueError(f"backward_s: expected a finite number >= 0, got {backward_s}")
+        forward_s = backward_s / 2.0 if forward_s is None else float(forward_s)
+        dense_t = forward_s + backward_s + max(0.0, dense["time_s"] - backward_s)
+        comp_t = forward_s + backward_s + max(0.0, sparse["time_s"] - backward_s)
+        basis = "step"
+        notes.append("step = forward + backward + max(0, communication - backward): perfect overlap of the "
+                     "gradient exchange with the backward pass (optimistic)")
+    else:
+        dense_t, comp_t, basis = dense["time_s"], sparse["time_s"], "communication"
+    if workers == 1:
+        notes.append("one worker: nothing to exchange")
+    speedup = dense_t / comp_t if comp_t > 0 else 1.0
+    if cross is not None and sparsity < cross:
+        notes.append(f"sparsity {sparsity:g} is below the crossover {cross:.6g}: the top-k all-gather moves "
+                     "more bytes than the dense all-reduce here")
+    intra_id = None
+    if nodes > 1 and workers > nodes:
+        intra_id = load_network(intra if intra is not None else "nvlink3").id
+    return CommEstimate(
+        params=params, workers=workers, nodes=nodes, network=net.id, intra=intra_id, sparsity=sparsity,
+        grad_dtype=grad_dtype, value_dtype=value_dtype, dense_comm_s=dense["time_s"],
+        compressed_comm_s=sparse["time_s"], dense_bytes_per_worker=dense["bytes_per_worker"],
+        compressed_bytes_per_worker=sparse["bytes_per_worker"], dense_time_s=dense_t, compressed_time_s=comp_t,
+        speedup=speedup, time_basis=basis, crossover_sparsity=cross, algorithm=dense["algorithm"],
+        topology=dense["topology"], encoding=sparse["encoding"], forward_s=forward_s, backward_s=backward_s,
+        notes=tuple(notes))
