@@ -53,6 +53,10 @@ __all__ = [
 SAMPLE_RATIO = 0.01
 #: Minimum sample size of ``method="sampled"`` (the whole gradient when it is smaller).
 SAMPLE_MIN = 4096
+#: ``"sampled"`` enlarges its sample so that about this many sampled entries exceed the threshold ...
+SAMPLE_HITS = 128
+#: ... but never beyond this many entries for that reason.
+SAMPLE_MAX = 1 << 20
 #: Added before flooring ``ratio * size`` (binary round-off such as 0.29 * 100 = 28.999999999999996).
 RATIO_ROUND_EPS = 1e-9
 
@@ -137,31 +141,42 @@ def _finish_topk_kernel(cand_idx, cand_key, t, take_ties, out_idx):  # pragma: n
 
 
 @njit(parallel=True, cache=True)
-def _count_ge_kernel(keys, absmask, t, nonfinite, starts, counts, bad):  # pragma: no cover - compiled
+def _gather_ge_direct_kernel(keys, absmask, t, nonfinite, starts, base, cap, out, counts, bad):  # pragma: no cover
+    """One pass: positions with t <= key < nonfinite; chunk c writes at most ``cap[c]`` of them from
+    ``out[base[c]]`` on but counts them all (``counts[c]``); non-finite entries per chunk in ``bad[c]``."""
     nch = starts.shape[0] - 1
     for c in prange(nch):
+        p = base[c]
+        end = base[c] + cap[c]
         cnt = 0
         nb = 0
         for i in range(starts[c], starts[c + 1]):
             kk = keys[i] & absmask
-            if kk >= nonfinite:
-                nb += 1
-            elif kk >= t:
-                cnt += 1
+            if kk >= t:
+                if kk < nonfinite:
+                    if p < end:
+                        out[p] = i
+                        p += 1
+                    cnt += 1
+                else:
+                    nb += 1
         counts[c] = cnt
         bad[c] = nb
 
 
 @njit(parallel=True, cache=True)
-def _select_ge_kernel(keys, absmask, t, nonfinite, starts, offs, out_idx):  # pragma: no cover - compiled
-    nch = starts.shape[0] - 1
-    for c in prange(nch):
-        p = offs[c]
-        for i in range(starts[c], starts[c + 1]):
-            kk = keys[i] & absmask
-            if kk >= t and kk < nonfinite:
-                out_idx[p] = i
-                p += 1
+def _compact_kernel(src, base, counts, offs, dst):  # pragma: no cover - compiled
+    for c in prange(counts.shape[0]):
+        s = base[c]
+        d = offs[c]
+        for j in range(counts[c]):
+            dst[d + j] = src[s + j]
+
+
+@njit(cache=True)
+def _keys_at_kernel(keys, absmask, idx, out):  # pragma: no cover - compiled
+    for j in range(idx.shape[0]):
+        out[j] = keys[idx[j]] & absmask
 
 
 @njit(parallel=True, cache=True)
@@ -222,8 +237,46 @@ def _bucket_of_kth(tot: np.ndarray, k: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------------
 # selection cores (flat, contiguous float32/float64 input; already validated)
 # ----------------------------------------------------------------------------------------------------------
-def _exact_topk(x: np.ndarray, k: int, nan: str, name: str):
-    """Indices (int64, ascending) of the k largest |x|, ties -> lower index; and the k-th largest |x|."""
+def _finish_from_candidates(x, cand_idx, k):
+    """Exact top-k among candidate positions (ascending) known to contain it."""
+    kdt, absmask, _, _ = _key_params(x.dtype)
+    ncand = cand_idx.shape[0]
+    cand_key = np.empty(ncand, dtype=kdt)
+    _keys_at_kernel(x.view(kdt), absmask, cand_idx, cand_key)
+    t = np.partition(cand_key, ncand - k)[ncand - k]
+    take_ties = k - int(np.count_nonzero(cand_key > t))
+    out = np.empty(k, dtype=np.int64)
+    got = _finish_topk_kernel(cand_idx, cand_key, t, take_ties, out)
+    assert got == k
+    return out, float(np.array(t, dtype=kdt).view(x.dtype))
+
+
+def _exact_topk(x: np.ndarray, k: int, nan: str, name: str, seed=0, sample_ratio: float = SAMPLE_RATIO):
+    """Indices (int64, ascending) of the k largest |x|, ties -> lower index; and the k-th largest |x|.
+
+    Fast path: a sample gives a threshold that lies below the k-th largest |x| with high probability; one
+    pass gathers the entries above it and NumPy partitions only those.  When the guess was too high (fewer
+    than k gathered) or would gather too much, the radix-select path below runs instead -- same answer.
+    """
+    n = x.size
+    s = _sample_size(n, sample_ratio, k)
+    if s < n:
+        sample = _sample_abs(x, s, seed)
+        sample = sample[np.isfinite(sample)]
+        ks = k * sample.size / n
+        r = int(math.ceil(ks + 4.0 * math.sqrt(ks) + 16))
+        if sample.size and r <= sample.size // 4:
+            kdt = _key_params(x.dtype)[0]
+            t_lo = np.partition(sample, sample.size - r)[sample.size - r]
+            cand = _threshold_select(x, np.array(t_lo, dtype=x.dtype).view(kdt)[()], nan, name,
+                                     expected=int(n * r / sample.size))
+            if cand.shape[0] >= k:
+                return _finish_from_candidates(x, cand, k)
+    return _radix_topk(x, k, nan, name)
+
+
+def _radix_topk(x: np.ndarray, k: int, nan: str, name: str):
+    """Radix-select top-k: histogram of the top 12 key bits, gather the buckets at and above the k-th."""
     n = x.size
     kdt, absmask, shift, nonfinite = _key_params(x.dtype)
     keys = x.view(kdt)
@@ -254,22 +307,66 @@ def _exact_topk(x: np.ndarray, k: int, nan: str, name: str):
     return out, float(np.array(t, dtype=kdt).view(x.dtype))
 
 
-def _threshold_select(x: np.ndarray, thr_key, nan: str, name: str):
-    """Indices (int64, ascending) of the entries with |x| >= the float whose bit pattern is ``thr_key``."""
+def _threshold_select(x: np.ndarray, thr_key, nan: str, name: str, expected: int | None = None):
+    """Indices (int64, ascending) of the entries with |x| >= the float whose bit pattern is ``thr_key``
+    (non-finite entries excluded).
+
+    One parallel pass writes the positions into per-chunk slots sized for ``expected`` hits (plus slack); if
+    a chunk overflows, a second pass rewrites them with the exact counts of the first.  Then the slots are
+    compacted.
+    """
     kdt, absmask, _, nonfinite = _key_params(x.dtype)
     keys = x.view(kdt)
+    t = kdt(thr_key)
     starts = _chunk_starts(x.size)
     nch = starts.shape[0] - 1
+    lens = starts[1:] - starts[:-1]
+    if expected is None:
+        expected = x.size // 64
+    per = 2 * (int(expected) // nch) + 1024
+    cap = np.minimum(lens, per)
     counts = np.empty(nch, dtype=np.int64)
     bad = np.empty(nch, dtype=np.int64)
-    _count_ge_kernel(keys, absmask, kdt(thr_key), nonfinite, starts, counts, bad)
-    if nan == "raise" and bad.any():
-        _raise_nonfinite(x, name)
+    for _attempt in range(2):
+        base = np.zeros(nch, dtype=np.int64)
+        np.cumsum(cap[:-1], out=base[1:])
+        scratch = np.empty(int(cap.sum()), dtype=np.int64)
+        _gather_ge_direct_kernel(keys, absmask, t, nonfinite, starts, base, cap, scratch, counts, bad)
+        if nan == "raise" and bad.any():
+            _raise_nonfinite(x, name)
+        if (counts <= cap).all():
+            break
+        cap = counts.copy()
     offs = np.zeros(nch + 1, dtype=np.int64)
     np.cumsum(counts, out=offs[1:])
     out = np.empty(int(offs[-1]), dtype=np.int64)
-    _select_ge_kernel(keys, absmask, kdt(thr_key), nonfinite, starts, offs, out)
+    _compact_kernel(scratch, base, counts, offs, out)
     return out
+
+
+def _sample_abs(x: np.ndarray, s: int, seed) -> np.ndarray:
+    """|x| at ``s`` positions: the array is cut into equal strata and one random run of up to 256 consecutive
+    entries is taken from each (cluster sampling: covers every part of the gradient, and reads whole cache
+    lines instead of ``s`` random ones)."""
+    n = x.size
+    if s >= n:
+        return np.abs(x)
+    run = min(256, max(1, s // 64))
+    nstrata = max(1, s // run)
+    bounds = (np.arange(nstrata + 1, dtype=np.int64) * n) // nstrata
+    width = bounds[1:] - bounds[:-1]
+    run = int(min(run, width.min()))
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    first = bounds[:-1] + rng.integers(0, width - run + 1)
+    pos = (first[:, None] + np.arange(run, dtype=np.int64)[None, :]).reshape(-1)
+    return np.abs(x[pos])
+
+
+def _sample_size(n: int, sample_ratio: float, k: int) -> int:
+    """max(SAMPLE_MIN, sample_ratio * n, enough for ~SAMPLE_HITS sampled entries above the threshold (at most
+    SAMPLE_MAX)), at most n."""
+    hits = min(SAMPLE_MAX, int(math.ceil(SAMPLE_HITS * n / max(k, 1))))
+    return min(n, max(SAMPLE_MIN, int(math.ceil(sample_ratio * n)), hits))
 
 
 def _keep_largest_mask(x: np.ndarray, keep: int) -> np.ndarray:
@@ -392,7 +489,7 @@ def _select(x: np.ndarray, k: int, method: str, threshold, sample_ratio, seed, n
     if method == "exact":
         if x.size == 0:
             return np.zeros(0, np.int64), math.nan
-        return _exact_topk(x, k, nan, name)
+        return _exact_topk(x, k, nan, name, seed, sample_ratio)
     kdt = _key_params(x.dtype)[0]
     if method == "threshold":
         thr = abs(float(threshold))
@@ -402,12 +499,7 @@ def _select(x: np.ndarray, k: int, method: str, threshold, sample_ratio, seed, n
     n = x.size
     if n == 0:
         return np.zeros(0, np.int64), math.nan
-    s = min(n, max(SAMPLE_MIN, int(math.ceil(sample_ratio * n))))
-    if s == n:
-        sample = np.abs(x)
-    else:
-        pos = np.random.default_rng(seed).integers(0, n, size=s)
-        sample = np.abs(x[pos])
+    sample = _sample_abs(x, _sample_size(n, sample_ratio, k), seed)
     finite = sample[np.isfinite(sample)]
     if finite.size == 0:
         if nan == "raise":
@@ -416,7 +508,7 @@ def _select(x: np.ndarray, k: int, method: str, threshold, sample_ratio, seed, n
     ks = min(finite.size, max(1, int(round(k * finite.size / n))))
     thr = np.partition(finite, finite.size - ks)[finite.size - ks]
     key = np.array(thr, dtype=x.dtype).view(kdt)[()]
-    return _threshold_select(x, key, nan, name), float(thr)
+    return _threshold_select(x, key, nan, name, expected=int(n * ks / finite.size)), float(thr)
 
 
 def topk_sparsify(g, k: int | None = None, ratio: float | None = None, method: str = "exact", *,
@@ -435,7 +527,8 @@ def topk_sparsify(g, k: int | None = None, ratio: float | None = None, method: s
     method : "exact" | "sampled" | "threshold"
         See the module doc. ``"threshold"`` needs ``threshold=`` and ignores k / ratio (leave them out).
     threshold : float >= 0, only for ``method="threshold"``: send every ``|g| >= threshold``.
-    sample_ratio : float in (0, 1], fraction sampled by ``"sampled"`` (at least ``SAMPLE_MIN`` entries).
+    sample_ratio : float in (0, 1], fraction sampled by ``"sampled"`` (at least ``SAMPLE_MIN`` entries, and
+        enough that about ``SAMPLE_HITS`` sampled entries pass the threshold, up to ``SAMPLE_MAX``).
     seed : seed or ``numpy.random.Generator`` for the sample (default 0: reproducible).
     nan : "raise" | "skip"
         Non-finite gradients: ``ValueError`` naming the first position, or never select those entries.

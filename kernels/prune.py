@@ -283,7 +283,10 @@ def channel_scores(w, axis: int = 0, score: str = "l2") -> np.ndarray:
         raise ValueError(f"w: expected an array with at least 1 dimension, got shape {w.shape}")
     axis = check_int(axis, "axis", minimum=-w.ndim, maximum=w.ndim - 1) % w.ndim
     check_choice(score, "score", _SCORES)
-    moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).astype(np.float64)
+    rest = int(np.prod(w.shape, dtype=np.int64)) // w.shape[axis] if w.shape[axis] else 0
+    if w.shape[axis] == 0:
+        return np.zeros(0, dtype=np.float64)
+    moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], rest).astype(np.float64)
     if moved.shape[1] == 0:
         return np.zeros(w.shape[axis], dtype=np.float64)
     a = np.abs(moved)
@@ -417,8 +420,10 @@ def cubic_sparsity(step: int, initial_sparsity: float = 0.0, final_sparsity: flo
     if step >= end_step:
         return s_f
     t = begin_step + ((step - begin_step) // frequency) * frequency
+    if t <= begin_step:
+        return s_i
     frac = (t - begin_step) / (end_step - begin_step)
-    return s_f + (s_i - s_f) * (1.0 - frac) ** 3
+    return min(s_f, max(s_i, s_f + (s_i - s_f) * (1.0 - frac) ** 3))
 
 
 @dataclass(frozen=True)
