@@ -557,7 +557,7 @@ def _crossover(args) -> int:
         return 0
     print(f"GEMM {m}x{n}x{k} on {device.name}: sparsity at which each format beats a dense config")
     body = [[c.format, c.values, f"{c.target} ({_time(c.target_time_s)})",
-             "none" if c.sparsity is None else f"{c.sparsity:.1%}", c.note] for c in res]
+             "none" if c.sparsity is None else _pct(c.sparsity), c.note] for c in res]
     print(_table(body, ["format", "values", "target (time)", "crossover", "note"], right={3}))
     return 0
 
@@ -732,6 +732,10 @@ def _report(args) -> int:
     elif fig_note:
         print(fig_note)
     return 0
+
+
+def _pct(s: float) -> str:
+    return f"{s * 100:.3g}%"
 
 
 def _short(s: str, n: int = 70) -> str:

@@ -21,7 +21,9 @@ and dense storage.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from ..kernels._validate import check_int
 from .ops import GemmOp, MemoryOp
@@ -140,6 +142,32 @@ def bound_class(bound: str, device) -> str:
     return "overhead"
 
 
+class _LayerAgg(NamedTuple):
+    time_s: float
+    baseline_time_s: float
+    energy_j: float
+    baseline_energy_j: float
+    ops: float
+    macs: int
+    bytes_by_level: dict
+    energy_by_component: dict
+    bound: str
+    bound_class: str
+    used: str
+    notes: tuple  # (op index, note)
+    weight_ops: int
+    fallbacks: int
+    memory_time_s: float
+    compute_time_s: float
+
+
+def _opkey(op) -> tuple:
+    """What an estimate depends on (everything but the name)."""
+    if isinstance(op, GemmOp):
+        return ("gemm", op.m, op.n, op.k, op.count, op.weight_operand)
+    return ("mem", op.elements_read, op.elements_written, op.ops_per_element, op.weight_elements)
+
+
 class _Estimator:
     """Per-op estimates of one device, memoised on (shape, config): a model repeats a few op shapes many
     times (every transformer block is the same), so a whole model costs a handful of estimates."""
@@ -151,13 +179,77 @@ class _Estimator:
         self.warm = warm
         self._estimate = roofline.estimate
         self._cache: dict = {}
+        self._fit: dict = {}
+        self._dense: dict = {}
+        self._ops: dict = {}
+        self._layers: dict = {}
+
+    def layer_ops(self, model, step):
+        """``model.layer_ops(step)``, memoised."""
+        key = (id(model), model.name, step)
+        hit = self._ops.get(key)
+        if hit is None:
+            hit = self._ops[key] = model.layer_ops(step)
+        return hit
+
+    def layer(self, ops, comp, base) -> "_LayerAgg":
+        """The sum over one layer's ops under ``comp`` (and ``base`` for the speedup), memoised on shapes."""
+        key = (tuple(_opkey(op) for op in ops), comp, base)
+        hit = self._layers.get(key)
+        if hit is None:
+            hit = self._layers[key] = self._aggregate(ops, comp, base)
+        return hit
+
+    def _aggregate(self, ops, comp, base) -> "_LayerAgg":
+        t = bt = e = be = o = tm = tc = 0.0
+        macs = nweight = nfall = 0
+        levels = [lv.name for lv in self.device.memory_levels]
+        lv: dict = {}
+        ec: dict = {}
+        notes = []
+        worst, worst_t = None, -1.0
+        used = comp
+        for i, op in enumerate(ops):
+            r, used_op, note = self.fitting(op, comp)
+            b, _, _ = self.fitting(op, base)
+            if isinstance(op, GemmOp):
+                macs += op.macs
+                if op.weight_operand:
+                    nweight += 1
+                    if note:
+                        nfall += 1
+                        used = used_op
+            if note:
+                notes.append((i, note.split(": ", 1)[1]))
+            t += r.time_s
+            bt += b.time_s
+            e += r.energy_j
+            be += b.energy_j
+            o += float(r.ops)
+            _add(lv, r.bytes_by_level)
+            _add(ec, r.energy_by_component)
+            roofs = r.time_by_roof
+            tm += max(roofs.get(lv, 0.0) for lv in levels)
+            tc += roofs.get("tensor", 0.0) + roofs.get("vector", 0.0)
+            notes += [(i, n) for n in getattr(r, "notes", ())]
+            if r.time_s > worst_t:
+                worst, worst_t = r, r.time_s
+        return _LayerAgg(t, bt, e, be, o, macs, lv, ec, worst.bound, bound_class(worst.bound, self.device),
+                         _label(used), tuple(notes), nweight, nfall, tm, tc)
+
+    def dense(self, comp, keep_group: bool = True):
+        key = (comp, keep_group)
+        d = self._dense.get(key)
+        if d is None:
+            d = self._dense[key] = _dense(comp, keep_group)
+        return d
 
     def __call__(self, op, comp):
-        key = (replace(op, name=""), comp)
+        key = (_opkey(op), comp)
         hit = self._cache.get(key)
         if hit is None:
             try:
-                hit = self._estimate(self.device, key[0], comp, warm=self.warm, baseline=comp)
+                hit = self._estimate(self.device, op, comp, warm=self.warm, baseline=comp)
             except ValueError as exc:
                 hit = exc
             self._cache[key] = hit
@@ -167,29 +259,44 @@ class _Estimator:
 
     def fitting(self, op, comp):
         """(estimate, config used, note or None) with the fallbacks of the module doc."""
+        key = (_opkey(op), comp)
+        hit = self._fit.get(key)
+        if hit is None:
+            try:
+                hit = self._fitting(op, comp)
+            except ValueError as exc:
+                hit = exc
+            self._fit[key] = hit
+        if isinstance(hit, Exception):
+            raise ValueError(f"{hit} (layer {op.name})")
+        est, c, note = hit
+        return est, c, (f"{op.name}: {note}" if note else None)
+
+    def _fitting(self, op, comp):
         if isinstance(op, GemmOp) and not op.weight_operand:
-            c = _dense(comp, keep_group=False)
+            c = self.dense(comp, keep_group=False)
             return self(op, c), c, None
         if isinstance(op, MemoryOp):
-            candidates = [_dense(comp), _dense(comp, keep_group=False)]
+            candidates = [self.dense(comp), self.dense(comp, keep_group=False)]
         else:
             candidates = [comp]
             if getattr(comp, "format", "dense") != "dense":
-                candidates.append(_dense(comp))
+                candidates.append(self.dense(comp))
             if getattr(comp, "group_size", None):
-                candidates.append(_dense(comp, keep_group=False))
-        first = None
+                candidates.append(self.dense(comp, keep_group=False))
+        first = last = None
         for c in dict.fromkeys(candidates):  # ordered, unique
             try:
                 est = self(op, c)
             except ValueError as exc:
-                first = first or exc
+                first, last = first or exc, exc
                 continue
             note = None
             if c is not candidates[0] and isinstance(op, GemmOp):
-                note = f"{op.name}: {_label(comp)} does not fit ({first}); ran {_label(c)}"
+                note = f"{_label(comp)} does not fit ({first}); ran {_label(c)}"
             return est, c, note
-        raise ValueError(f"{op.name}: {first}") from None
+        # the most relaxed config failed too: the problem is not the shape
+        raise last
 
 
 # ---------------------------------------------------------------------------------------- model totals
@@ -210,10 +317,17 @@ class LayerResult:
     energy_j: float
     compression: str
     notes: tuple = ()
+    memory_time_s: float = 0.0
+    compute_time_s: float = 0.0
 
     @property
     def speedup(self) -> float:
         return self.baseline_time_s / self.time_s if self.time_s > 0 else 1.0
+
+    @property
+    def memory_bound(self) -> bool:
+        """On the roofline (launch overhead aside): the memory roofs take longer than the compute units."""
+        return self.memory_time_s >= self.compute_time_s
 
     def to_dict(self) -> dict:
         return {
@@ -221,7 +335,8 @@ class LayerResult:
             "bytes_by_level": dict(self.bytes_by_level), "time_s": self.time_s,
             "baseline_time_s": self.baseline_time_s, "speedup": self.speedup, "bound": self.bound,
             "bound_class": self.bound_class, "energy_j": self.energy_j, "compression": self.compression,
-            "notes": list(self.notes),
+            "memory_time_s": self.memory_time_s, "compute_time_s": self.compute_time_s,
+            "memory_bound": self.memory_bound, "notes": list(self.notes),
         }
 
 
@@ -288,10 +403,10 @@ class ModelEstimate:
 
     @property
     def memory_bound_fraction(self) -> float:
-        """Fraction of the layers (that run ops) whose time is set by a memory level."""
+        """Fraction of the layers (that run ops) on the memory side of the roofline (launch overhead aside)."""
         if not self.layers:
             return 0.0
-        return sum(l.bound_class == "memory" for l in self.layers) / len(self.layers)
+        return sum(l.memory_bound for l in self.layers) / len(self.layers)
 
     def to_dict(self, layers: bool = True) -> dict:
         d = {
@@ -356,7 +471,7 @@ def estimate_model(model, device, comp=None, *, batch: int = 1, seq: int | None 
             raise ValueError(f"{model.name}: unknown layer name(s) {', '.join(unknown[:5])}")
     default = base if (comp is None or per_layer) else comp
 
-    layers, notes = [], []
+    layers, notes = [], {}
     energy_comp: dict = {}
     bytes_lv: dict = {}
     time_bound: dict = {}
@@ -364,56 +479,36 @@ def estimate_model(model, device, comp=None, *, batch: int = 1, seq: int | None 
     total_macs = 0
     weight_ops = fallbacks = 0
     first_fallback = None
-    for layer, ops in model.layer_ops(step):
+    for layer, ops in est.layer_ops(model, step):
         if not ops:
             continue
         c = comp.get(layer.name, default) if per_layer else default
-        t = bt = e = o = 0.0
-        macs = 0
-        lv: dict = {}
-        lnotes = []
-        worst, worst_t = None, -1.0
-        used = c
-        for op in ops:
-            r, used_op, note = est.fitting(op, c)
-            b, _, _ = est.fitting(op, base)
-            if isinstance(op, GemmOp) and op.weight_operand:
-                weight_ops += 1
-                if note:
-                    fallbacks += 1
-                    first_fallback = first_fallback or note
-                    used = used_op
-            if note:
-                lnotes.append(note)
-            t += r.time_s
-            bt += b.time_s
-            e += r.energy_j
-            total_be += b.energy_j
-            o += float(r.ops)
-            macs += op.macs if isinstance(op, GemmOp) else 0
-            _add(lv, r.bytes_by_level)
-            _add(energy_comp, r.energy_by_component)
-            for n in getattr(r, "notes", ()):
-                lnotes.append(f"{op.name}: {n}")
-            if r.time_s > worst_t:
-                worst, worst_t = r, r.time_s
-        cls = bound_class(worst.bound, device)
-        time_bound[cls] = time_bound.get(cls, 0.0) + t
-        layers.append(LayerResult(layer.name, layer.kind, layer.params, o, macs, lv, t, bt, worst.bound, cls, e,
-                                  _label(used), tuple(dict.fromkeys(lnotes))))
-        notes += [n for n in lnotes if n not in notes]
-        total_t += t
-        total_bt += bt
-        total_e += e
-        total_ops += o
-        total_macs += macs
-        _add(bytes_lv, lv)
-    if comp is not None and not per_layer and weight_ops and fallbacks == weight_ops and c != base:
+        a = est.layer(ops, c, base)
+        weight_ops += a.weight_ops
+        if a.fallbacks:
+            fallbacks += a.fallbacks
+            first_fallback = first_fallback or f"{ops[a.notes[0][0]].name}: {a.notes[0][1]}"
+        lnotes = tuple(dict.fromkeys(f"{ops[i].name}: {n}" for i, n in a.notes))
+        layers.append(LayerResult(layer.name, layer.kind, layer.params, a.ops, a.macs, dict(a.bytes_by_level),
+                                  a.time_s, a.baseline_time_s, a.bound, a.bound_class, a.energy_j, a.used,
+                                  lnotes, a.memory_time_s, a.compute_time_s))
+        for n in lnotes:
+            notes[n] = None
+        time_bound[a.bound_class] = time_bound.get(a.bound_class, 0.0) + a.time_s
+        total_t += a.time_s
+        total_bt += a.baseline_time_s
+        total_e += a.energy_j
+        total_be += a.baseline_energy_j
+        total_ops += a.ops
+        total_macs += a.macs
+        _add(bytes_lv, a.bytes_by_level)
+        _add(energy_comp, a.energy_by_component)
+    if comp is not None and not per_layer and weight_ops and fallbacks == weight_ops and default != base:
         raise ValueError(f"{_label(comp)} fits no layer of {model.name}: {first_fallback}")
     summary = []
     if fallbacks:
-        summary.append(f"{fallbacks} of {weight_ops} weight GEMMs could not use the requested config "
-                       "(see the per-layer notes)")
+        where, why = first_fallback.split(": ", 1)
+        summary.append(f"{fallbacks} of {weight_ops} weight GEMMs fell back, e.g. {where}: {why}")
     return ModelEstimate(
         model=model.name, family=model.family, device=device.id, phase=phase, step=step,
         compression="per-layer" if per_layer else _label(default), baseline=_label(base), params=model.params,
@@ -423,14 +518,23 @@ def estimate_model(model, device, comp=None, *, batch: int = 1, seq: int | None 
     )
 
 
-def _condense(notes: list, limit: int = 12) -> list:
-    """Notes without the per-op prefix, each once (a transformer repeats the same note per block)."""
+#: Per-op notes that the per-layer ``bound`` column already says; left out of the model summary.
+_ROUTINE = ("memory-bound on", "compute-bound on", "launch overhead dominates", "slower than the baseline")
+
+
+def _condense(notes: list, limit: int = 8) -> list:
+    """Model-level notes: per-op notes without the op prefix, each kind once (numbers vary from op to op, so
+    they are compared with digits masked), counted; routine bound notes left out."""
     seen: dict = {}
     for n in notes:
         body = n.split(": ", 1)[1] if ": " in n else n
-        seen.setdefault(body, 0)
-        seen[body] += 1
-    out = [f"{b} (x{c})" if c > 1 else b for b, c in seen.items()]
+        if body.startswith(_ROUTINE):
+            continue
+        key = re.sub(r"[0-9][0-9.e+-]*\s*[kMGTP]?", "#", body)
+        if key not in seen:
+            seen[key] = [body, 0]
+        seen[key][1] += 1
+    out = [f"{b} (x{c})" if c > 1 else b for b, c in seen.values()]
     return out[:limit]
 
 
@@ -473,19 +577,23 @@ def _targets(device, k, weights, acts, names):
 
 
 def _sweep_times(device, op, fmt, weights, acts, sparsities, warm):
-    """Times of ``op`` under ``fmt`` at each sparsity (vectorized when the cost model offers an array path)."""
+    """Times of ``op`` under ``fmt`` at each sparsity: one vectorized call of the cost model."""
+    import numpy as np
+
     from . import roofline
 
-    times = []
-    for s in sparsities:
-        comp = make_compression(weights=weights, acts=acts, format=fmt, sparsity=float(s))
-        times.append(roofline.estimate(device, op, comp, warm=warm, baseline=comp).time_s)
-    return times
+    sp = np.asarray(sparsities, dtype=np.float64)
+    # the scalar path validates the config against the shape and device (precise errors)
+    comp = make_compression(weights=weights, acts=acts, format=fmt, sparsity=float(sp[0]))
+    roofline.estimate(device, op, comp, warm=warm, baseline=comp)
+    res = roofline.estimate_gemm_arrays(device, op.m, op.n, op.k, weights=weights, acts=acts, format=fmt,
+                                        sparsity=sp, warm=warm, baseline=False)
+    return [float(t) for t in np.broadcast_to(res["time_s"], sp.shape)]
 
 
 def format_crossover(device, m: int, n: int, k: int, *, formats=None, weights: str | None = None,
                      acts: str | None = None, targets=("dense", "int8", "int4"), warm: bool = False,
-                     max_sparsity: float = 0.99, grid: int = 100, tol: float = 1e-3) -> list[Crossover]:
+                     max_sparsity: float = 0.99, grid: int = 1000, tol: float = 1e-4) -> list[Crossover]:
     """For an (m x k) @ (k x n) layer (weights n x k) on ``device``: the sparsity at which each format beats
     each dense target.
 
@@ -577,7 +685,11 @@ def format_crossover(device, m: int, n: int, k: int, *, formats=None, weights: s
 # ------------------------------------------------------------------------------------ memory-wall trend
 @dataclass(frozen=True)
 class TrendPoint:
-    """One device of the memory-wall trend."""
+    """One device of the memory-wall trend.
+
+    A layer counts as memory-bound when its memory roofs take longer than its compute (the roofline
+    position, launch overhead aside); ``launch_bound_layers`` are those whose fixed kernel overhead exceeds
+    every roof."""
 
     device: str
     name: str
@@ -589,6 +701,7 @@ class TrendPoint:
     layers: int
     memory_bound_layers: int
     memory_bound_time_fraction: float
+    launch_bound_layers: int
     time_s: float
 
     @property
@@ -601,7 +714,8 @@ class TrendPoint:
                 "ridge_ops_per_byte": self.ridge_ops_per_byte, "model": self.model, "layers": self.layers,
                 "memory_bound_layers": self.memory_bound_layers,
                 "memory_bound_fraction": self.memory_bound_fraction,
-                "memory_bound_time_fraction": self.memory_bound_time_fraction, "time_s": self.time_s}
+                "memory_bound_time_fraction": self.memory_bound_time_fraction,
+                "launch_bound_layers": self.launch_bound_layers, "time_s": self.time_s}
 
 
 def memory_wall_trend(devices=TREND_DEVICES, *, model="resnet50", dtype: str = "fp16", batch: int = 1,
@@ -618,10 +732,11 @@ def memory_wall_trend(devices=TREND_DEVICES, *, model="resnet50", dtype: str = "
         dev = _load_device(d)
         est = estimate_model(model, dev, comp, batch=batch, seq=seq, phase=phase, context=context, warm=warm)
         peak = dev.peak(dtype)
-        mem_t = est.time_by_bound.get("memory", 0.0)
+        mem = [l for l in est.layers if l.memory_bound]
+        mem_t = sum(l.time_s for l in mem)
         out.append(TrendPoint(dev.id, dev.name, dtype, peak, dev.dram_bandwidth, peak / dev.dram_bandwidth,
-                              model.name, len(est.layers), sum(l.bound_class == "memory" for l in est.layers),
-                              mem_t / est.time_s if est.time_s else 0.0, est.time_s))
+                              model.name, len(est.layers), len(mem), mem_t / est.time_s if est.time_s else 0.0,
+                              sum(l.bound == "launch" for l in est.layers), est.time_s))
     return out
 
 
