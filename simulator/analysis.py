@@ -779,12 +779,13 @@ def compression_table(model, device, options=REPORT_OPTIONS, *, batch: int = 1, 
 def roofline_points(model, device, variants, *, batch: int = 1, seq: int | None = None, phase: str = "prefill",
                     context: int | None = None, warm: bool = False) -> list[dict]:
     """Points of a roofline plot: one per layer of ``model`` and per ``(label, Compression)`` of
-    ``variants``, with ``intensity`` (ops per DRAM byte) and ``perf`` (achieved ops/s)."""
+    ``variants``, with ``intensity`` (ops per DRAM byte) and ``perf`` (achieved ops/s); layers that repeat
+    (identical transformer blocks) give one point."""
     model = _load_model(model)
     device = _load_device(device)
     dram = device.memory_levels[-1].name
     est = _Estimator(device, warm)
-    pts = []
+    pts, seen = [], set()
     for label, comp in variants:
         r = estimate_model(model, device, comp, batch=batch, seq=seq, phase=phase, context=context, warm=warm,
                            _estimator=est)
@@ -792,6 +793,10 @@ def roofline_points(model, device, variants, *, batch: int = 1, seq: int | None 
             b = l.bytes_by_level.get(dram) or (max(l.bytes_by_level.values()) if l.bytes_by_level else 0.0)
             if l.time_s <= 0 or b <= 0 or l.ops <= 0:
                 continue
+            key = (label, l.kind, round(l.ops / b, 9), round(l.ops / l.time_s, -3))
+            if key in seen:  # repeated blocks give identical points: keep one
+                continue
+            seen.add(key)
             pts.append({"device": device.id, "variant": label, "layer": l.name, "kind": l.kind,
                         "intensity": l.ops / b, "perf": l.ops / l.time_s, "bound": l.bound})
     return pts

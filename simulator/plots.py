@@ -12,7 +12,7 @@ import os
 __all__ = ["MissingExtraError", "roofline_figure", "have_matplotlib", "ROOF_DTYPES"]
 
 #: Compute roofs drawn per device (those the device has).
-ROOF_DTYPES = ("fp32", "fp16", "int8", "int4")
+ROOF_DTYPES = ("fp16", "int8", "int4")
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
@@ -70,7 +70,6 @@ def roofline_figure(devices, points, out, *, title: str | None = None, dtypes=RO
     for d in devices:
         c = color[d.id]
         bw = d.dram_bandwidth
-        ax.plot(x, bw * x, color=c, lw=0.8, alpha=0.35)
         for dt in dtypes:
             if not d.has_dtype(dt):
                 continue

@@ -1,0 +1,207 @@
+"""Analyses: model totals per phase, format crossover, memory-wall trend, compression tables."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from memwall.simulator import analysis, roofline
+from memwall.simulator.compression import Compression
+from memwall.simulator.devices import load_device
+from memwall.simulator.ops import GemmOp
+from memwall.simulator.workload import Linear
+from memwall.simulator.zoo import load_model
+
+# datasheet figures (shared/reference/hardware.md): dense FP16 peak (ops/s), HBM bandwidth (bytes/s)
+DATASHEET = {"p100": (21.2e12, 732e9), "v100": (125e12, 900e9), "a100-40gb": (312e12, 1555e9),
+             "h100-sxm": (989.4e12, 3.35e12)}
+
+
+# --------------------------------------------------------------------------------------------- trend
+def test_trend_ridge_point_grows_from_p100_to_h100():
+    pts = analysis.memory_wall_trend(model="alexnet")
+    assert [p.device for p in pts] == ["p100", "v100", "a100-40gb", "h100-sxm"]
+    ridges = [p.ridge_ops_per_byte for p in pts]
+    assert all(a < b for a, b in zip(ridges, ridges[1:]))
+    for p in pts:
+        peak, bw = DATASHEET[p.device]
+        assert p.ridge_ops_per_byte == pytest.approx(peak / bw, rel=0.02)
+        assert 0 <= p.memory_bound_layers <= p.layers == 12
+        assert 0.0 <= p.memory_bound_fraction <= 1.0 and 0.0 <= p.memory_bound_time_fraction <= 1.0
+    # compute outgrew bandwidth: peak grew more than bandwidth from P100 to H100
+    assert pts[-1].peak_ops_per_s / pts[0].peak_ops_per_s > pts[-1].dram_bandwidth / pts[0].dram_bandwidth
+
+
+def test_trend_llm_decode_is_memory_bound_everywhere():
+    pts = analysis.memory_wall_trend(["p100", "h100-sxm"], model="gpt2", phase="decode", context=256)
+    for p in pts:
+        assert p.memory_bound_fraction > 0.9
+
+
+# ------------------------------------------------------------------------------------- model totals
+def test_llama_decode_totals_and_physical_lower_bound():
+    model = load_model("llama-2-7b")
+    dev = load_device("a100-80gb")
+    r = analysis.estimate_model(model, dev, batch=1, phase="decode", context=1024)
+    assert r.params == 6_738_415_616
+    assert r.phase == "decode" and r.step.seq == 1 and r.step.context == 1024
+    # every linear weight (fp16, 2 bytes) must cross HBM once per token: a bound no estimate can beat
+    linear_bytes = 2 * sum(l.params for l in model.layers if isinstance(l, Linear))
+    assert r.time_s >= linear_bytes / dev.dram_bandwidth
+    assert r.tokens == 1
+    assert r.tokens_per_s == pytest.approx(1.0 / r.time_s)
+    assert r.energy_per_token_j == pytest.approx(r.energy_j)
+    assert r.ttft_s is None and r.images_per_s is None
+    assert r.speedup == pytest.approx(1.0)
+    assert math.fsum(l.time_s for l in r.layers) == pytest.approx(r.time_s)
+    assert math.fsum(l.energy_j for l in r.layers) == pytest.approx(r.energy_j)
+    assert r.macs == model.macs(r.step)
+    assert r.memory_bound_fraction > 0.9
+    assert r.bytes_by_level["hbm"] >= linear_bytes
+    d = r.to_dict()
+    for key in ("time_s", "tokens_per_s", "params", "energy_j", "speedup", "layers"):
+        assert key in d
+    assert len(d["layers"]) == len(r.layers) and {"name", "time_s", "bound"} <= set(d["layers"][0])
+
+
+def test_weight_only_int4_speeds_up_memory_bound_decode():
+    dev = "h100-sxm"
+    base = analysis.estimate_model("llama-2-7b", dev, phase="decode", context=512)
+    w4 = analysis.estimate_model("llama-2-7b", dev, Compression.parse(weights="int4", acts="fp16", group=128),
+                                 phase="decode", context=512)
+    assert w4.speedup > 1.5
+    assert w4.baseline_time_s == pytest.approx(base.time_s)
+    assert w4.bytes_by_level["hbm"] < 0.5 * base.bytes_by_level["hbm"]
+    assert w4.energy_j < base.energy_j
+
+
+def test_prefill_ttft_encoder_and_cnn_rates():
+    r = analysis.estimate_model("gpt2", "a100-40gb", batch=2, seq=128, phase="prefill")
+    assert r.tokens == 256 and r.ttft_s == r.time_s
+    assert r.tokens_per_s == pytest.approx(256 / r.time_s)
+    assert r.energy_per_token_j == pytest.approx(r.energy_j / 256)
+    enc = analysis.estimate_model("bert-base", "v100", batch=4, seq=64)
+    assert enc.ttft_s is None and enc.tokens_per_s == pytest.approx(256 / enc.time_s)
+    cnn = analysis.estimate_model("resnet50", "h100-sxm", batch=8)
+    assert cnn.tokens_per_s is None and cnn.energy_per_token_j is None
+    assert cnn.images_per_s == pytest.approx(8 / cnn.time_s)
+    assert cnn.energy_per_image_j == pytest.approx(cnn.energy_j / 8)
+    assert cnn.macs == pytest.approx(8 * 4.09e9, rel=0.01)
+    # a bigger batch amortises the weights: never less throughput per image
+    cnn1 = analysis.estimate_model("resnet50", "h100-sxm", batch=1)
+    assert cnn.images_per_s >= cnn1.images_per_s
+
+
+def test_cpu_baseline_is_fp32():
+    r = analysis.estimate_model("all-minilm-l6-v2", "epyc-genoa", seq=32)
+    assert r.baseline == "fp32" and r.speedup == pytest.approx(1.0)
+
+
+def test_layers_that_cannot_take_the_format_fall_back_with_a_note():
+    r = analysis.estimate_model("resnet50", "a100-80gb", Compression.parse(format="nm:2:4"), batch=4)
+    by = {l.name: l for l in r.layers}
+    assert by["conv1"].compression == "fp16"  # K = 3*7*7 = 147 is not a multiple of 4
+    assert any("conv1" in n and "nm:2:4" in n for n in by["conv1"].notes)
+    assert by["layer1.0.conv2"].compression == "fp16 nm:2:4"
+    assert any("fell back" in n for n in r.notes)
+
+
+def test_a_config_that_fits_no_layer_is_an_error():
+    with pytest.raises(ValueError, match="fits no layer"):
+        analysis.estimate_model("llama-2-7b", "a100-80gb", Compression.parse(format="bsr:7x7", sparsity=0.5),
+                                phase="decode", context=16)
+
+
+def test_impossible_configs_raise():
+    with pytest.raises(ValueError, match="int8"):
+        analysis.estimate_model("gpt2", "p100", Compression.parse(weights="int8", acts="int8"), phase="decode",
+                                context=8)
+    with pytest.raises(ValueError, match="decode"):
+        analysis.estimate_model("resnet50", "p100", phase="decode")
+    with pytest.raises(ValueError, match="unknown model"):
+        analysis.estimate_model("resnet-9000", "p100")
+    with pytest.raises(ValueError, match="unknown device"):
+        analysis.estimate_model("gpt2", "tpu-v9")
+
+
+def test_per_layer_configs():
+    int8 = Compression.parse(weights="int8", acts="fp16")
+    r = analysis.estimate_model("alexnet", "a100-80gb", {"classifier.1": int8}, batch=1)
+    by = {l.name: l for l in r.layers}
+    assert by["classifier.1"].compression == "int8/fp16"
+    assert by["features.0"].compression == "fp16"
+    assert by["classifier.1"].speedup > 1.0  # batch-1 FC layer: memory-bound, half the bytes
+    with pytest.raises(ValueError, match="unknown layer"):
+        analysis.estimate_model("alexnet", "a100-80gb", {"fc9": int8})
+
+
+def test_bound_class():
+    dev = load_device("a100-80gb")
+    assert analysis.bound_class("hbm", dev) == "memory"
+    assert analysis.bound_class("l2", dev) == "memory"
+    assert analysis.bound_class("tensor", dev) == "compute"
+    assert analysis.bound_class("launch", dev) == "overhead"
+
+
+# ----------------------------------------------------------------------------------------- crossover
+def test_crossover_points_are_where_the_format_starts_to_win():
+    dev = load_device("a100-80gb")
+    res = analysis.format_crossover(dev, 1, 4096, 4096, formats=("csr", "bsr:16x16", "nm:2:4"))
+    assert len(res) == 3 * 3
+    op = GemmOp("g", m=1, n=4096, k=4096)
+    for c in res:
+        assert c.sparsity is None or 0.0 <= c.sparsity < 1.0
+        if c.format == "nm:2:4":
+            assert c.sparsity in (None, 0.5)
+            continue
+        if c.sparsity is not None and c.sparsity > 0:
+            comp = Compression.parse(weights="fp16", acts="fp16", format=c.format, sparsity=c.sparsity)
+            assert roofline.estimate(dev, op, comp, baseline=comp).time_s < c.target_time_s
+            below = Compression.parse(weights="fp16", acts="fp16", format=c.format,
+                                      sparsity=max(0.0, c.sparsity - 2e-4))
+            assert roofline.estimate(dev, op, below, baseline=below).time_s >= c.target_time_s
+    csr = {c.target: c.sparsity for c in res if c.format == "csr"}
+    # CSR on vector units at batch 1: wins only when it moves fewer bytes; INT4 moves the fewest
+    assert csr["dense fp16"] is not None
+    assert csr["dense int4 g128"] is None or csr["dense int4 g128"] >= csr["dense fp16"]
+
+
+def test_crossover_reports_formats_that_do_not_fit():
+    res = analysis.format_crossover("h100-sxm", 8, 4095, 4095, formats=("bsr:16x16", "nm:2:4"), targets=("dense",))
+    assert [c.sparsity for c in res] == [None, None]
+    assert all("not applicable" in c.note for c in res)
+    with pytest.raises(ValueError, match="target"):
+        analysis.format_crossover("h100-sxm", 8, 64, 64, targets=("int2",))
+    with pytest.raises(ValueError, match="m"):
+        analysis.format_crossover("h100-sxm", 0, 64, 64)
+
+
+# ---------------------------------------------------------------------------------- report / points
+def test_compression_table_rows():
+    rows = analysis.compression_table("gpt2", "p100", batch=1, phase="decode", context=128)
+    assert [r["option"] for r in rows] == [o for o, _ in analysis.REPORT_OPTIONS]
+    base = rows[0]
+    assert base["speedup"] == pytest.approx(1.0) and base["error"] is None
+    by = {r["option"]: r for r in rows}
+    assert by["int8 w8a8"]["error"] and "int8" in by["int8 w8a8"]["error"]  # P100 has no int8 units
+    assert by["int8 w8a16"]["speedup"] > 1.0
+    for r in rows:
+        if r["error"] is None:
+            assert r["time_s"] > 0 and r["energy_j"] > 0 and r["bound"] in ("memory", "compute", "overhead")
+
+
+def test_roofline_points_are_under_the_roofs():
+    dev = load_device("v100")
+    pts = analysis.roofline_points("alexnet", dev, [("fp16", analysis.baseline_for(dev))], batch=2)
+    top = max(max(u.dense.values()) for u in dev.units.values())
+    assert pts and all(p["intensity"] > 0 and 0 < p["perf"] <= top for p in pts)
+    assert len({p["layer"] for p in pts}) == len(pts)
+
+
+def test_make_compression_inherits_the_baseline():
+    gpu = analysis.make_compression(weights="int4", group=128, device="a100-80gb")
+    assert (gpu.weights, gpu.acts, gpu.group_size) == ("int4", "fp16", 128)
+    cpu = analysis.make_compression(format="csr", sparsity=0.9, device="epyc-genoa")
+    assert (cpu.weights, cpu.acts, cpu.format) == ("fp32", "fp32", "csr")
+    with pytest.raises(ValueError, match="valid dtypes"):
+        analysis.make_compression(weights="int3")
