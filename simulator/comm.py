@@ -39,9 +39,9 @@ perfect, so the exposed communication is ``max(0, t_comm - backward_s)`` — an 
 bucket can never be hidden).  The cost of selecting the top-k on each worker and of summing the gathered
 pairs is not modelled (it is memory-bound local work, small next to the network on everything but NVLink).
 
-Network presets (:data:`NETWORKS`) carry line rates per direction and typical one-way small-message latency;
-every figure has its source; latencies are stated as assumptions where no standard fixes them.  Device
-profiles may add their own links (``load_network("a100-80gb:nvlink")``).
+Links come from the device profiles (the shared ``devices/_network.toml`` for Ethernet and InfiniBand, each
+device's ``[interconnect]`` table for NVLink / PCIe): bandwidth per direction and one-way small-message
+latency, each with its source there.  ``load_network("a100-80gb:nvlink3")`` picks one device's link.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ from ..kernels._validate import check_choice, check_fraction, check_int
 
 __all__ = [
     "Network",
-    "NETWORKS",
+    "ALIASES",
     "VALUE_BYTES",
     "CommEstimate",
     "list_networks",
@@ -72,6 +72,12 @@ __all__ = [
     "estimate_comm",
     "model_parameters",
 ]
+
+#: Round-off allowance of the k rule (the same as ``memwall.kernels.gradient.RATIO_ROUND_EPS``).
+_RATIO_EPS = 1e-9
+
+#: Link inside a node when ``nodes > 1`` and none is named.
+DEFAULT_INTRA = "nvlink3"
 
 #: Bytes per gradient value for the dtypes a gradient may travel in.
 VALUE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
@@ -107,96 +113,73 @@ class Network:
         return asdict(self)
 
 
-_ETH_LAT = ("latency: 25 us one-way small-message latency through a kernel TCP stack is an assumption "
-            "(typical NCCL-over-sockets / Gloo figures are 10-50 us)")
+#: Friendly names accepted by ``--network`` for links of the device profiles (``_network.toml`` and each
+#: device's ``[interconnect]`` table hold the numbers and their sources; this module keeps none of its own).
+ALIASES = {
+    "10gbe": "eth10g", "25gbe": "eth25g", "100gbe": "eth100g",
+    "ib-edr": "ib_edr", "ib-hdr": "ib_hdr", "ib-ndr": "ib_ndr", "edr": "ib_edr", "hdr": "ib_hdr", "ndr": "ib_ndr",
+    "nvlink": "nvlink3", "pcie3": "pcie3_x16", "pcie4": "pcie4_x16", "pcie5": "pcie5_x16",
+}
 
-#: Presets: line rate per direction, typical latency.  Ids are what ``--network`` takes.
-NETWORKS: dict[str, Network] = {n.id: n for n in (
-    Network("nvlink2", "NVLink 2 (V100 SXM2, 6 links)", 150e9, 5e-6,
-            source="bandwidth: 300 GB/s total bidirectional per GPU (NVIDIA Volta whitepaper) = 150 GB/s per "
-                   "direction; latency: 5 us per collective step is an assumption (NCCL ring step, order of "
-                   "magnitude from nccl-tests small-message all-reduce)"),
-    Network("nvlink3", "NVLink 3 (A100 SXM4, 12 links)", 300e9, 5e-6,
-            source="bandwidth: 600 GB/s total bidirectional per GPU (NVIDIA A100 datasheet) = 300 GB/s per "
-                   "direction; latency: 5 us assumed (as nvlink2)"),
-    Network("nvlink4", "NVLink 4 (H100 SXM5, 18 links)", 450e9, 5e-6,
-            source="bandwidth: 900 GB/s total bidirectional per GPU (NVIDIA H100 product page) = 450 GB/s per "
-                   "direction; latency: 5 us assumed (as nvlink2)"),
-    Network("pcie3", "PCIe 3.0 x16", 15.75e9, 2e-6,
-            source="bandwidth: 8 GT/s x 16 lanes x 128/130 encoding / 8 = 15.75 GB/s per direction (PCI-SIG "
-                   "PCIe 3.0 base spec); latency: 2 us per transfer assumed (DMA setup + round trip)"),
-    Network("pcie4", "PCIe 4.0 x16", 31.5e9, 2e-6,
-            source="bandwidth: 16 GT/s x 16 lanes x 128/130 / 8 = 31.5 GB/s per direction (PCI-SIG PCIe 4.0); "
-                   "latency: 2 us assumed"),
-    Network("pcie5", "PCIe 5.0 x16", 63e9, 2e-6,
-            source="bandwidth: 32 GT/s x 16 lanes x 128/130 / 8 = 63 GB/s per direction (PCI-SIG PCIe 5.0); "
-                   "latency: 2 us assumed"),
-    Network("10gbe", "10 Gigabit Ethernet (TCP)", 1.25e9, 25e-6,
-            source="bandwidth: 10 Gb/s line rate = 1.25 GB/s per direction (IEEE 802.3ae); " + _ETH_LAT),
-    Network("25gbe", "25 Gigabit Ethernet (TCP)", 3.125e9, 25e-6,
-            source="bandwidth: 25 Gb/s = 3.125 GB/s per direction (IEEE 802.3by); " + _ETH_LAT),
-    Network("100gbe", "100 Gigabit Ethernet (TCP)", 12.5e9, 25e-6,
-            source="bandwidth: 100 Gb/s = 12.5 GB/s per direction (IEEE 802.3ba/bj); " + _ETH_LAT),
-    Network("ib-edr", "InfiniBand EDR 4x", 12.5e9, 1.5e-6,
-            source="bandwidth: 100 Gb/s = 12.5 GB/s per direction (InfiniBand Trade Association roadmap); "
-                   "latency: ~1.5 us MPI ping-pong assumed (vendor figures 0.6-1 us port-to-port + host)"),
-    Network("ib-hdr", "InfiniBand HDR 4x", 25e9, 1.5e-6,
-            source="bandwidth: 200 Gb/s = 25 GB/s per direction (IBTA roadmap); latency: ~1.5 us assumed"),
-    Network("ib-ndr", "InfiniBand NDR 4x", 50e9, 1.5e-6,
-            source="bandwidth: 400 Gb/s = 50 GB/s per direction (IBTA roadmap); latency: ~1.5 us assumed"),
-)}
+_NETWORKS: dict[str, Network] | None = None
+
+
+def _all_networks() -> dict[str, Network]:
+    """Every link named in a shipped device profile (the shared network table is merged into each), first
+    definition wins, with its source strings."""
+    global _NETWORKS
+    if _NETWORKS is None:
+        from .devices import list_devices, load_device
+
+        out: dict[str, Network] = {}
+        for dev_id in list_devices():
+            if dev_id == "host":
+                continue
+            dev = load_device(dev_id)
+            for name, link in dev.interconnects.items():
+                if name in out:
+                    continue
+                src = "; ".join(f"{k.rsplit('.', 1)[-1]}: {v}" for k, v in dev.sources.items()
+                                if k.startswith(f"interconnect.{name}."))
+                out[name] = Network(name, f"{link.kind} {name}", link.bandwidth_bytes_per_s, link.latency_s,
+                                    source=src or f"device profile {dev_id}")
+        _NETWORKS = out
+    return _NETWORKS
 
 
 def list_networks() -> list[str]:
-    """Ids of the network presets."""
-    return sorted(NETWORKS)
+    """Ids of the links known to the device profiles (plus :data:`ALIASES`)."""
+    return sorted(_all_networks())
 
 
 def load_network(spec) -> Network:
-    """A :class:`Network` from a preset id (:data:`NETWORKS`), ``"DEVICE:LINK"`` (a link named in a device
-    profile's ``interconnects``), or a :class:`Network` (returned as is)."""
+    """A :class:`Network` from a link id of the device profiles (``eth10g``, ``ib_hdr``, ``nvlink3``,
+    ``pcie4_x16`` ...; see :func:`list_networks`), an alias (:data:`ALIASES`: ``10gbe``, ``ib-hdr``,
+    ``pcie4`` ...), ``"DEVICE:LINK"`` (a link of one device profile, also a calibrated host or a TOML path),
+    or a :class:`Network` (returned as is)."""
     if isinstance(spec, Network):
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"network: expected a preset id or a Network, got {type(spec).__name__}")
-    key = spec.strip().lower()
-    if key in NETWORKS:
-        return NETWORKS[key]
+        raise TypeError(f"network: expected a link id or a Network, got {type(spec).__name__}")
+    key = spec.strip()
+    nets = _all_networks()
+    key = ALIASES.get(key.lower(), key)
+    if key in nets:
+        return nets[key]
     if ":" in spec:
-        dev_id, link = spec.rsplit(":", 1)
         from .devices import load_device
 
+        dev_id, link = spec.rsplit(":", 1)
         dev = load_device(dev_id)
-        links = dict(getattr(dev, "interconnects", {}) or {})
+        links = dict(dev.interconnects)
         if link not in links:
             raise ValueError(f"network {spec!r}: device {dev_id!r} has no interconnect {link!r}; "
                              f"it has: {', '.join(sorted(links)) or 'none'}")
-        return _network_from_profile(f"{dev_id}:{link}", links[link])
-    raise ValueError(f"network {spec!r}: unknown; expected one of {', '.join(list_networks())} "
-                     "or DEVICE:LINK naming an interconnect of a device profile")
-
-
-def _network_from_profile(nid: str, entry) -> Network:
-    """Accept the shapes a device profile may use for one interconnect: an object with bandwidth/latency
-    attributes, a dict, or a (bandwidth, latency) pair."""
-    def pick(obj, names):
-        for n in names:
-            if isinstance(obj, dict) and n in obj:
-                return obj[n]
-            if hasattr(obj, n):
-                return getattr(obj, n)
-        return None
-
-    if isinstance(entry, (tuple, list)) and len(entry) == 2:
-        bw, lat = entry
-        src = ""
-    else:
-        bw = pick(entry, ("bandwidth_bytes_per_s", "bandwidth", "bytes_per_s"))
-        lat = pick(entry, ("latency_s", "latency"))
-        src = pick(entry, ("source",)) or ""
-    if bw is None:
-        raise ValueError(f"network {nid!r}: the device profile gives no bandwidth for this link")
-    return Network(nid, nid, float(bw), float(lat or 0.0), source=str(src) or "device profile")
+        e = links[link]
+        return Network(f"{dev_id}:{link}", f"{e.kind} {link}", e.bandwidth_bytes_per_s, e.latency_s,
+                       source=f"device profile {dev.path}")
+    raise ValueError(f"network {spec!r}: unknown; expected one of {', '.join(list_networks())}, an alias "
+                     f"({', '.join(sorted(ALIASES))}) or DEVICE:LINK naming an interconnect of a device profile")
 
 
 # --- sizes -------------------------------------------------------------------------------------------
@@ -221,15 +204,15 @@ def _check_workers(workers, nodes):
 
 def topk_bytes(params: int, sparsity: float, value_dtype: str = "fp32") -> dict:
     """Bytes of one worker's top-k encoding of a ``params``-entry gradient at ``sparsity`` (fraction
-    dropped): ``k = ceil((1 - sparsity) * params)`` (at least 1) pairs of (index, value).
+    dropped): ``k = floor((1 - sparsity) * params)`` (at least 1; the rule of
+    ``memwall.kernels.gradient.topk_sparsify(ratio=1 - sparsity)``) pairs of (index, value).
 
     Returns ``{"k", "values", "indices", "total", "index_bytes"}``.
     """
     params = _check_params(params)
     sparsity = check_fraction(sparsity, "sparsity")
     check_choice(value_dtype, "value_dtype", tuple(VALUE_BYTES))
-    k = max(1, math.ceil((1.0 - sparsity) * params - 1e-9))
-    k = min(k, params)
+    k = max(1, min(params, math.floor((1.0 - sparsity) * params + _RATIO_EPS)))
     ib = index_bytes(params)
     vals = k * VALUE_BYTES[value_dtype]
     return {"k": k, "values": vals, "indices": k * ib, "total": vals + k * ib, "index_bytes": ib}
@@ -343,7 +326,7 @@ def _links(workers, nodes, network, intra):
         return net, None, None  # one node: every worker on ``network``
     if p == q:
         return net, None, None  # one worker per node: a flat ring over the network
-    return None, load_network(intra if intra is not None else "nvlink3"), net
+    return None, load_network(intra if intra is not None else DEFAULT_INTRA), net
 
 
 def dense_exchange(params: int, workers: int, network, *, nodes: int = 1, intra=None,
@@ -547,7 +530,7 @@ def estimate_comm(*, params: int | None = None, model: str | None = None, worker
                      "more bytes than the dense all-reduce here")
     intra_id = None
     if nodes > 1 and workers > nodes:
-        intra_id = load_network(intra if intra is not None else "nvlink3").id
+        intra_id = load_network(intra if intra is not None else DEFAULT_INTRA).id
     return CommEstimate(
         params=params, workers=workers, nodes=nodes, network=net.id, intra=intra_id, sparsity=sparsity,
         grad_dtype=grad_dtype, value_dtype=value_dtype, dense_comm_s=dense["time_s"],
