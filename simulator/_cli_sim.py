@@ -72,6 +72,8 @@ def register(sub) -> None:
     src.add_argument("--layer", metavar="SPEC",
                      help="linear:IN:OUT | conv:CIN:COUT:K:HW[:STRIDE[:PAD[:GROUPS]]] | attention:HEADS:KV:DIM | "
                           "MODEL/LAYER (e.g. llama-2-7b/model.layers.0.mlp.down_proj)")
+    p.add_argument("--explain", action="store_true",
+                   help="full breakdown: ops, bytes per level, time per roof, bound, energy, notes (the default)")
     p.add_argument("--brief", action="store_true", help="one line per op instead of the full breakdown")
     _add_compression(p)
     _add_pass(p)
@@ -458,7 +460,7 @@ def _estimate(args) -> int:
                 for op, r, c in res]
         _write_csv(rows, list(dict.fromkeys(k for r in rows for k in r)))
         return 0
-    if args.brief:
+    if args.brief and not args.explain:
         for op, r, c in res:
             print(f"{op.name}: {_time(r.time_s)}  bound {r.bound}  {_energy(r.energy_j)}  {_x(r.speedup)} "
                   f"vs {base.label}  [{c.label}]")
@@ -714,14 +716,14 @@ def _report(args) -> int:
             body = []
             for r in sel:
                 if r["error"]:
-                    body.append([r["option"], "n/a", "", "", "", "", _short(r["error"])])
+                    body.append([r["option"], "", "n/a", "", "", "", "", _short(r["error"], 60)])
                     continue
                 rate = (f"{r['tokens_per_s']:,.0f} tok/s" if r["tokens_per_s"] is not None
                         else f"{kw['batch'] / r['time_s']:,.0f} img/s")
-                body.append([r["option"], _time(r["time_s"]), _x(r["speedup"]), r["bound"], rate,
-                             _energy(r["energy_per_unit_j"]), _short("; ".join(r["notes"][:1]))])
-            print(_table(body, ["option", "time", "speedup", "bound", "rate", f"energy/{unit}", "note"],
-                         right={1, 2, 4, 5}))
+                body.append([r["option"], r["compression"], _time(r["time_s"]), _x(r["speedup"]), r["bound"], rate,
+                             _energy(r["energy_per_unit_j"]), _short("; ".join(r["notes"][:1]), 60)])
+            print(_table(body, ["option", "config", "time", "speedup", "bound", "rate", f"energy/{unit}", "note"],
+                         right={2, 3, 5, 6}))
             ok = [r for r in sel if not r["error"]]
             if ok:
                 best = max(ok, key=lambda r: r["speedup"])

@@ -54,9 +54,9 @@ TREND_DEVICES = ("p100", "v100", "a100-40gb", "h100-sxm")
 #: Unset dtypes inherit the device baseline's (FP16 on GPUs, FP32 on CPUs).
 REPORT_OPTIONS = (
     ("baseline", {}),
-    ("int8 w8a16", {"weights": "int8"}),
+    ("int8 weight-only", {"weights": "int8"}),
     ("int8 w8a8", {"weights": "int8", "acts": "int8"}),
-    ("int4 g128 w4a16", {"weights": "int4", "group": 128}),
+    ("int4 g128 weight-only", {"weights": "int4", "group": 128}),
     ("fp8 w8a8", {"weights": "fp8", "acts": "fp8"}),
     ("2:4", {"format": "nm:2:4"}),
     ("2:4 + int8 w8a8", {"format": "nm:2:4", "weights": "int8", "acts": "int8"}),

@@ -201,7 +201,7 @@ def test_report_runs_with_no_arguments(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     rc, out, err = run(capsys, "report")
     assert rc == 0, err
-    for word in ("llama-2-7b decode", "resnet50", "p100", "a100-80gb", "h100-sxm", "int4 g128", "2:4", "csr 90%",
+    for word in ("llama-2-7b decode", "resnet50", "p100", "a100-80gb", "h100-sxm", "int4 g128 weight-only", "2:4", "csr 90%",
                  "bsr 16x16 75%", "speedup", "bound"):
         assert word in out
     assert "roofline figure" in out  # written (with matplotlib) or why not
