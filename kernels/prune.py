@@ -113,7 +113,8 @@ def magnitude_mask(w, sparsity: float) -> np.ndarray:
     keep = w.size - n_prune
     from .gradient import _keep_largest_mask  # the shared radix-select machinery
 
-    return _keep_largest_mask(np.abs(w).ravel() if w.size else w.ravel(), keep).reshape(w.shape)
+    # the selection works on |w| through the sign-cleared bit patterns: no |w| copy is needed
+    return _keep_largest_mask(w.reshape(-1), keep).reshape(w.shape)
 
 
 def global_magnitude_masks(weights: Sequence, sparsity: float) -> list[np.ndarray]:
@@ -138,7 +139,7 @@ def global_magnitude_masks(weights: Sequence, sparsity: float) -> list[np.ndarra
     if not arrays:
         return []
     dtype = np.float64 if any(a.dtype == np.float64 for a in arrays) else np.float32
-    flat = np.concatenate([np.abs(a).ravel().astype(dtype, copy=False) for a in arrays])
+    flat = np.concatenate([a.reshape(-1) for a in arrays], dtype=dtype)  # signs are ignored by the selection
     keep = flat.size - prune_count(sparsity, flat.size)
     from .gradient import _keep_largest_mask
 
@@ -224,6 +225,17 @@ def _block_scores_kernel(w, r, c, score, out):  # pragma: no cover - compiled
             out[br, bc] = acc
 
 
+@njit(parallel=True, cache=True)
+def _expand_blocks_kernel(kept, r, c, out):  # pragma: no cover - compiled
+    nbr, nbc = kept.shape
+    for br in prange(nbr):
+        for i in range(br * r, br * r + r):
+            for bc in range(nbc):
+                v = kept[br, bc]
+                for j in range(bc * c, bc * c + c):
+                    out[i, j] = v
+
+
 def _blocksize(blocksize, name="blocksize") -> tuple[int, int]:
     if not isinstance(blocksize, (tuple, list)) or len(blocksize) != 2:
         raise TypeError(f"{name}: expected a pair (r, c) of positive integers, got {blocksize!r}")
@@ -270,7 +282,10 @@ def block_mask(w, sparsity: float, blocksize=(4, 4), score: str = "l1") -> np.nd
     r, c = _blocksize(blocksize)
     keep = scores.size - prune_count(sparsity, scores.size)
     kept = _keep_top_scores(scores.ravel(), keep).reshape(scores.shape)
-    return np.repeat(np.repeat(kept, r, axis=0), c, axis=1)
+    out = np.empty((scores.shape[0] * r, scores.shape[1] * c), dtype=np.bool_)
+    if out.size:
+        _expand_blocks_kernel(kept, r, c, out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
