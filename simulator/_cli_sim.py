@@ -84,6 +84,9 @@ def register(sub) -> None:
     p.add_argument("name", metavar="NAME", help="zoo model (see `memwall model list`) or 'list'")
     p.add_argument("--device", default=DEFAULT_DEVICE, help="device id, 'host' or TOML path (default %(default)s)")
     p.add_argument("--layers", type=int, default=12, metavar="N", help="show the N slowest layers (0: all)")
+    p.add_argument("--generate", type=int, metavar="N",
+                   help="decoders: also estimate a whole generation, prefill of --seq prompt tokens (TTFT) "
+                        "then N decode steps")
     _add_compression(p)
     _add_pass(p)
     _add_output(p)
@@ -505,8 +508,18 @@ def _model(args) -> int:
     model = load_model(args.name)
     device = load_device(args.device)
     r = _model_estimate(args, model, device)
+    gen = None
+    if args.generate is not None:
+        from .analysis import estimate_generation
+
+        gen = estimate_generation(model, device, _compression(args, device), batch=_step_kwargs(args)["batch"],
+                                  prompt=args.seq or model.default_seq, new_tokens=args.generate,
+                                  baseline=_baseline(args.baseline, device), warm=args.warm)
     if args.json:
-        _dump(r.to_dict())
+        d = r.to_dict()
+        if gen is not None:
+            d["generation"] = gen.to_dict()
+        _dump(d)
         return 0
     if args.csv:
         rows = [l.to_dict() for l in r.layers]
@@ -538,6 +551,11 @@ def _model(args) -> int:
     print(_table(body, ["layer", "kind", "time", "share", "bound", "energy", "speedup", "config"], right={2, 3, 5, 6}))
     for note in r.notes:
         print(f"note: {note}")
+    if gen is not None:
+        print(f"\ngeneration   prompt {gen.prompt} + {gen.new_tokens} new tokens, batch {gen.batch}: "
+              f"TTFT {_time(gen.ttft_s)}, decode {gen.decode_tokens_per_s:,.1f} tokens/s, "
+              f"total {_time(gen.time_s)} ({gen.tokens_per_s:,.1f} tokens/s end to end), "
+              f"{_energy(gen.energy_per_token_j)}/token, {_x(gen.speedup)} vs {r.baseline}")
     return 0
 
 

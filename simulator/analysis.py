@@ -35,6 +35,8 @@ __all__ = [
     "Crossover",
     "TrendPoint",
     "estimate_model",
+    "estimate_generation",
+    "GenerationEstimate",
     "format_crossover",
     "memory_wall_trend",
     "compression_table",
@@ -516,6 +518,97 @@ def estimate_model(model, device, comp=None, *, batch: int = 1, seq: int | None 
         baseline_energy_j=total_be, energy_by_component=energy_comp, bytes_by_level=bytes_lv,
         time_by_bound=time_bound, layers=tuple(layers), notes=tuple(summary + _condense(notes)),
     )
+
+
+@dataclass(frozen=True)
+class GenerationEstimate:
+    """Prefill of a prompt plus ``new_tokens`` decode steps of a decoder (see :func:`estimate_generation`)."""
+
+    model: str
+    device: str
+    compression: str
+    batch: int
+    prompt: int
+    new_tokens: int
+    ttft_s: float
+    decode_time_s: float
+    prefill_energy_j: float
+    decode_energy_j: float
+    baseline_time_s: float
+    first_step: ModelEstimate
+    last_step: ModelEstimate
+
+    @property
+    def time_s(self) -> float:
+        return self.ttft_s + self.decode_time_s
+
+    @property
+    def energy_j(self) -> float:
+        return self.prefill_energy_j + self.decode_energy_j
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.batch * self.new_tokens / self.decode_time_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second end to end (prefill included)."""
+        return self.batch * self.new_tokens / self.time_s
+
+    @property
+    def energy_per_token_j(self) -> float:
+        """Energy per generated token, the prompt's prefill included."""
+        return self.energy_j / (self.batch * self.new_tokens)
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_time_s / self.time_s
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "device": self.device, "compression": self.compression, "batch": self.batch,
+                "prompt": self.prompt, "new_tokens": self.new_tokens, "ttft_s": self.ttft_s,
+                "decode_time_s": self.decode_time_s, "time_s": self.time_s,
+                "decode_tokens_per_s": self.decode_tokens_per_s, "tokens_per_s": self.tokens_per_s,
+                "prefill_energy_j": self.prefill_energy_j, "decode_energy_j": self.decode_energy_j,
+                "energy_j": self.energy_j, "energy_per_token_j": self.energy_per_token_j,
+                "baseline_time_s": self.baseline_time_s, "speedup": self.speedup}
+
+
+def estimate_generation(model, device, comp=None, *, batch: int = 1, prompt: int = 512, new_tokens: int = 128,
+                        baseline=None, warm: bool = False, samples: int = 9) -> GenerationEstimate:
+    """Time to first token (prefill of ``prompt`` tokens) and ``new_tokens`` decode steps of a decoder.
+
+    The decode steps see a context growing from ``prompt`` to ``prompt + new_tokens - 1``; their sum is
+    integrated from ``samples`` evenly spaced steps (trapezoid rule plus the end correction; exact when the
+    step time is affine in the context, which it is up to cache-fit and wave effects)."""
+    import numpy as np
+
+    model = _load_model(model)
+    device = _load_device(device)
+    if model.family != "decoder":
+        raise ValueError(f"{model.name} is not a decoder: generation needs a decoder LLM")
+    new_tokens = check_int(new_tokens, "new_tokens", minimum=1)
+    prompt = check_int(prompt, "prompt", minimum=1)
+    samples = check_int(samples, "samples", minimum=2)
+    est = _Estimator(device, warm)
+    kw = dict(baseline=baseline, warm=warm, _estimator=est)
+    pre = estimate_model(model, device, comp, batch=batch, seq=prompt, phase="prefill", **kw)
+    a, b = prompt, prompt + new_tokens - 1
+    xs = sorted(set(int(round(x)) for x in np.linspace(a, b, min(samples, new_tokens))))
+    steps = [estimate_model(model, device, comp, batch=batch, phase="decode", context=c, **kw) for c in xs]
+
+    def total(values):
+        if len(xs) == 1:
+            return float(values[0]) * new_tokens
+        v = np.asarray(values, dtype=np.float64)
+        trap = float(np.sum(0.5 * (v[1:] + v[:-1]) * np.diff(np.asarray(xs, dtype=np.float64))))
+        return trap + 0.5 * float(v[0] + v[-1])
+
+    t = total([r.time_s for r in steps])
+    e = total([r.energy_j for r in steps])
+    bt = total([r.baseline_time_s for r in steps])
+    return GenerationEstimate(model.name, device.id, pre.compression, pre.step.batch, prompt, new_tokens,
+                              pre.time_s, t, pre.energy_j, e, pre.baseline_time_s + bt, steps[0], steps[-1])
 
 
 #: Per-op notes that the per-layer ``bound`` column already says; left out of the model summary.

@@ -205,3 +205,22 @@ def test_make_compression_inherits_the_baseline():
     assert (cpu.weights, cpu.acts, cpu.format) == ("fp32", "fp32", "csr")
     with pytest.raises(ValueError, match="valid dtypes"):
         analysis.make_compression(weights="int3")
+
+
+# ---------------------------------------------------------------------------------------- generation
+def test_generation_sums_the_decode_steps():
+    g = analysis.estimate_generation("gpt2", "a100-80gb", prompt=100, new_tokens=40, samples=5)
+    steps = [analysis.estimate_model("gpt2", "a100-80gb", phase="decode", context=c) for c in range(100, 140)]
+    assert g.decode_time_s == pytest.approx(math.fsum(s.time_s for s in steps), rel=1e-3)
+    assert g.decode_energy_j == pytest.approx(math.fsum(s.energy_j for s in steps), rel=1e-3)
+    pre = analysis.estimate_model("gpt2", "a100-80gb", seq=100)
+    assert g.ttft_s == pytest.approx(pre.time_s)
+    assert g.time_s == pytest.approx(g.ttft_s + g.decode_time_s)
+    assert g.tokens_per_s == pytest.approx(40 / g.time_s)
+    assert g.speedup == pytest.approx(1.0)
+    d = g.to_dict()
+    assert all(isinstance(v, (int, float, str)) for v in d.values())
+    with pytest.raises(ValueError, match="decoder"):
+        analysis.estimate_generation("bert-base", "a100-80gb")
+    with pytest.raises(ValueError, match="new_tokens"):
+        analysis.estimate_generation("gpt2", "a100-80gb", new_tokens=0)

@@ -159,6 +159,8 @@ def test_model_json_schema_llm_decode(capsys):
     pre = run_json(capsys, "model", "llama-3-8b", "--seq", "256", "--weights", "int8", "--acts", "int8")
     assert pre["ttft_s"] == pytest.approx(pre["time_s"]) and pre["tokens"] == 256
     assert pre["compression"] == "int8"
+    gen = run_json(capsys, "model", "gpt2", "--seq", "64", "--generate", "16")["generation"]
+    assert gen["new_tokens"] == 16 and gen["ttft_s"] > 0 and gen["decode_tokens_per_s"] > 0
 
 
 def test_model_cnn_text_csv_and_list(capsys):
@@ -177,6 +179,7 @@ def test_model_bad_input_exit_2(capsys):
     assert_usage_error(capsys, "model", "bert-base", "--seq", "1000", match=("512",))
     assert_usage_error(capsys, "model", "gpt2", "--phase", "generate", match=("prefill", "decode"))
     assert_usage_error(capsys, "model", "gpt2", "--batch", "0", match=("batch",))
+    assert_usage_error(capsys, "model", "vgg16", "--generate", "4", match=("decoder",))
 
 
 # ------------------------------------------------------------------------------------------ analyses
