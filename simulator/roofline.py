@@ -300,28 +300,34 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     td, ts, vd = T.t_dense[c], T.t_sparse[c], T.v_dense[c]
     vdt = np.where(vd > 0, c, _D["fp32"])
     vpeak = T.v_dense[vdt]
-    is_dense = (fmt == _F["dense"]) | (fmt == _F["channel"])
     is_csr = fmt == _F["csr"]
     is_bsr = fmt == _F["bsr"]
     is_nm = fmt == _F["nm"]
-    nm_compat = (((nmm == 2) | (nmm == 4)) & (2 * nmn <= nmm)) | ((nmm % 4 == 0) & (nmn <= 2) & (nmm > 0))
-    nm_sparse = is_nm & nm_compat & (ts > 0)
-    bsr_tensor = is_bsr & (td > 0) & (np.minimum(br, bc) >= T.g_min)
+    any_csr, any_bsr, any_nm = bool(is_csr.any()), bool(is_bsr.any()), bool(is_nm.any())
     tensor_best = td > vd
-    use_tensor = np.where(is_dense | (is_nm & ~nm_sparse), tensor_best, nm_sparse | bsr_tensor)
     useful = 2.0 * m * kept1 * count
-    dense_equiv = 2.0 * m * n_out * k * count
-    work = np.where(is_nm, dense_equiv, useful)
-    blk_eff = T.f_csr + (T.f_vector - T.f_csr) * np.minimum(1.0, np.log2(np.maximum(br * bc, 1.0)) / 6.0)
-    peak = np.select(
-        [nm_sparse, bsr_tensor, is_csr, is_bsr & ~bsr_tensor],
-        [ts * T.f_nm, td * T.f_bsr, vpeak * T.f_csr, vpeak * blk_eff],
-        np.where(use_tensor, td * T.f_tensor, vpeak * T.f_vector),
-    )
+    use_tensor = tensor_best
+    peak = np.where(tensor_best, td * T.f_tensor, vpeak * T.f_vector)
+    work = useful
+    nm_sparse = np.zeros((), dtype=bool)
+    if any_nm:
+        nm_compat = (((nmm == 2) | (nmm == 4)) & (2 * nmn <= nmm)) | ((nmm % 4 == 0) & (nmn <= 2) & (nmm > 0))
+        nm_sparse = is_nm & nm_compat & (ts > 0)
+        use_tensor = np.where(nm_sparse, True, use_tensor)
+        peak = np.where(nm_sparse, ts * T.f_nm, peak)
+        work = np.where(is_nm, 2.0 * m * n_out * k * count, work)  # dense-equivalent at the sparse peak
+    if any_bsr:
+        bsr_tensor = is_bsr & (td > 0) & (np.minimum(br, bc) >= T.g_min)
+        blk_eff = T.f_csr + (T.f_vector - T.f_csr) * np.minimum(1.0, np.log2(np.maximum(br * bc, 1.0)) / 6.0)
+        use_tensor = np.where(is_bsr, bsr_tensor, use_tensor)
+        peak = np.where(is_bsr, np.where(bsr_tensor, td * T.f_bsr, vpeak * blk_eff), peak)
+    if any_csr:
+        use_tensor = use_tensor & ~is_csr
+        peak = np.where(is_csr, vpeak * T.f_csr, peak)
     g = np.where(use_tensor, T.g_min, 1.0)
     mm_ = np.maximum(m, 1.0)
     nn_ = np.maximum(n_out, 1.0)
-    pad = np.where(is_csr, 1.0, (mm_ / (_cdiv(mm_, g) * g)) * (nn_ / (_cdiv(nn_, g) * g)))
+    pad = (mm_ / (_cdiv(mm_, g) * g)) * (nn_ / (_cdiv(nn_, g) * g))  # 1 on vector units (g = 1)
     tiles = _cdiv(mm_, T.t_blk) * _cdiv(nn_, T.t_blk) * np.maximum(count, 1.0)
     split = np.maximum(1.0, np.minimum(np.floor(T.P / tiles), _cdiv(np.maximum(k, 1.0), T.t_blk)))
     tiles = tiles * split
@@ -338,8 +344,9 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     conv_per = np.where(a == c, 0.0, np.where(_IS_INT[a], 2.0, 1.0))
     conv_ops = m * k * count * reuse_a * conv_per
     quant_ops = np.where(qact, 4.0 * m * k * count, 0.0)
-    decomp_ops = np.where(is_nm & ~nm_sparse, n * k * count * reuse_w, 0.0)
-    extra = deq_ops + conv_ops + quant_ops + decomp_ops
+    extra = deq_ops + conv_ops + quant_ops
+    if any_nm:  # decompressing a non-2:4 N:M weight to dense
+        extra = extra + np.where(is_nm & ~nm_sparse, n * k * count * reuse_w, 0.0)
     t_extra = extra / (vpeak * T.f_vector)
     t_tensor = np.where(use_tensor, t_main, 0.0)
     t_vector = np.where(use_tensor, 0.0, t_main) + t_extra
@@ -421,6 +428,37 @@ def _memory_core(T: _Tables, reads, writes, opse, welems, w, a, warm):
 # ----------------------------------------------------------------------------------------------------------
 # argument preparation for the vector path
 # ----------------------------------------------------------------------------------------------------------
+def _distinct(arr: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Distinct strings of ``arr`` and the index of each element's string: a few O(N) comparison passes when
+    there are few distinct values (sweeps), ``np.unique`` (a sort) otherwise."""
+    flat = arr.reshape(-1)
+    inv = np.empty(flat.shape, dtype=np.int64)
+    vals: list[str] = []
+    rest = np.arange(flat.size)
+    sub = flat
+    while rest.size:
+        if len(vals) >= 16:
+            u, i = np.unique(sub.astype(str), return_inverse=True)
+            inv[rest] = i.reshape(-1) + len(vals)
+            vals += [str(x) for x in u]
+            break
+        v = sub[0]
+        hit = sub == v
+        inv[rest[hit]] = len(vals)
+        vals.append(str(v))
+        keep = ~hit
+        rest = rest[keep]
+        sub = sub[keep]
+    return vals, inv.reshape(arr.shape)
+
+
+def _lazy_names(value, table: dict, name: str, valid: str):
+    arr = np.asarray(value)
+    if arr.dtype.kind in "UO" and arr.size > _CHUNK:
+        return arr  # mapped per chunk by _check_chunk
+    return _codes(arr, table, name, valid)
+
+
 def _codes(value, table: dict, name: str, valid: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind in "iu":
@@ -433,11 +471,11 @@ def _codes(value, table: dict, name: str, valid: str) -> np.ndarray:
             if key not in table:
                 raise ValueError(f"{name}: unknown {key!r}; valid: {valid}")
             return np.asarray(table[key], dtype=np.int64)
-        uniq, inv = np.unique(arr.astype(str), return_inverse=True)
+        uniq, inv = _distinct(arr)
         bad = [u for u in uniq if u not in table]
         if bad:
             raise ValueError(f"{name}: unknown {bad[0]!r}; valid: {valid}")
-        return np.array([table[u] for u in uniq], dtype=np.int64)[inv].reshape(arr.shape)
+        return np.array([table[u] for u in uniq], dtype=np.int64)[inv]
     raise TypeError(f"{name}: expected names (str) or integer codes, got dtype {arr.dtype}")
 
 
@@ -462,8 +500,7 @@ def _format_arrays(fmt, block_r, block_c, nm_n, nm_m):
     """Format codes plus block / N:M arrays; format names like 'bsr:16x16' and 'nm:2:4' are parsed."""
     arr = np.asarray(fmt)
     if arr.dtype.kind in "UO":
-        flat = arr.astype(str)
-        uniq, inv = np.unique(flat, return_inverse=True)
+        uniq, inv = _distinct(arr)
         parsed = []
         for u in uniq:
             if u in _F:
@@ -472,9 +509,9 @@ def _format_arrays(fmt, block_r, block_c, nm_n, nm_m):
             cfg = Compression.parse(format=u)
             br, bc = cfg.block or (0, 0)
             parsed.append((_F[cfg.format], br, bc, cfg.n or 0, cfg.m or 0))
-        tab = np.array(parsed, dtype=np.float64)[inv].reshape(arr.shape + (5,))
-        code = tab[..., 0].astype(np.int64)
-        spec = [tab[..., i] for i in range(1, 5)]
+        tab = np.array(parsed, dtype=np.float64)
+        code = tab[:, 0].astype(np.int64)[inv]
+        spec = [tab[:, i][inv] if len(set(tab[:, i])) > 1 else np.asarray(tab[0, i]) for i in range(1, 5)]
     else:
         code = _codes(arr, _F, "format", ", ".join(FORMATS))
         spec = [np.zeros(())] * 4
@@ -492,45 +529,79 @@ def _prepare(dev, T, m, n, k, count, weights, acts, group_size, scale_dtype, zer
     n = _num(n, "n", integer=True)
     k = _num(k, "k", integer=True)
     count = _num(count, "count", integer=True)
-    w = _codes(weights, _D, "weights", ", ".join(DTYPES))
-    a = w if acts is None else _codes(acts, _D, "acts", ", ".join(DTYPES))
-    if acts is None:  # weight-only quantization by default, as Compression.parse does
-        a = np.where(_IS_INT[w] | (w == _D["fp8"]), _D["fp16"], w)
+    # name arrays larger than a chunk are mapped to codes inside the (parallel) chunk workers
+    w = _lazy_names(weights, _D, "weights", ", ".join(DTYPES))
+    a = np.int64(-1) if acts is None else _lazy_names(acts, _D, "acts", ", ".join(DTYPES))
     g = _num(0 if group_size is None else group_size, "group_size", integer=True)
     sd = _codes(scale_dtype, _D, "scale_dtype", "fp32, fp16, bf16")
     sbytes = _ITEM[sd]
     zp = _num(zero_points, "zero_points")
-    f, (br, bc, nmn, nmm) = _format_arrays(format, block_r, block_c, nm_n, nm_m)
+    farr = np.asarray(format)
+    if farr.dtype.kind in "UO" and farr.size > _CHUNK:
+        f = farr
+        br, bc, nmn, nmm = (np.float64(0) if v is None else _num(v, nm, integer=True)
+                            for v, nm in ((block_r, "block_r"), (block_c, "block_c"), (nm_n, "nm_n"), (nm_m, "nm_m")))
+    else:
+        f, (br, bc, nmn, nmm) = _format_arrays(format, block_r, block_c, nm_n, nm_m)
     sp = _num(sparsity, "sparsity")
     if sp.size and sp.max() >= 1.0:
         raise ValueError(f"sparsity: expected values in [0, 1), got {sp.max():g}")
     wop = np.asarray(weight_operand, dtype=bool)
     wm = np.asarray(warm, dtype=bool)
-    arrs = np.broadcast_arrays(m, n, k, count, w, a, f, sp, g, sbytes, zp, br, bc, nmn, nmm, wop, wm)
-    m, n, k, count, w, a, f, sp, g, sbytes, zp, br, bc, nmn, nmm, wop, wm = arrs
-    # consistency checks (vectorized): the scalar Compression validates the same things
-    is_bsr = f == _F["bsr"]
-    is_nm = f == _F["nm"]
-    if (is_bsr & ((br < 1) | (bc < 1))).any():
-        raise ValueError("block_r, block_c: format bsr needs a block shape (e.g. format='bsr:16x16')")
-    if (is_nm & ((nmn < 1) | (nmm <= nmn))).any():
-        raise ValueError("nm_n, nm_m: format nm needs 1 <= n < m (e.g. format='nm:2:4')")
-    chk = wop & is_bsr
-    if (chk & ((np.fmod(n, np.maximum(br, 1)) != 0) | (np.fmod(k, np.maximum(bc, 1)) != 0))).any():
-        i = int(np.flatnonzero(chk & ((np.fmod(n, np.maximum(br, 1)) != 0) | (np.fmod(k, np.maximum(bc, 1)) != 0)))[0])
-        raise ValueError(f"block: {int(br.flat[i])}x{int(bc.flat[i])} does not divide the "
-                         f"{int(n.flat[i])}x{int(k.flat[i])} weight (out x in)")
-    if (wop & is_nm & (np.fmod(k, np.maximum(nmm, 1)) != 0)).any():
-        raise ValueError("m: nm:N:M needs in-features (k) divisible by M")
-    has_g = wop & (g > 0)
-    if (has_g & (np.fmod(k, np.maximum(g, 1)) != 0)).any():
-        i = int(np.flatnonzero(has_g & (np.fmod(k, np.maximum(g, 1)) != 0))[0])
-        raise ValueError(f"group_size: {int(g.flat[i])} does not divide K = {int(k.flat[i])}")
-    if (f == _F["dense"]).any() and (sp[f == _F["dense"]] > 0).any():
+    p = dict(m=m, n=n, k=k, count=count, w=w, a=a, fmt=f, sp=sp, group=g, sbytes=sbytes, zp=zp, br=br, bc=bc,
+             nmn=nmn, nmm=nmm, wop=wop, warm=wm)
+    np.broadcast_shapes(*(np.shape(v) for v in p.values()))  # a clear error for incompatible shapes
+    return p
+
+
+def _check_chunk(m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br, bc, nmn, nmm, wop, warm):
+    """Per-chunk name mapping and consistency checks (the ones ``Compression`` and ``check_shape`` make on
+    scalars); returns the arguments with codes and the N:M sparsity filled in."""
+    if np.asarray(w).dtype.kind in "UO":
+        w = _codes(w, _D, "weights", ", ".join(DTYPES))
+    if np.asarray(a).dtype.kind in "UO":
+        a = _codes(a, _D, "acts", ", ".join(DTYPES))
+    elif np.ndim(a) == 0 and a < 0:  # acts=None: weight-only quantization, as Compression.parse does
+        a = np.where(_IS_INT[w] | (w == _D["fp8"]), _D["fp16"], w)
+    if np.asarray(fmt).dtype.kind in "UO":
+        fmt, (br2, bc2, nmn2, nmm2) = _format_arrays(fmt, None, None, None, None)
+        br, bc, nmn, nmm = (x if np.ndim(x) or x else y for x, y in ((br, br2), (bc, bc2), (nmn, nmn2), (nmm, nmm2)))
+    def indivisible(x, d):
+        d = np.maximum(d, 1.0)
+        return x != np.floor(x / d) * d
+
+    def pick(v, mask):
+        i = int(np.flatnonzero(mask)[0])
+        return int(np.broadcast_to(v, np.shape(mask)).flat[i])
+
+    is_bsr = fmt == _F["bsr"]
+    if is_bsr.any():
+        if (is_bsr & ((br < 1) | (bc < 1))).any():
+            raise ValueError("block_r, block_c: format bsr needs a block shape (e.g. format='bsr:16x16')")
+        bad = wop & is_bsr & (indivisible(n, br) | indivisible(k, bc))
+        if bad.any():
+            raise ValueError(f"block: {pick(br, bad)}x{pick(bc, bad)} does not divide the "
+                             f"{pick(n, bad)}x{pick(k, bad)} weight (out x in)")
+    is_nm = fmt == _F["nm"]
+    if is_nm.any():
+        if (is_nm & ((nmn < 1) | (nmm <= nmn))).any():
+            raise ValueError("nm_n, nm_m: format nm needs 1 <= n < m (e.g. format='nm:2:4')")
+        if (wop & is_nm & indivisible(k, nmm)).any():
+            raise ValueError("m: nm:N:M needs in-features (k) divisible by M")
+        sp = np.where(is_nm, 1.0 - nmn / np.maximum(nmm, 1.0), sp)
+    has_g = group > 0
+    if has_g.any():
+        bad = wop & has_g & indivisible(k, group)
+        if bad.any():
+            raise ValueError(f"group_size: {pick(group, bad)} does not divide K = {pick(k, bad)}")
+    if ((fmt == _F["dense"]) & (sp > 0)).any():
         raise ValueError("sparsity: the dense format has no sparsity; use csr, bsr or channel")
-    sp = np.where(is_nm, 1.0 - nmn / np.maximum(nmm, 1.0), sp)
-    return dict(m=m, n=n, k=k, count=count, w=w, a=a, fmt=f, sp=sp, group=g, sbytes=sbytes, zp=zp, br=br,
-                bc=bc, nmn=nmn, nmm=nmm, wop=wop, warm=wm)
+    return dict(m=m, n=n, k=k, count=count, w=w, a=a, fmt=fmt, sp=sp, group=group, sbytes=sbytes, zp=zp, br=br,
+                bc=bc, nmn=nmn, nmm=nmm, wop=wop, warm=warm)
+
+
+def _checked_gemm_core(T, **p):
+    return _gemm_core(T, **_check_chunk(**p))
 
 
 _CHUNK = 1 << 15
@@ -662,22 +733,20 @@ def estimate_gemm_arrays(device, m, n, k, *, count=1, weights="fp16", acts=None,
     p = _prepare(dev, T, m, n, k, count, weights, acts, group_size, scale_dtype, zero_points, format, sparsity,
                  block_r, block_c, nm_n, nm_m, weight_operand, warm)
     keys = None if detail else _COMPACT_KEYS + (f"bytes_{T.nlev - 1}",)
-    core = _run_core(_gemm_core, T, p, keys)
+    core = _run_core(_checked_gemm_core, T, p, keys)
     out = _public(dev, T, core, detail)
     if baseline is not False:
         base = _as_comp(default_baseline(dev) if baseline is None else baseline, "baseline")
         pb = dict(p)
         bk = _comp_kwargs(base)
-        shape = p["m"].shape
-        pb.update(w=np.broadcast_to(_D[bk["weights"]], shape), a=np.broadcast_to(_D[bk["acts"]], shape),
-                  fmt=np.broadcast_to(bk["format"], shape), sp=np.broadcast_to(float(bk["sparsity"]), shape),
-                  group=np.broadcast_to(float(bk["group_size"]), shape),
-                  sbytes=np.broadcast_to(_ITEM[_D[bk["scale_dtype"]]], shape),
-                  zp=np.broadcast_to(bk["zero_points"], shape), br=np.broadcast_to(float(bk["block_r"]), shape),
-                  bc=np.broadcast_to(float(bk["block_c"]), shape), nmn=np.broadcast_to(float(bk["nm_n"]), shape),
-                  nmm=np.broadcast_to(float(bk["nm_m"]), shape))
-        bt = _run_core(_gemm_core, T, pb, ("time_s",))["time_s"]
-        out["baseline_time_s"] = bt
+        pb.update(w=np.int64(_D[bk["weights"]]), a=np.int64(_D[bk["acts"]]), fmt=np.int64(bk["format"]),
+                  sp=np.float64(bk["sparsity"]), group=np.float64(bk["group_size"]),
+                  sbytes=np.float64(_ITEM[_D[bk["scale_dtype"]]]), zp=np.float64(bk["zero_points"]),
+                  br=np.float64(bk["block_r"]), bc=np.float64(bk["block_c"]), nmn=np.float64(bk["nm_n"]),
+                  nmm=np.float64(bk["nm_m"]))
+        bt = _run_core(_checked_gemm_core, T, pb, ("time_s",))["time_s"]
+        bt = np.broadcast_to(bt, out["time_s"].shape)
+        out["baseline_time_s"] = np.array(bt)
         out["speedup"] = bt / out["time_s"]
     return out
 
