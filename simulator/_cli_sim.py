@@ -323,14 +323,25 @@ def _device_row(d) -> dict:
             "tdp_w": d.tdp_w, "sparse_2to4": d.has_dtype("fp16", sparse=True) or d.has_dtype("int8", sparse=True)}
 
 
-def _all_devices():
-    from .devices import host_profile_path, list_devices, load_device
+def _host_device():
+    """The calibrated host profile when one exists (a broken one is reported on stderr and skipped)."""
+    from .devices import DeviceError, host_profile_path, load_device
 
-    ids = list(list_devices())
-    devs = [load_device(i) for i in ids]
-    if host_profile_path().is_file():
-        devs.append(load_device("host"))
-    return devs
+    if not host_profile_path().is_file():
+        return None
+    try:
+        return load_device("host")
+    except DeviceError as exc:
+        print(f"memwall: skipping the host profile: {exc}", file=sys.stderr)
+        return None
+
+
+def _all_devices():
+    from .devices import list_devices, load_device
+
+    devs = [load_device(i) for i in list_devices()]
+    host = _host_device()
+    return devs + ([host] if host is not None else [])
 
 
 def _devices(args) -> int:
@@ -647,8 +658,13 @@ def _points(model, devices, args, step_kw, variants_fn):
 def _roofline(args) -> int:
     from .cli import UsageError
     from .devices import load_device
-    from .plots import MissingExtraError, roofline_figure
+    from .plots import MissingExtraError, check_output_path, require_matplotlib, roofline_figure
 
+    check_output_path(args.out)
+    try:
+        require_matplotlib()  # before any work
+    except MissingExtraError as exc:
+        raise UsageError(str(exc)) from None
     devices = [load_device(d) for d in (args.device or REPORT_DEVICES)]
     kw = _step_kwargs(args)
     from .zoo import load_model
@@ -657,10 +673,7 @@ def _roofline(args) -> int:
     if model.family != "decoder" and kw["phase"] == "decode":
         kw["phase"] = "prefill"
     pts, skipped = _points(model, devices, args, kw, lambda d: _variants(args, d))
-    try:
-        path = roofline_figure(devices, pts, args.out, title=f"{model.name} ({kw['phase']}, batch {kw['batch']})")
-    except MissingExtraError as exc:
-        raise UsageError(str(exc)) from None
+    path = roofline_figure(devices, pts, args.out, title=f"{model.name} ({kw['phase']}, batch {kw['batch']})")
     if args.json:
         _dump({"figure": path, "points": pts, "skipped": skipped})
     else:
@@ -671,14 +684,13 @@ def _roofline(args) -> int:
 
 
 def _report_devices(args):
-    from .devices import host_profile_path, load_device
+    from .devices import load_device
 
     if args.device:
         return [load_device(d) for d in args.device]
     devs = [load_device(d) for d in REPORT_DEVICES]
-    if host_profile_path().is_file():
-        devs.append(load_device("host"))
-    return devs
+    host = _host_device()
+    return devs + ([host] if host is not None else [])
 
 
 def _report(args) -> int:

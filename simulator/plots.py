@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["MissingExtraError", "roofline_figure", "have_matplotlib", "ROOF_DTYPES"]
+__all__ = ["MissingExtraError", "roofline_figure", "have_matplotlib", "require_matplotlib", "check_output_path",
+           "ROOF_DTYPES"]
 
 #: Compute roofs drawn per device (those the device has).
 ROOF_DTYPES = ("fp16", "int8", "int4")
@@ -27,6 +28,23 @@ def have_matplotlib() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("matplotlib") is not None
+
+
+def require_matplotlib() -> None:
+    """Raise :class:`MissingExtraError` (naming the ``plot`` extra) when matplotlib cannot be imported."""
+    _pyplot()
+
+
+def check_output_path(out) -> str:
+    """``out`` as a str, after checking its suffix (.png, .svg, .pdf) and that its folder exists."""
+    out = os.fspath(out)
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"--out {out!r}: expected a .png, .svg or .pdf file name")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--out {out!r}: folder {folder} does not exist")
+    return out
 
 
 def _pyplot():
@@ -50,13 +68,7 @@ def roofline_figure(devices, points, out, *, title: str | None = None, dtypes=RO
     :func:`memwall.simulator.analysis.roofline_points` returns them."""
     import numpy as np
 
-    out = os.fspath(out)
-    ext = os.path.splitext(out)[1].lower()
-    if ext not in (".png", ".svg", ".pdf"):
-        raise ValueError(f"--out {out!r}: expected a .png, .svg or .pdf file name")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--out {out!r}: folder {folder} does not exist")
+    out = check_output_path(out)
     plt = _pyplot()
     from .devices import load_device
 

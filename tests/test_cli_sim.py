@@ -81,10 +81,14 @@ def test_unknown_device_lists_known_ones(capsys):
     assert_usage_error(capsys, "estimate", "--gemm", "1", "2", "3", "--device", "b200", match=("a100-80gb",))
 
 
-def test_malformed_toml_is_a_one_line_error(capsys, tmp_path):
+def test_malformed_toml_is_a_one_line_error(capsys, tmp_path, monkeypatch):
     bad = tmp_path / "bad.toml"
     bad.write_text("id = 'x'\nname = [\n")
     assert_usage_error(capsys, "device", str(bad), match=("bad.toml",))
+    # a broken host profile does not break the listing: it is skipped with a warning
+    monkeypatch.setenv("MEMWALL_HOST_PROFILE", str(bad))
+    rc, out, err = run(capsys, "devices")
+    assert rc == 0 and "p100" in out and "host" in err
 
 
 # ------------------------------------------------------------------------------------------ estimate
