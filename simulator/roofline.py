@@ -43,8 +43,8 @@ Memory traffic per level (tiled GEMM)
     channels), weights ``W`` = exact compressed bytes (:func:`~memwall.simulator.compression.weight_bytes`),
     all times ``count``.  The traffic that level ``j`` serves uses the tile side ``T_j`` of the level above
     it (closer to compute): ``T_0`` = ``register_tile_elements`` for the smallest level, else
-    ``T_j = floor(sqrt(cap_{j-1} / (3 a)))`` (three square tiles — of A, W and C — fit in one instance of the
-    smaller level).  Traffic ``= A ceil(n'/T) + W ceil(m/T) + C`` (each operand re-read once per tile of the
+    ``T_j = floor(sqrt(cap_{j-1} / (2 a)))`` (two square operand tiles — of A and W — fit in one instance of
+    the smaller level; the output tile accumulates in registers, as GPU and CPU GEMM kernels do).  Traffic ``= A ceil(n'/T) + W ceil(m/T) + C`` (each operand re-read once per tile of the
     other: weights per row-block of activations and vice versa), or compulsory ``A + W + C`` when one GEMM's
     working set fits that smaller level (per instance), or its weights or activations fit half of it.  Inner
     levels never see less traffic than outer ones.  ``warm=True``: weights that fit the last cache level
@@ -179,13 +179,13 @@ class _Tables:
         self.idle = dev.idle_w
         self.hp_item = 2.0 if (dev.kind == "gpu" and dev.has_dtype("fp16")) else 4.0
         self.names = roof_names(dev)
-        # tile side per (level, activation dtype): the register tile for the smallest level, else three
-        # square tiles of the activation itemsize in one instance of the next smaller level
+        # tile side per (level, activation dtype): the register tile for the smallest level, else two
+        # square operand tiles of the activation itemsize in one instance of the next smaller level
         self.tile = np.empty((self.nlev, len(DTYPES)))
         for j in range(self.nlev):
             for ai in range(len(DTYPES)):
                 self.tile[j, ai] = (self.t_reg if j == 0
-                                    else max(1.0, math.floor(math.sqrt(self.cap[j - 1] / (3.0 * _ITEM[ai])))))
+                                    else max(1.0, math.floor(math.sqrt(self.cap[j - 1] / (2.0 * _ITEM[ai])))))
 
 
 _TABLES: dict[int, _Tables] = {}

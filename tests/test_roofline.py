@@ -55,10 +55,12 @@ def test_big_gemm_on_paper():
     # 64 x 64 = 4096 tiles of 128x128 on 108 SMs: 38 waves, the last one partial
     t_tensor = 2 * n**3 / (312e12 * 0.869 * 4096 / (38 * 108))
     assert e.time_by_roof["tensor"] == pytest.approx(t_tensor, rel=1e-12)
-    # each operand is 128 MiB: nothing fits the 40 MiB L2; tile side floor(sqrt(40 MiB / (3 x 2 B))) = 2643,
-    # so A is re-read ceil(8192/2643) = 4 times and so is W
+    # each operand is 128 MiB: nothing fits the 40 MiB L2; tile side floor(sqrt(40 MiB / (2 x 2 B))) = 3238,
+    # so A is re-read ceil(8192/3238) = 3 times and so is W
     op_bytes = n * n * 2
-    assert e.bytes_by_level["hbm"] == 4 * op_bytes + 4 * op_bytes + op_bytes
+    assert e.bytes_by_level["hbm"] == 3 * op_bytes + 3 * op_bytes + op_bytes
+    # L2 serves tiles of floor(sqrt(192 KiB / 4 B)) = 221 from each SM's L1: ceil(8192/221) = 38 re-reads
+    assert e.bytes_by_level["l2"] == 38 * op_bytes + 38 * op_bytes + op_bytes
     assert e.bound == "tensor"
     assert e.time_s == pytest.approx(t_tensor + 5e-6, rel=1e-12)
     assert any("compute-bound" in x for x in e.notes)
