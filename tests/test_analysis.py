@@ -224,3 +224,21 @@ def test_generation_sums_the_decode_steps():
         analysis.estimate_generation("bert-base", "a100-80gb")
     with pytest.raises(ValueError, match="new_tokens"):
         analysis.estimate_generation("gpt2", "a100-80gb", new_tokens=0)
+
+
+# ---------------------------------------------------------------------------------------- monotonicity
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15)
+@given(fmt=st.sampled_from(["csr", "bsr:16x16", "channel"]), s1=st.floats(0.0, 0.98), ds=st.floats(0.0, 0.5),
+       batch=st.integers(1, 64))
+def test_more_sparsity_never_adds_model_bytes(fmt, s1, ds, batch):
+    s2 = min(0.99, s1 + ds)
+    dev = load_device("a100-40gb")
+    est = analysis._Estimator(dev, False)  # shared memo: fast
+    r1, r2 = (analysis.estimate_model("alexnet", dev, Compression.parse(format=fmt, sparsity=s), batch=batch,
+                                      _estimator=est) for s in (s1, s2))
+    for level in r1.bytes_by_level:
+        assert r2.bytes_by_level[level] <= r1.bytes_by_level[level] * (1 + 1e-12)
