@@ -3,13 +3,15 @@
 * :func:`estimate_model` — one pass of a zoo model (prefill / decode / a CNN forward pass) on a device under
   a compression config: total time, tokens/s, time to first token, energy per token or per image, speedup
   against a baseline, and a per-layer list (ops, bytes, time, bound, energy).
+* :func:`estimate_generation` — a decoder's whole generation: prefill of the prompt (time to first token)
+  plus the decode steps over a growing KV cache.
 * :func:`format_crossover` — for one GEMM shape on one device, the sparsity at which each sparse format
   (CSR, BSR, channel pruning; N:M at its fixed ratio) starts to beat dense, dense INT8 and dense INT4.
 * :func:`memory_wall_trend` — peak compute, DRAM bandwidth and ridge point (ops per byte) across GPU
   generations (P100 -> V100 -> A100 -> H100) and the fraction of a model's layers that are memory-bound on
   each.
 * :func:`compression_table` — the table behind ``memwall report``: one model on one device under a list of
-  compression options.
+  compression options; :func:`roofline_points` — the layer points of a roofline figure.
 
 Conventions.  The kernels of a pass run one after another, so times and energies add.  Layers whose
 compression does not fit their shape (an N:M group that does not divide K, a group size that does not
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from ..kernels._validate import check_int
