@@ -10,7 +10,6 @@ malformed plans, mismatched shapes) exit with status 2 and one line on stderr (s
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 
@@ -29,8 +28,8 @@ def _json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def _dump(obj, fh=sys.stdout) -> None:
-    print(json.dumps(obj, indent=2, default=_json_default, allow_nan=False), file=fh)
+def _dump(obj) -> None:
+    print(json.dumps(obj, indent=2, default=_json_default, allow_nan=False), file=sys.stdout)
 
 
 def _kv_list(values, what: str) -> dict:
