@@ -1028,6 +1028,20 @@ def estimate(device, op, comp=None, *, warm: bool = False, baseline=None) -> Est
     """
     if not isinstance(op, (GemmOp, MemoryOp)):
         raise TypeError(f"op: expected a GemmOp or MemoryOp, got {type(op).__name__}")
-    if comp is not None:
-        comp = _as_comp(comp, "comp")
-    return estimate_ops(device, [op], comp, warm=warm, baseline=baseline)[0]
+    dev = load_device(device)
+    comp = default_baseline(dev) if comp is None else _as_comp(comp, "comp")
+    base = default_baseline(dev) if baseline is None else _as_comp(baseline, "baseline")
+    key = (id(dev), op, comp, bool(warm), base)
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0] is dev:
+        return hit[1]
+    est = estimate_ops(dev, [op], comp, warm=warm, baseline=base)[0]
+    if len(_MEMO) >= _MEMO_SIZE:
+        _MEMO.clear()
+    _MEMO[key] = (dev, est)
+    return est
+
+
+#: Memo of recent scalar estimates (records are immutable; a model repeats a few shapes many times).
+_MEMO: dict = {}
+_MEMO_SIZE = 8192

@@ -378,3 +378,23 @@ def test_host_profile_estimates(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMWALL_HOST_PROFILE", str(p))
     e = estimate("host", GemmOp("fc", 1, 1024, 1024), "fp32")
     assert e.device == "host-template" and e.bound == "dram" and math.isfinite(e.energy_j)
+
+
+def test_energy_components_helper_matches_the_estimate():
+    from memwall.simulator.energy import energy_components
+
+    dev = load_device(A100)
+    e = estimate(dev, GemmOp("fc", 512, 4096, 4096))
+    comp = energy_components(dev, {"tensor": (e.ops, "fp16"), "vector": (0, "fp16")}, e.bytes_by_level, e.time_s)
+    assert comp.keys() == e.energy_by_component.keys()
+    for key, val in comp.items():
+        assert val == pytest.approx(e.energy_by_component[key], rel=1e-12)
+
+
+def test_repeated_estimates_are_memoised_and_equal():
+    op = GemmOp("fc", 32, 1024, 1024)
+    a = estimate(A100, op, "fp16")
+    b = estimate(A100, op, Compression())
+    assert a is b
+    c = estimate(A100, op, "fp16", warm=True)
+    assert c is not a
