@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -76,6 +77,21 @@ DEFAULT_PERCENTILE = 99.9
 DEFAULT_MSE_GRID = 100
 
 _PER_TENSOR_CHUNK = 16384  # elements per parallel work item for per-tensor quantization
+#: Below this many elements a parallel kernel runs on the calling thread only: waking the pool costs more
+#: than the work (and, on a busy machine, a time slice per parallel region — milliseconds).
+PARALLEL_MIN_ELEMENTS = 1 << 17
+
+
+def _launch(kernel, n_elements, *args):
+    """Call a parallel kernel, on one thread when the work is small (results do not depend on threads)."""
+    if n_elements < PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1:
+        old = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return kernel(*args)
+        finally:
+            numba.set_num_threads(old)
+    return kernel(*args)
 
 
 # ================================================================================================
@@ -355,7 +371,8 @@ def _compute(x, symmetric, signed, qmin, qmax, fmt, axis, group_size, method, pc
         if method == "mse" and seg.shape[1]:
             ratios = np.arange(grid, 0, -1, dtype=np.float64) / grid
             best = np.empty(n_seg)
-            _mse_search_kernel(np.ascontiguousarray(seg), lo, hi, qmin, qmax, symmetric, signed, ratios, best)
+            _launch(_mse_search_kernel, seg.size * grid, np.ascontiguousarray(seg), lo, hi, qmin, qmax,
+                    symmetric, signed, ratios, best)
             lo, hi = lo * best, hi * best
     scale = np.empty(n_seg, np.float32)
     zp = np.empty(n_seg, np.int32)
@@ -459,24 +476,24 @@ def _run_elementwise(kernel3, kernel_cols, src, dst, scale, zp, axis, group_size
     """Apply a per-scale elementwise kernel to src -> dst (both C-contiguous, same shape)."""
     s_flat = np.ascontiguousarray(scale.reshape(-1))
     z_flat = np.ascontiguousarray(zp.reshape(-1))
+    n = src.size
     v3 = _views3(src.shape, axis, group_size)
     if v3 is None:  # per tensor: chunk the flat array so that all threads work
-        n = src.size
         fs, fd = src.reshape(-1), dst.reshape(-1)
         body = (n // _PER_TENSOR_CHUNK) * _PER_TENSOR_CHUNK
         if body:
-            kernel3(fs[:body].reshape(-1, 1, _PER_TENSOR_CHUNK), s_flat, z_flat, *extra,
+            _launch(kernel3, n, fs[:body].reshape(-1, 1, _PER_TENSOR_CHUNK), s_flat, z_flat, *extra,
                     fd[:body].reshape(-1, 1, _PER_TENSOR_CHUNK))
         if n - body:
-            kernel3(fs[body:].reshape(1, 1, -1), s_flat, z_flat, *extra, fd[body:].reshape(1, 1, -1))
+            _launch(kernel3, 0, fs[body:].reshape(1, 1, -1), s_flat, z_flat, *extra, fd[body:].reshape(1, 1, -1))
         return
     a, c, b = v3
-    if src.size == 0:
+    if n == 0:
         return
     if b == 1:
-        kernel_cols(src.reshape(a, c), s_flat, z_flat, *extra, dst.reshape(a, c))
+        _launch(kernel_cols, n, src.reshape(a, c), s_flat, z_flat, *extra, dst.reshape(a, c))
     else:
-        kernel3(src.reshape(a, c, b), s_flat, z_flat, *extra, dst.reshape(a, c, b))
+        _launch(kernel3, n, src.reshape(a, c, b), s_flat, z_flat, *extra, dst.reshape(a, c, b))
 
 
 def quantize(x, bits=8, symmetric=True, axis=None, group_size=None, method="minmax", signed=True,
@@ -551,24 +568,24 @@ def dequantize(q, scale=None, zero_point=None, *, axis=None, group_size=None) ->
 # dynamic per-row INT8 (activations)
 # ================================================================================================
 @njit(parallel=True, cache=True)
-def _rows_int8_kernel(x, q, scale):
+def _rows_int8_kernel(x, xu, q, scale, amax_bits):
+    """One row per thread: max |x| on the integer bit patterns (an integer max reduction vectorizes; NaN/Inf
+    show up as bits >= 0x7F800000), then q = clip(rint(x / s), -127, 127) while the row is in cache."""
     rows, k = x.shape
+    amax_f = amax_bits.view(np.float32)
     bad = 0
     for i in prange(rows):
-        amax = np.float32(0.0)
-        finite = True
+        m = np.uint32(0)
         for j in range(k):
-            v = abs(x[i, j])
-            if not v <= np.float32(3.4028234663852886e38):
-                finite = False
-            amax = max(amax, v)
-        if not finite:
+            m = max(m, xu[i, j] & np.uint32(0x7FFFFFFF))
+        if m >= np.uint32(0x7F800000):
             bad += 1
             scale[i] = np.float32(1.0)
             for j in range(k):
                 q[i, j] = 0
             continue
-        s = amax / np.float32(127.0)
+        amax_bits[i] = m
+        s = amax_f[i] / np.float32(127.0)
         if s == 0.0:
             s = np.float32(1.0)
         elif s < np.float32(1.1754943508222875e-38):
@@ -602,7 +619,7 @@ def quantize_rows_int8(x) -> tuple[np.ndarray, np.ndarray]:
     if x.size == 0:
         scale[:] = 1.0
         return q, scale
-    if _rows_int8_kernel(x, q, scale):
+    if _launch(_rows_int8_kernel, x.size, x, x.view(np.uint32), q, scale, np.empty(x.shape[0], np.uint32)):
         check_finite(x, "x")
     return q, scale
 
@@ -676,7 +693,7 @@ def pack_int4(q, signed=True) -> np.ndarray:
     lead = q.shape[:-1]
     out = np.empty(lead + ((n + 1) // 2,), np.uint8)
     if out.size:
-        _pack4_kernel(q.reshape(-1, n), out.reshape(-1, out.shape[-1]))
+        _launch(_pack4_kernel, q.size, q.reshape(-1, n), out.reshape(-1, out.shape[-1]))
     return out
 
 
@@ -694,7 +711,7 @@ def unpack_int4(p, n, signed=True) -> np.ndarray:
     lead = p.shape[:-1]
     out = np.empty(lead + (n,), np.int8 if signed else np.uint8)
     if out.size:
-        _unpack4_kernel(p.reshape(-1, p.shape[-1]), n, bool(signed), out.reshape(-1, n))
+        _launch(_unpack4_kernel, out.size, p.reshape(-1, p.shape[-1]), n, bool(signed), out.reshape(-1, n))
     return out
 
 
@@ -781,9 +798,11 @@ def emulate_float(x, fmt, saturate=None) -> np.ndarray:
     Overflow (a value that rounds above the format's max: |x| > max + ulp/2, or = max + ulp/2 when max has
     an odd mantissa):
       * ``saturate=False``: formats with inf give ±inf (IEEE); fp8_e4m3 gives NaN (the OCP non-saturating
-        mode, also what ``torch``'s float8_e4m3fn cast does); ±inf inputs stay inf (NaN for e4m3).
+        mode); ±inf inputs stay inf (NaN for e4m3).
       * ``saturate=True``: ±max (OCP/NVIDIA "satfinite"); ±inf inputs become ±max too.
-      * default ``None``: True for fp8_e4m3 (the usual quantization choice), False for the others.
+      * default ``None``: True for fp8_e4m3 (the usual quantization choice, and what torch 2.13's
+        ``float8_e4m3fn`` cast does, inf included), False for the others (as torch's float16, bfloat16 and
+        ``float8_e5m2`` casts).
     NaN inputs stay NaN.
 
     Parameters
@@ -814,8 +833,8 @@ def emulate_float(x, fmt, saturate=None) -> np.ndarray:
     mode = 2 if saturate else (0 if info["has_inf"] else 1)
     xf = x.reshape(-1)
     of = out.reshape(-1)
-    _emulate_kernel(xf.view(np.uint32), xf, of.view(np.uint32), of, np.int64(drop), np.int64(max_bits),
-                    np.int64(min_normal_bits), float(info["min_subnormal"]), mode, np.int64(0x7FC00000))
+    _launch(_emulate_kernel, xf.size, xf.view(np.uint32), xf, of.view(np.uint32), of, np.int64(drop),
+            np.int64(max_bits), np.int64(min_normal_bits), float(info["min_subnormal"]), mode, np.int64(0x7FC00000))
     return out
 
 
@@ -881,7 +900,7 @@ def _pair(x, y, xname="x", yname="y"):
     n_chunks = (x.size + _METRIC_CHUNK - 1) // _METRIC_CHUNK
     ps, pm, pg = np.zeros(n_chunks), np.zeros(n_chunks), np.zeros(n_chunks)
     if x.size:
-        _err_partials(x, y, ps, pm, pg)
+        _launch(_err_partials, x.size, x, y, ps, pm, pg)
     return x.size, float(ps.sum()), float(pm.max()) if n_chunks else 0.0, float(pg.sum())
 
 

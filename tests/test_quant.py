@@ -661,7 +661,18 @@ def test_cli_formats(capsys):
 # ================================================================================================
 # threads, bad input
 # ================================================================================================
-def test_thread_counts_give_identical_results(rng):
+def test_float_emulation_matches_torch_casts(rng):
+    torch = pytest.importorskip("torch", reason="torch not installed: an optional independent reference")
+    x = np.concatenate([random_floats(rng, 100_000), np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)])
+    casts = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8_e5m2": torch.float8_e5m2,
+             "fp8_e4m3": torch.float8_e4m3fn}
+    for fmt, dt in casts.items():
+        ref = torch.from_numpy(x).to(dt).to(torch.float32).numpy()
+        same_floats(Q.emulate_float(x, fmt), ref)  # torch 2.13 saturates e4m3 (inf too), like our default
+
+
+def test_thread_counts_give_identical_results(rng, monkeypatch):
+    monkeypatch.setattr(Q, "PARALLEL_MIN_ELEMENTS", 0)  # small inputs would otherwise run on one thread
     x = rng.standard_t(3, (37, 160)).astype(np.float32)
     f = random_floats(rng, 30_000)
     q4 = rng.integers(-8, 8, (37, 33)).astype(np.int8)
