@@ -140,11 +140,21 @@ class PackedInt8:
     the overflow check), ``nbytes``.  Build it with :func:`pack_int8`; the constructor is not public API.
     """
 
-    __slots__ = ("k", "n", "data", "comp", "max_abs", "_colsum")
+    __slots__ = ("k", "n", "data", "comp", "max_abs", "_fpanels")
 
     def __init__(self, k: int, n: int, data: np.ndarray, comp: np.ndarray, max_abs: int):
         self.k, self.n, self.data, self.comp, self.max_abs = k, n, data, comp, max_abs
-        self._colsum = None
+        self._fpanels = None
+
+    def float_panels(self) -> np.ndarray:
+        """float32 copy of the panels for the generic (no-intrinsics) path, built on first use and kept."""
+        if self._fpanels is None:
+            kp4 = (self.k + 3) // 4
+            fp = np.zeros(-(-self.n // NRG) * kp4 * 4 * NRG, dtype=np.float32)
+            if self.n and kp4:
+                _float_panels_kernel(self.data, self.n, kp4, fp)
+            self._fpanels = fp
+        return self._fpanels
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -254,35 +264,67 @@ if has_avx512_vnni():
                             sa, za, rsa, sb, zb, csb, bias, kk)
 
 
+#: generic path: columns per float32 panel, rows per register block, K per exact float32 partial sum
+NRG = 64
+RBG = 4
+#: |partial sum| <= KCG * 128 * 128 = 2**24: every float32 partial sum of INT8 products is an exact integer
+KCG = 1024
+
+
 @njit(parallel=True, cache=True)
-def _generic_gemm_kernel(a, bp, m, n, kp4, k4_lo, k4_hi, mb_rows,
+def _float_panels_kernel(bp, n, kp4, out):  # pragma: no cover - compiled
+    """int8 VNNI panels -> float32 panels [n/NRG][kp4*4][NRG] for the generic path (zero padded)."""
+    npg = (n + NRG - 1) // NRG
+    kp = kp4 * 4
+    for g in prange(npg):
+        for jj in range(NRG):
+            j = g * NRG + jj
+            if j < n:
+                jp = j // NR
+                jr = j - jp * NR
+                for kk in range(kp):
+                    out[(g * kp + kk) * NRG + jj] = np.float32(bp[(jp * kp4 + (kk >> 2)) * NR * 4 + jr * 4 + (kk & 3)])
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _generic_gemm_kernel(af, bf, m, n, kp, k_lo, k_hi, mb_rows,
                          c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk):  # pragma: no cover - compiled
-    """Pure-Numba A @ B over packed NR-column panels, int32 accumulation (exact mod 2**32), same outputs as
-    the VNNI kernel."""
-    npan = (n + NR - 1) // NR
-    k = a.shape[1]
+    """Pure-Numba A @ B without intrinsics: INT8 values held in float32, FMA partial sums over at most KCG
+    K values (each an exact integer below 2**24, so reassociation is harmless), converted to int32 and
+    summed with wrap-around (exact mod 2**32).  af: (m, kp) float32, zero padded; bf: float32 panels."""
+    npg = (n + NRG - 1) // NRG
     nmb = (m + mb_rows - 1) // mb_rows
-    ntask = nmb * npan
+    ntask = nmb * npg
     for t in prange(ntask):
-        mb = t // npan
-        jp = t - mb * npan
-        acc = np.empty(NR, dtype=np.int32)
-        cols = min(NR, n - jp * NR)
-        for i in range(mb * mb_rows, min(m, (mb + 1) * mb_rows)):
-            for jj in range(NR):
-                acc[jj] = 0
-            for k4 in range(k4_lo, k4_hi):
-                kb = 4 * k4
-                a0 = np.int32(a[i, kb]) if kb < k else np.int32(0)
-                a1 = np.int32(a[i, kb + 1]) if kb + 1 < k else np.int32(0)
-                a2 = np.int32(a[i, kb + 2]) if kb + 2 < k else np.int32(0)
-                a3 = np.int32(a[i, kb + 3]) if kb + 3 < k else np.int32(0)
-                p = (jp * kp4 + k4) * NR * 4
-                for jj in range(NR):
-                    q = p + 4 * jj
-                    acc[jj] += (a0 * np.int32(bp[q]) + a1 * np.int32(bp[q + 1])
-                                + a2 * np.int32(bp[q + 2]) + a3 * np.int32(bp[q + 3]))
-            _store_tile(acc, NR, i, 1, jp * NR, cols, n, c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
+        mb = t // npg
+        g = t - mb * npg
+        facc = np.empty((RBG, NRG), dtype=np.float32)
+        iacc = np.empty(RBG * NRG, dtype=np.int32)
+        cols = min(NRG, n - g * NRG)
+        for i0 in range(mb * mb_rows, min(m, (mb + 1) * mb_rows), RBG):
+            rows = min(RBG, m - i0)
+            iacc[:] = 0
+            for kb in range(k_lo, k_hi, KCG):
+                facc[:] = 0
+                for k0 in range(kb, min(k_hi, kb + KCG), 4):
+                    p = (g * kp + k0) * NRG
+                    b0 = bf[p:p + NRG]
+                    b1 = bf[p + NRG:p + 2 * NRG]
+                    b2 = bf[p + 2 * NRG:p + 3 * NRG]
+                    b3 = bf[p + 3 * NRG:p + 4 * NRG]
+                    for r in range(rows):
+                        ar = af[i0 + r]
+                        a0 = ar[k0]
+                        a1 = ar[k0 + 1]
+                        a2 = ar[k0 + 2]
+                        a3 = ar[k0 + 3]
+                        fr = facc[r]
+                        for jj in range(NRG):
+                            fr[jj] += a0 * b0[jj] + a1 * b1[jj] + a2 * b2[jj] + a3 * b3[jj]
+                for r in range(rows):
+                    for jj in range(NRG):
+                        iacc[r * NRG + jj] += np.int32(facc[r, jj])
+            _store_tile(iacc, NRG, i0, rows, g * NRG, cols, n, c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
 
 
 _EMPTY_F32 = np.zeros(1, dtype=np.float32)
@@ -332,9 +374,12 @@ def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp:
         mb_panels = -(-mpan // nmb)
         _vnni_gemm_kernel(ap, pb.data, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, c, out, *args)
     else:
-        nmb = max(1, min(m, -(-2 * threads // npan)))
-        mb_rows = -(-m // nmb)
-        _generic_gemm_kernel(a, pb.data, m, n, kp4, k4_lo, k4_hi, mb_rows, c, out, *args)
+        npg = (n + NRG - 1) // NRG
+        nmb = max(1, min(-(-m // RBG), -(-2 * threads // npg)))
+        mb_rows = -(-(-(-m // nmb)) // RBG) * RBG
+        af = np.zeros((m, kp4 * 4), dtype=np.float32)
+        af[:, :a.shape[1]] = a
+        _generic_gemm_kernel(af, pb.float_panels(), m, n, kp4 * 4, 4 * k4_lo, 4 * k4_hi, mb_rows, c, out, *args)
     return res.reshape(m, n)
 
 
