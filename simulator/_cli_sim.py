@@ -584,12 +584,27 @@ def _crossover(args) -> int:
         _dump({"device": device.id, "gemm": [m, n, k], "crossovers": rows})
         return 0
     if args.csv:
-        _write_csv(rows, ["format", "values", "target", "target_time_s", "sparsity", "time_s", "note"])
+        flat = [dict(format=c.format, values=c.values, **t.to_dict()) for c in res for t in c.targets]
+        _write_csv(flat, ["format", "values", "target", "label", "target_time_s", "sparsity", "time_s", "note"])
         return 0
     print(f"GEMM {m}x{n}x{k} on {device.name}: sparsity at which each format beats a dense config")
-    body = [[c.format, c.values, f"{c.target} ({_time(c.target_time_s)})",
-             "none" if c.sparsity is None else _pct(c.sparsity), c.note] for c in res]
-    print(_table(body, ["format", "values", "target (time)", "crossover", "note"], right={3}))
+    labels = [t.label for t in res[0].targets] if res else []
+    header = ["format", "values"] + [f"vs {lb} ({_time(t.target_time_s)})" for lb, t in zip(labels, res[0].targets)]
+    body, notes = [], []
+    for c in res:
+        cells = []
+        for t in c.targets:
+            cells.append("none" if t.sparsity is None else _pct(t.sparsity))
+            if t.note and t.note not in ("fixed sparsity", "faster at any sparsity") and not c.note.startswith("not"):
+                notes.append(f"{c.format} vs {t.label}: {t.note}")
+        body.append([c.format, c.values] + cells)
+        if c.note.startswith("not"):
+            notes.append(f"{c.format}: {c.note}")
+    print(_table(body, header + [], right=set(range(2, 2 + len(labels)))))
+    if any(c.note == "fixed sparsity" for c in res):
+        print("(N:M formats have one fixed sparsity: shown where they win, 'none' where they do not)")
+    for note in dict.fromkeys(notes):
+        print(f"note: {note}")
     return 0
 
 

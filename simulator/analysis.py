@@ -35,6 +35,7 @@ __all__ = [
     "LayerResult",
     "ModelEstimate",
     "Crossover",
+    "CrossoverTarget",
     "TrendPoint",
     "estimate_model",
     "estimate_generation",
@@ -635,37 +636,69 @@ def _condense(notes: list, limit: int = 8) -> list:
 
 # ---------------------------------------------------------------------------------------- crossover
 @dataclass(frozen=True)
-class Crossover:
-    """Where a sparse format starts to beat a dense config on one GEMM shape.
+class CrossoverTarget:
+    """Where one sparse format starts to beat one dense config on one GEMM shape.
 
-    ``sparsity`` is the smallest sparsity from which the format is faster than ``target`` all the way up to
+    ``sparsity`` is the smallest sparsity from which the format is faster than the target all the way up to
     ``max_sparsity`` (``None``: it never is; N:M formats have one fixed sparsity)."""
 
-    format: str
-    values: str
-    target: str
+    target: str  # dense | int8 | int4
+    label: str  # e.g. "dense fp16", "dense int4 g128"
     target_time_s: float
     sparsity: float | None
     time_s: float | None
-    max_sparsity: float
     note: str = ""
 
     def to_dict(self) -> dict:
-        return {"format": self.format, "values": self.values, "target": self.target,
-                "target_time_s": self.target_time_s, "sparsity": self.sparsity, "time_s": self.time_s,
-                "max_sparsity": self.max_sparsity, "note": self.note}
+        return {"target": self.target, "label": self.label, "target_time_s": self.target_time_s,
+                "sparsity": self.sparsity, "time_s": self.time_s, "note": self.note}
 
 
-def _targets(device, k, weights, acts, names):
+@dataclass(frozen=True)
+class Crossover:
+    """One sparse format on one GEMM shape: its crossover sparsity against each dense target.
+
+    ``vs_dense``, ``vs_int8``, ``vs_int4`` are the crossover sparsities (``None``: never faster, not
+    applicable, or not asked for); ``targets`` holds the details."""
+
+    format: str
+    values: str
+    targets: tuple
+    max_sparsity: float
+    note: str = ""
+
+    def _get(self, name):
+        t = next((t for t in self.targets if t.target == name), None)
+        return None if t is None else t.sparsity
+
+    @property
+    def vs_dense(self) -> float | None:
+        return self._get("dense")
+
+    @property
+    def vs_int8(self) -> float | None:
+        return self._get("int8")
+
+    @property
+    def vs_int4(self) -> float | None:
+        return self._get("int4")
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "values": self.values, "vs_dense": self.vs_dense, "vs_int8": self.vs_int8,
+                "vs_int4": self.vs_int4, "max_sparsity": self.max_sparsity, "note": self.note,
+                "targets": [t.to_dict() for t in self.targets]}
+
+
+def _targets(k, weights, acts, names):
     out = []
     for t in names:
         if t == "dense":
-            out.append(("dense " + weights, dict(weights=weights, acts=acts)))
+            out.append((t, "dense " + weights, dict(weights=weights, acts=acts)))
         elif t == "int8":
-            out.append(("dense int8", dict(weights="int8", acts=acts)))
+            out.append((t, "dense int8", dict(weights="int8", acts=acts)))
         elif t == "int4":
             g = 128 if k % 128 == 0 else None
-            out.append(("dense int4" + (" g128" if g else ""), dict(weights="int4", acts=acts, group=g)))
+            out.append((t, "dense int4" + (" g128" if g else ""), dict(weights="int4", acts=acts, group=g)))
         else:
             raise ValueError(f"crossover target {t!r}: expected dense, int8 or int4")
     return out
@@ -706,8 +739,8 @@ def format_crossover(device, m: int, n: int, k: int, *, formats=None, weights: s
     Returns
     -------
     list of Crossover
-        One per (format, target).  Configs the device or shape cannot run are reported with ``sparsity=None``
-        and the reason in ``note``.
+        One per format, with the crossover against each target (``vs_dense``, ``vs_int8``, ``vs_int4``).
+        Formats the device or shape cannot run have ``None`` crossovers and the reason in ``note``.
     """
     from . import roofline
 
@@ -722,15 +755,15 @@ def format_crossover(device, m: int, n: int, k: int, *, formats=None, weights: s
         raise ValueError(f"max_sparsity: expected a value in (0, 1), got {max_sparsity}")
     formats = tuple(formats) if formats else CROSSOVER_FORMATS
     tgt = []
-    for label, kw in _targets(device, k, weights, acts, targets):
+    for name, label, kw in _targets(k, weights, acts, targets):
         try:
             c = make_compression(**kw)
-            tgt.append((label, roofline.estimate(device, op, c, warm=warm, baseline=c).time_s, None))
+            tgt.append((name, label, roofline.estimate(device, op, c, warm=warm, baseline=c).time_s, None))
         except ValueError as exc:
-            tgt.append((label, math.nan, str(exc)))
+            tgt.append((name, label, math.nan, str(exc)))
     out: list[Crossover] = []
     for fmt in formats:
-        fixed = fmt.startswith("nm")
+        fixed = str(fmt).strip().lower().startswith("nm")
         try:
             if fixed:
                 comp = make_compression(weights=weights, acts=acts, format=fmt)
@@ -740,29 +773,31 @@ def format_crossover(device, m: int, n: int, k: int, *, formats=None, weights: s
                 grid_s = [max_sparsity * i / (grid - 1) for i in range(grid)]
                 times = _sweep_times(device, op, fmt, weights, acts, grid_s, warm)
         except ValueError as exc:
-            for label, tt, _ in tgt:
-                out.append(Crossover(fmt, weights, label, tt, None, None, max_sparsity, f"not applicable: {exc}"))
+            rows = tuple(CrossoverTarget(nm, lb, tt, None, None) for nm, lb, tt, _ in tgt)
+            out.append(Crossover(fmt, weights, rows, max_sparsity, f"not applicable: {exc}"))
             continue
-        for label, tt, err in tgt:
+        rows = []
+        for name, label, tt, err in tgt:
             if err is not None:
-                out.append(Crossover(fmt, weights, label, tt, None, None, max_sparsity, f"target n/a: {err}"))
+                rows.append(CrossoverTarget(name, label, tt, None, None, f"target n/a: {err}"))
                 continue
             if fixed:
                 ok = times[0] < tt
-                out.append(Crossover(fmt, weights, label, tt, s_fixed if ok else None, times[0], max_sparsity,
-                                     "fixed sparsity" + ("" if ok else f": {times[0] / tt:.2f}x the target time")))
+                rows.append(CrossoverTarget(name, label, tt, s_fixed if ok else None, times[0],
+                                            "fixed sparsity" + ("" if ok else f": {times[0] / tt:.2f}x the target "
+                                                                              "time")))
                 continue
             # smallest grid index from which every time is below the target
             i = len(times)
             while i > 0 and times[i - 1] < tt:
                 i -= 1
             if i == len(times):
-                out.append(Crossover(fmt, weights, label, tt, None, None, max_sparsity,
-                                     f"never faster up to sparsity {max_sparsity:g} "
-                                     f"({times[-1] / tt:.2f}x the target time there)"))
+                rows.append(CrossoverTarget(name, label, tt, None, None,
+                                            f"never faster up to sparsity {max_sparsity:g} "
+                                            f"({times[-1] / tt:.2f}x the target time there)"))
                 continue
             if i == 0:
-                out.append(Crossover(fmt, weights, label, tt, 0.0, times[0], max_sparsity, "faster at any sparsity"))
+                rows.append(CrossoverTarget(name, label, tt, 0.0, times[0], "faster at any sparsity"))
                 continue
             lo, hi = grid_s[i - 1], grid_s[i]
             t_hi = times[i]
@@ -773,7 +808,8 @@ def format_crossover(device, m: int, n: int, k: int, *, formats=None, weights: s
                     hi, t_hi = mid, t_mid
                 else:
                     lo = mid
-            out.append(Crossover(fmt, weights, label, tt, hi, t_hi, max_sparsity))
+            rows.append(CrossoverTarget(name, label, tt, hi, t_hi))
+        out.append(Crossover(fmt, weights, tuple(rows), max_sparsity, "fixed sparsity" if fixed else ""))
     return out
 
 

@@ -147,29 +147,35 @@ def test_bound_class():
 def test_crossover_points_are_where_the_format_starts_to_win():
     dev = load_device("a100-80gb")
     res = analysis.format_crossover(dev, 1, 4096, 4096, formats=("csr", "bsr:16x16", "nm:2:4"))
-    assert len(res) == 3 * 3
+    assert [c.format for c in res] == ["csr", "bsr:16x16", "nm:2:4"]
     op = GemmOp("g", m=1, n=4096, k=4096)
     for c in res:
-        assert c.sparsity is None or 0.0 <= c.sparsity < 1.0
-        if c.format == "nm:2:4":
-            assert c.sparsity in (None, 0.5)
-            continue
-        if c.sparsity is not None and c.sparsity > 0:
-            comp = Compression.parse(weights="fp16", acts="fp16", format=c.format, sparsity=c.sparsity)
-            assert roofline.estimate(dev, op, comp, baseline=comp).time_s < c.target_time_s
-            below = Compression.parse(weights="fp16", acts="fp16", format=c.format,
-                                      sparsity=max(0.0, c.sparsity - 2e-4))
-            assert roofline.estimate(dev, op, below, baseline=below).time_s >= c.target_time_s
-    csr = {c.target: c.sparsity for c in res if c.format == "csr"}
+        assert [t.target for t in c.targets] == ["dense", "int8", "int4"]
+        assert (c.vs_dense, c.vs_int8, c.vs_int4) == tuple(t.sparsity for t in c.targets)
+        for t in c.targets:
+            assert t.sparsity is None or 0.0 <= t.sparsity < 1.0
+            if c.format == "nm:2:4":
+                assert t.sparsity in (None, 0.5)
+                continue
+            if t.sparsity is not None and t.sparsity > 0:
+                comp = Compression.parse(weights="fp16", acts="fp16", format=c.format, sparsity=t.sparsity)
+                assert roofline.estimate(dev, op, comp, baseline=comp).time_s < t.target_time_s
+                below = Compression.parse(weights="fp16", acts="fp16", format=c.format,
+                                          sparsity=max(0.0, t.sparsity - 2e-4))
+                assert roofline.estimate(dev, op, below, baseline=below).time_s >= t.target_time_s
+    csr = res[0]
     # CSR on vector units at batch 1: wins only when it moves fewer bytes; INT4 moves the fewest
-    assert csr["dense fp16"] is not None
-    assert csr["dense int4 g128"] is None or csr["dense int4 g128"] >= csr["dense fp16"]
+    assert csr.vs_dense is not None
+    assert csr.vs_int4 is None or csr.vs_int4 >= csr.vs_dense
+    d = csr.to_dict()
+    assert {"format", "vs_dense", "vs_int8", "vs_int4", "targets"} <= set(d)
 
 
 def test_crossover_reports_formats_that_do_not_fit():
     res = analysis.format_crossover("h100-sxm", 8, 4095, 4095, formats=("bsr:16x16", "nm:2:4"), targets=("dense",))
-    assert [c.sparsity for c in res] == [None, None]
+    assert [c.vs_dense for c in res] == [None, None]
     assert all("not applicable" in c.note for c in res)
+    assert res[0].vs_int8 is None  # not asked for
     with pytest.raises(ValueError, match="target"):
         analysis.format_crossover("h100-sxm", 8, 64, 64, targets=("int2",))
     with pytest.raises(ValueError, match="m"):

@@ -192,7 +192,9 @@ def test_crossover_and_trend(capsys):
     assert d["gemm"] == [1, 2048, 2048]
     assert {c["format"] for c in d["crossovers"]} == {"csr", "nm:2:4"}
     for c in d["crossovers"]:
-        assert c["sparsity"] is None or 0 <= c["sparsity"] < 1
+        for key in ("vs_dense", "vs_int8", "vs_int4"):
+            assert c[key] is None or 0 <= c[key] < 1
+        assert [t["target"] for t in c["targets"]] == ["dense", "int8", "int4"]
     rc, out, _ = run(capsys, "crossover", "--device", "v100", "--format", "bsr:32x32")
     assert rc == 0 and "bsr:32x32" in out
     t = run_json(capsys, "trend", "--model", "alexnet")
