@@ -185,20 +185,36 @@ def _keys_at_kernel(keys, absmask, idx, out):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def _mask_kernel(keys, absmask, t, starts, tie_offs, take_ties, out):  # pragma: no cover - compiled
-    """out[i] = key > t, or key == t among the first ``take_ties`` ties in index order."""
+def _gt_mask_kernel(keys, absmask, t, starts, out):  # pragma: no cover - compiled
+    """out[i] = |x[i]| > t (branch-free, vectorizes); ties at t are scattered in afterwards."""
     nch = starts.shape[0] - 1
     for c in prange(nch):
-        ties = tie_offs[c]
+        for i in range(starts[c], starts[c + 1]):
+            out[i] = (keys[i] & absmask) > t
+
+
+@njit(parallel=True, cache=True)
+def _bracket_kernel(keys, absmask, t_lo, t_hi, starts, base, cap, out, counts, above):  # pragma: no cover
+    """One pass: count keys > t_hi per chunk, and gather positions with t_lo <= key <= t_hi into per-chunk
+    slots (at most ``cap[c]`` written, all counted)."""
+    nch = starts.shape[0] - 1
+    for c in prange(nch):
+        p = base[c]
+        end = base[c] + cap[c]
+        cnt = 0
+        ab = 0
         for i in range(starts[c], starts[c + 1]):
             kk = keys[i] & absmask
-            if kk > t:
-                out[i] = True
-            elif kk == t:
-                out[i] = ties < take_ties
-                ties += 1
-            else:
-                out[i] = False
+            if kk >= t_lo:
+                if kk > t_hi:
+                    ab += 1
+                else:
+                    if p < end:
+                        out[p] = i
+                        p += 1
+                    cnt += 1
+        counts[c] = cnt
+        above[c] = ab
 
 
 @njit(cache=True)
@@ -374,9 +390,34 @@ def _sample_size(n: int, sample_ratio: float, k: int) -> int:
     return min(n, max(SAMPLE_MIN, int(math.ceil(sample_ratio * n)), hits))
 
 
-def _keep_largest_mask(x: np.ndarray, keep: int) -> np.ndarray:
+def _mask_from_threshold(x, keys, absmask, starts, t, tie_pos) -> np.ndarray:
+    out = np.empty(x.size, dtype=np.bool_)
+    _gt_mask_kernel(keys, absmask, t, starts, out)
+    out[tie_pos] = True
+    return out
+
+
+def _resolve_in_candidates(x, cand_idx, need):
+    """Threshold key t (the need-th largest key among the candidates) and the tie positions to keep."""
+    kdt, absmask, _, _ = _key_params(x.dtype)
+    ncand = cand_idx.shape[0]
+    cand_key = np.empty(ncand, dtype=kdt)
+    _keys_at_kernel(x.view(kdt), absmask, cand_idx, cand_key)
+    t = np.partition(cand_key, ncand - need)[ncand - need]
+    take_ties = need - int(np.count_nonzero(cand_key > t))
+    return t, cand_idx[cand_key == t][:take_ties]
+
+
+def _keep_largest_mask(x: np.ndarray, keep: int, seed=0) -> np.ndarray:
     """Bool mask over the flat, finite, contiguous float array ``x``: the ``keep`` largest |x|, ties -> lower
-    index (used by :func:`memwall.kernels.prune.magnitude_mask`)."""
+    index (used by :func:`memwall.kernels.prune.magnitude_mask`).
+
+    Fast path (two passes): a stratified sample brackets the threshold ``[t_lo, t_hi]``; one pass counts the
+    entries above ``t_hi`` and gathers those inside the bracket, NumPy finds the exact threshold among them,
+    and a branch-free pass writes ``|x| > t`` (the kept ties at ``t`` are scattered in by position).  When the
+    bracket misses, the radix path (histogram of the top 12 key bits, gather of the threshold's bucket) finds
+    the same threshold.
+    """
     n = x.size
     if keep <= 0:
         return np.zeros(n, dtype=np.bool_)
@@ -385,26 +426,50 @@ def _keep_largest_mask(x: np.ndarray, keep: int) -> np.ndarray:
     kdt, absmask, shift, _ = _key_params(x.dtype)
     keys = x.view(kdt)
     starts = _chunk_starts(n)
+    nch = starts.shape[0] - 1
+    s = min(n, max(SAMPLE_MIN, int(math.ceil(SAMPLE_RATIO * n))))
+    if s < n // 4:
+        sample = np.sort(_sample_abs(x, s, seed).view(kdt) & absmask)  # ascending keys
+        r = keep * s / n  # rank from the top
+        d = 4.0 * math.sqrt(r * (1.0 - keep / n)) + 16
+        hi_pos = s - int(math.floor(r - d))  # key at rank r - d from the top (above the threshold)
+        lo_pos = s - int(math.ceil(r + d))
+        t_hi = sample[min(s - 1, max(0, hi_pos))] if r - d >= 1 else absmask
+        t_lo = sample[max(0, lo_pos)] if lo_pos >= 0 else kdt(0)
+        expected = int(n * (r + d - max(r - d, 0)) / s) + 1
+        cap = np.minimum(starts[1:] - starts[:-1], 2 * (expected // nch) + 1024)
+        counts = np.empty(nch, dtype=np.int64)
+        above = np.empty(nch, dtype=np.int64)
+        base = np.zeros(nch, dtype=np.int64)
+        np.cumsum(cap[:-1], out=base[1:])
+        scratch = np.empty(int(cap.sum()), dtype=np.int64)
+        _bracket_kernel(keys, absmask, kdt(t_lo), kdt(t_hi), starts, base, cap, scratch, counts, above)
+        need = keep - int(above.sum())
+        if (counts <= cap).all() and 1 <= need <= int(counts.sum()):
+            offs = np.zeros(nch + 1, dtype=np.int64)
+            np.cumsum(counts, out=offs[1:])
+            cand = np.empty(int(offs[-1]), dtype=np.int64)
+            _compact_kernel(scratch, base, counts, offs, cand)
+            t, tie_pos = _resolve_in_candidates(x, cand, need)
+            return _mask_from_threshold(x, keys, absmask, starts, t, tie_pos)
+    return _radix_keep_mask(x, keep)
+
+
+def _radix_keep_mask(x: np.ndarray, keep: int) -> np.ndarray:
+    """The radix path of :func:`_keep_largest_mask` (1 <= keep < x.size)."""
+    kdt, absmask, shift, _ = _key_params(x.dtype)
+    keys = x.view(kdt)
+    starts = _chunk_starts(x.size)
     hist = _histogram(keys, absmask, shift, starts)
-    tot = hist.sum(axis=0)
-    b, above = _bucket_of_kth(tot, keep)
+    b, above = _bucket_of_kth(hist.sum(axis=0), keep)
     counts = hist[:, b]
     offs = np.zeros(counts.shape[0] + 1, dtype=np.int64)
     np.cumsum(counts, out=offs[1:])
-    ncand = int(offs[-1])
-    cand_idx = np.empty(ncand, dtype=np.int64)
-    cand_key = np.empty(ncand, dtype=kdt)
+    cand_idx = np.empty(int(offs[-1]), dtype=np.int64)
+    cand_key = np.empty(int(offs[-1]), dtype=kdt)
     _gather_range_kernel(keys, absmask, shift, kdt(b), kdt(b + 1), starts, offs, cand_idx, cand_key)
-    need = keep - above  # 1 <= need <= ncand
-    t = np.partition(cand_key, ncand - need)[ncand - need]
-    take_ties = need - int(np.count_nonzero(cand_key > t))
-    # ties before each chunk, in index order
-    is_tie = cand_key == t
-    tie_cum = np.concatenate(([0], np.cumsum(is_tie)))
-    tie_offs = tie_cum[offs[:-1]].astype(np.int64)
-    out = np.empty(n, dtype=np.bool_)
-    _mask_kernel(keys, absmask, t, starts, tie_offs, take_ties, out)
-    return out
+    t, tie_pos = _resolve_in_candidates(x, cand_idx, keep - above)
+    return _mask_from_threshold(x, keys, absmask, starts, t, tie_pos)
 
 
 # ----------------------------------------------------------------------------------------------------------

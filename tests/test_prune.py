@@ -23,7 +23,7 @@ def ref_prune_count(s, n):
 def ref_keep_largest(scores, keep):
     """Keep the ``keep`` largest scores; ties keep the lower index (stable sort)."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
-    order = sorted(range(scores.size), key=lambda i: (-scores[i], i))
+    order = np.lexsort((np.arange(scores.size), -scores))  # primary key -score, then the index
     out = np.zeros(scores.size, dtype=bool)
     out[order[:keep]] = True
     return out
@@ -92,6 +92,25 @@ def test_magnitude_mask_many_chunks_with_ties(rng, s):
     ref = np.zeros(a.size, bool)
     ref[np.argsort(-a, kind="stable")[:keep]] = True
     np.testing.assert_array_equal(mask.ravel(), ref)
+
+
+@pytest.mark.parametrize("fake", ["high", "low", "zero"])
+def test_magnitude_mask_when_the_sample_bracket_misses(rng, monkeypatch, fake):
+    from memwall.kernels import gradient as G
+
+    w = tie_heavy(rng, (300, 301)) * rng.standard_normal((300, 301)).astype(np.float32)
+    expect = ref_magnitude(w, 0.37)
+    value = {"high": 1e30, "low": 1e-30, "zero": 0.0}[fake]
+    monkeypatch.setattr(G, "_sample_abs", lambda x, s, seed: np.full(s, value, x.dtype))
+    np.testing.assert_array_equal(magnitude_mask(w, 0.37), expect)
+
+
+def test_radix_mask_path_directly(rng):
+    from memwall.kernels import gradient as G
+
+    for w in (tie_heavy(rng, 200_001), rng.standard_normal(200_001), np.full(70_000, 0.5, np.float32)):
+        for keep in (1, 777, w.size // 2, w.size - 1):
+            np.testing.assert_array_equal(G._radix_keep_mask(w, keep), ref_keep_largest(np.abs(w), keep))
 
 
 def test_magnitude_mask_counts_exact_under_round_off(rng):
