@@ -252,3 +252,26 @@ def test_to_dict_is_json_ready():
     json.dumps(d)
     assert d["memory_levels"][-1]["bandwidth_bytes_per_s"] == 2000e9
     assert d["ridge_points_ops_per_byte"]["fp16"] == pytest.approx(756e12 / 2000e9)
+
+
+def test_save_profile_round_trips(tmp_path):
+    doc = tomllib.loads((DEV_DIR / "epyc-genoa.toml").read_text())
+    doc["id"] = "roundtrip"
+    doc["name"] = 'A "quoted" name \\ with a backslash'
+    p = tmp_path / "sub" / "host.toml"
+    dev = D.save_profile(doc, p, comment="measured by a test\nsecond line")
+    ref = load_device("epyc-genoa")
+    assert dev.id == "roundtrip" and dev.name == doc["name"]
+    assert dev.memory_levels == ref.memory_levels and dev.units == ref.units
+    assert dev.interconnects == ref.interconnects and dev.sources["memory.dram.bandwidth_gb_per_s"]
+    assert p.read_text().startswith("# measured by a test\n# second line\n")
+    # an invalid profile is refused and leaves the file alone
+    before = p.read_text()
+    doc["power"]["idle_w"] = -1
+    with pytest.raises(DeviceError, match=r"host.toml.*power.idle_w"):
+        D.save_profile(doc, p)
+    assert p.read_text() == before
+    assert not [q for q in p.parent.iterdir() if q.name.startswith(".")]
+    doc["power"]["idle_w"] = float("nan")
+    with pytest.raises(DeviceError, match="power.idle_w"):
+        D.save_profile(doc, p)

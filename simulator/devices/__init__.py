@@ -72,6 +72,7 @@ __all__ = [
     "list_devices",
     "host_profile_path",
     "HOST_PROFILE_ENV",
+    "save_profile",
 ]
 
 #: Data types a profile may list (compression dtypes plus fp64).
@@ -630,3 +631,63 @@ def _parse_file(path: Path) -> Device:
         energy_j_per_op=MappingProxyType(energy), efficiency=efficiency, tiling=tiling,
         interconnects=MappingProxyType(nets), sources=MappingProxyType(dict(ctx.sources)),
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# writing profiles (memwall calibrate writes the host profile through this)
+# ----------------------------------------------------------------------------------------------------------
+def _toml_value(v, where: str) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise DeviceError(f"profile: field {where!r}: expected a finite number, got {v!r}")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a valid TOML basic string
+    raise DeviceError(f"profile: field {where!r}: cannot write a {type(v).__name__} to TOML")
+
+
+def _toml_table(lines: list, header: str, tbl: dict, where: str) -> None:
+    scalars = {k: v for k, v in tbl.items() if not isinstance(v, (dict, list))}
+    if header:
+        lines.append(f"\n{header}")
+    for k, v in scalars.items():
+        lines.append(f"{k} = {_toml_value(v, f'{where}.{k}' if where else k)}")
+    for k, v in tbl.items():
+        if isinstance(v, dict):
+            _toml_table(lines, f"[{where + '.' if where else ''}{k}]", v, f"{where}.{k}" if where else k)
+        elif isinstance(v, list):
+            for i, item in enumerate(v):
+                if not isinstance(item, dict):
+                    raise DeviceError(f"profile: field {k!r}: expected a list of tables")
+                _toml_table(lines, f"[[{k}]]", item, f"{k}[{i}]")
+
+
+def save_profile(doc: dict, path, *, comment: str = "") -> Device:
+    """Write a profile (a dict shaped like the TOML schema of this module) to ``path`` and return it loaded.
+
+    The file is validated by :func:`load_device` before it replaces ``path``: an invalid profile raises
+    :class:`DeviceError` naming the field and leaves ``path`` untouched.  ``comment`` lines head the file.
+    ``memwall calibrate`` writes ``host_profile_path()`` this way.
+    """
+    if not isinstance(doc, dict):
+        raise TypeError(f"doc: expected a dict shaped like a device profile, got {type(doc).__name__}")
+    path = Path(path).expanduser()
+    lines = [f"# {line}" for line in comment.splitlines()] if comment else []
+    _toml_table(lines, "", doc, "")
+    text = "\n".join(lines).lstrip("\n") + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        dev = _parse_file(tmp)
+    except DeviceError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DeviceError(str(exc).replace(str(tmp), str(path))) from None
+    os.replace(tmp, path)
+    return load_device(str(path))
