@@ -210,8 +210,21 @@ def _write_csv(rows: list[dict], fields: list[str]) -> None:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
 
 
+def _finite(obj):
+    """``obj`` with non-finite floats as ``None`` (strict JSON has no NaN / Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "to_dict"):
+        return _finite(obj.to_dict())
+    return obj
+
+
 def _dump(obj) -> None:
-    print(json.dumps(obj, indent=2, default=_json_default))
+    print(json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False))
 
 
 def _json_default(o):
@@ -273,7 +286,11 @@ def _parse_layer(spec: str, args):
             hint = f"; e.g. {', '.join(near)}" if near else f"; first layers: {', '.join(l.name for l in model.layers[:6])}"
             raise ValueError(f"--layer: {model.name} has no layer {lname!r}{hint}")
         step = model.step(**_step_kwargs(args))
-        return f"{model.name}/{layer.name}", layer.ops(step)
+        ops = layer.ops(step)
+        if not ops:
+            raise ValueError(f"--layer: {model.name}/{layer.name} runs no op of its own (a {layer.kind} folded into "
+                             "the preceding layer at inference)")
+        return f"{model.name}/{layer.name}", ops
     kind, _, rest = spec.partition(":")
     kind = kind.lower()
     try:

@@ -150,6 +150,19 @@ def test_estimate_bad_shapes_exit_2(capsys):
     assert_usage_error(capsys, "estimate", "--layer", "conv:3:8:7:4", match=("does not fit",))
     assert_usage_error(capsys, "estimate", "--layer", "mlp:1:2", match=("linear:",))
     assert_usage_error(capsys, "estimate", "--layer", "gpt2/h.99.attn", match=("h.99.attn",))
+    assert_usage_error(capsys, "estimate", "--layer", "resnet50/bn1", match=("folded",))
+
+
+def test_json_is_strict_even_for_configs_a_device_cannot_run(capsys):
+    rc, out, err = run(capsys, "crossover", "--device", "p100", "--acts", "int8", "--format", "csr", "--json")
+    assert rc == 0, err
+
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    d = json.loads(out, parse_constant=refuse)
+    (c,) = d["crossovers"]
+    assert c["vs_dense"] is None and all(t["target_time_s"] is None for t in c["targets"])
 
 
 # ------------------------------------------------------------------------------------------ model
