@@ -18,10 +18,12 @@ How each layer is reduced (the conventions the cost model relies on):
   head are stacked as GEMM rows, so each cached K and V element is read once per step:
   ``QK^T``: count = batch * kv_heads, m = g * seq, k = head_dim, n = context + seq;
   ``PV``:   count = batch * kv_heads, m = g * seq, k = context + seq, n = head_dim;
-  both with ``weight_operand=False`` (the K/V cache is an activation operand).  The softmax over the
-  scores is a :class:`~.ops.MemoryOp` (the eager, unfused kernel sequence: an upper bound for a fused
-  FlashAttention kernel at long prefill; causal masking is not credited).  With a KV cache the new K and V
-  rows are appended (a copy).
+  both with ``weight_operand=False`` (the K/V cache is an activation operand).  Causal attention skips
+  the masked half as causal kernels do: new token i (of ``seq``) attends to ``context + i + 1`` keys, so the
+  products use the mean, ``n = context + ceil((seq + 1) / 2)`` (exact for odd ``seq``; decode: context + 1).
+  The softmax over the scores is a :class:`~.ops.MemoryOp` (the unfused kernel sequence: an upper bound
+  for a fused FlashAttention kernel, which keeps the scores on chip).  With a KV cache the new K and V rows
+  are appended (a copy).
 * :class:`Embedding` — a gather: the distinct rows touched are read as parameters (``weight_elements``),
   the gathered activations written.
 * :class:`Norm`, :class:`Elementwise`, :class:`Pool2d` — memory-only ops (a few vector ops per element).
@@ -222,8 +224,14 @@ class Attention(Layer):
         """Query heads per K/V head."""
         return self.heads // self.kv_heads
 
+    def keys_per_token(self, step: Step) -> int:
+        """Keys each new token attends to, averaged over the new tokens (see the module doc)."""
+        if self.causal:
+            return step.context + (step.seq + 2) // 2
+        return step.kv_len
+
     def ops(self, step: Step) -> list[Op]:
-        b, s, n_kv = step.batch, step.seq, step.kv_len
+        b, s, n_kv = step.batch, step.seq, self.keys_per_token(step)
         count = b * self.kv_heads
         m = self.group * s
         scores = b * self.heads * s * n_kv

@@ -170,6 +170,18 @@ def test_attention_prefill_macs_match_naive_einsum_count():
     assert not any(op.kind == "kv_cache" for op in ops)
 
 
+@pytest.mark.parametrize("seq, context", [(1, 0), (1, 7), (5, 0), (9, 3)])
+def test_causal_attention_credits_the_masked_half(seq, context):
+    b, h, d = 2, 4, 8
+    att = Attention("a", h, 2, d, causal=True)
+    ops = att.ops(Step(batch=b, seq=seq, context=context))
+    # odd seq: every new token i attends to context + i + 1 keys -> exact MACs
+    keys = sum(context + i + 1 for i in range(seq))
+    assert sum(op.macs for op in ops if isinstance(op, GemmOp)) == 2 * b * h * keys * d
+    assert att.keys_per_token(Step(batch=1, seq=1, context=context)) == context + 1  # decode: cache + itself
+    assert att.keys_per_token(Step(batch=1, seq=4)) == 3  # even seq: mean 2.5 rounded up
+
+
 def test_attention_rejects_bad_heads():
     with pytest.raises(ValueError, match="kv_heads"):
         Attention("a", 32, 6, 128)
