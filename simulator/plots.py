@@ -12,7 +12,7 @@ import os
 __all__ = ["MissingExtraError", "roofline_figure", "have_matplotlib", "require_matplotlib", "check_output_path",
            "ROOF_DTYPES"]
 
-#: Compute roofs drawn per device (those the device has).
+#: Compute roofs drawn per device (those the device has; FP32 is added on CPUs).
 ROOF_DTYPES = ("fp16", "int8", "int4")
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
@@ -82,7 +82,9 @@ def roofline_figure(devices, points, out, *, title: str | None = None, dtypes=RO
     for d in devices:
         c = color[d.id]
         bw = d.dram_bandwidth
-        for dt in dtypes:
+        # the baseline roof is FP32 on CPUs (and on any device without FP16)
+        dts = list(dtypes) if d.kind == "gpu" and d.has_dtype("fp16") else ["fp32", *dtypes]
+        for dt in dict.fromkeys(dts):
             if not d.has_dtype(dt):
                 continue
             peak = d.peak(dt)
