@@ -82,10 +82,11 @@ def test_magnitude_mask_matches_reference(shape, s, seed, ties, dtype):
     assert w.size - mask.sum() == ref_prune_count(s, w.size)
 
 
-@pytest.mark.parametrize("s", [0.0, 0.3, 0.5, 0.875, 0.999, 1.0])
-def test_magnitude_mask_many_chunks_with_ties(rng, s):
+@pytest.mark.parametrize("s,dtype", [(0.0, np.float32), (0.3, np.float32), (0.5, np.float64),
+                                     (0.875, np.float32), (0.999, np.float64), (1.0, np.float32)])
+def test_magnitude_mask_many_chunks_with_ties(rng, s, dtype):
     # > 2**15 entries per chunk and many chunks: ties straddle chunk borders, so the tie prefix counts matter
-    w = tie_heavy(rng, (700, 1001))
+    w = tie_heavy(rng, (700, 1001), dtype)
     mask = magnitude_mask(w, s)
     a = np.abs(w).ravel()
     keep = a.size - ref_prune_count(s, a.size)
