@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 #: Defaults of ``memwall report``.
@@ -758,7 +759,7 @@ def _report(args) -> int:
 
             model, kw, title = workloads[0]
             pts, _ = _points(model, devices, args, kw, lambda d: _variants(argparse.Namespace(), d))
-            figure = roofline_figure(devices, pts, args.out, title=f"memwall report: {title}")
+            figure = os.path.abspath(roofline_figure(devices, pts, args.out, title=f"memwall report: {title}"))
         else:
             fig_note = "roofline figure skipped: matplotlib is not installed (pip install 'memwall[plot]')"
     if args.json:
