@@ -191,11 +191,11 @@ class _Estimator:
 
     def layer_ops(self, model, step):
         """``model.layer_ops(step)``, memoised."""
-        key = (id(model), model.name, step)
+        key = (id(model), step)  # the value keeps the model alive, so its id cannot be reused meanwhile
         hit = self._ops.get(key)
         if hit is None:
-            hit = self._ops[key] = model.layer_ops(step)
-        return hit
+            hit = self._ops[key] = (model, model.layer_ops(step))
+        return hit[1]
 
     def layer(self, ops, comp, base) -> "_LayerAgg":
         """The sum over one layer's ops under ``comp`` (and ``base`` for the speedup), memoised on shapes."""
