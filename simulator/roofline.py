@@ -24,8 +24,8 @@ Vector work besides the main product (same SMs / cores: its time *adds* to the m
       ``ceil(m / block_tile)`` times: int weights 2 ops (convert, scale) + 1 with zero points + 1 to unpack
       int4; float weights 1 op (convert), 2 with group scales.  This is why W4A16 can lose to FP16 when
       compute-bound at large batch.
-    * activation conversion when the activation dtype is not the compute dtype: 1 op (float) or 2 (int) per
-      element per ``ceil(n / block_tile)`` column blocks.
+    * activation conversion when the activation dtype is not the compute dtype: 1 op (float) or 2 (int; 3
+      for int4) per element per ``ceil(n / block_tile)`` column blocks.
     * quantizing activations (int8 / int4 / fp8 acts) costs a separate pass: 4 vector ops per element, reading
       the activations in the high-precision dtype (fp16 on GPUs, fp32 on CPUs) and writing them quantized, and
       one more kernel launch.
@@ -156,12 +156,35 @@ class _Tables:
         self.t_sparse = np.array([(tens.sparse.get(d, 0.0) if tens else 0.0) for d in DTYPES])
         self.v_dense = np.array([vec.dense.get(d, 0.0) for d in DTYPES])
         self.e_op = np.array([dev.energy_j_per_op[d] for d in DTYPES])
+        # per compute dtype: the vector dtype of conversions (fp32 where the vector unit lacks it), whether the
+        # tensor unit is the faster one, and the large-GEMM rate of the faster unit
+        self.vdt = np.array([i if self.v_dense[i] > 0 else _D["fp32"] for i in range(len(DTYPES))])
+        self.tensor_best = self.t_dense > self.v_dense
         eff = dev.efficiency
         self.f_tensor = eff.tensor_gemm_fraction or 0.0
         self.f_vector = eff.vector_gemm_fraction
         self.f_csr = eff.csr_vector_fraction
         self.f_bsr = eff.bsr_matrix_fraction or 0.0
         self.f_nm = eff.nm_sparse_fraction or 0.0
+        self.dense_rate = np.where(self.tensor_best, self.t_dense * self.f_tensor,
+                                   self.v_dense[self.vdt] * self.f_vector)
+        # conversion ops per element from dtype x (stored) to dtype c (computed): 0 when equal; int: convert +
+        # scale (+1 to unpack int4); float: convert.  ``int_conv`` marks int->c (a zero point adds 1 op),
+        # ``float_conv`` float->c (group scales add 1 op).
+        nd = len(DTYPES)
+        self.conv_base = np.zeros((nd, nd))
+        self.int_conv = np.zeros((nd, nd))
+        self.float_conv = np.zeros((nd, nd))
+        for x in range(nd):
+            for c in range(nd):
+                if x == c:
+                    continue
+                if _IS_INT[x]:
+                    self.conv_base[x, c] = 2.0 + (x == _D["int4"])
+                    self.int_conv[x, c] = 1.0
+                else:
+                    self.conv_base[x, c] = 1.0
+                    self.float_conv[x, c] = 1.0
         lv = dev.memory_levels
         self.nlev = len(lv)
         self.cap = np.array([x.capacity_bytes for x in lv])
@@ -206,74 +229,85 @@ def _cdiv(a, b):
     return np.ceil(a / b)
 
 
+def _sel(cond, a, b):
+    """``np.where(cond, a, b)`` for finite values, branch-free (np.where is ~8x slower than arithmetic on
+    random masks): ``a * cond + b * ~cond`` is exact because each product is x * 1 or x * 0."""
+    if np.ndim(cond) == 0:
+        return a if cond else b
+    return a * cond + b * ~cond
+
+
 def _weight_bytes_arrays(fmt, w, rows, cols, sp, group, sbytes, zp, br, bc, nmn, nmm):
     """Exact weight bytes (the compression module's byte model) on arrays; returns (total, kept_rows, kept).
-    Formulas of formats absent from ``fmt`` are skipped."""
+    Formulas of formats absent from ``fmt`` are skipped; present ones are combined by exact masked sums."""
     item = _ITEM[w]
     is4 = w == _D["int4"]
     quant = _IS_INT[w]
     total = rows * cols
     # dense / channel
     is_ch = fmt == _F["channel"]
-    if is_ch.any():
-        krows = rows - np.where(is_ch, np.minimum(rows, np.floor(sp * rows + _EPS)), 0.0)
-    else:
-        krows = rows
-    dense_vals = np.where(is4, krows * np.ceil(cols / 2), krows * cols * item)
-    nscales = np.where(group > 0, krows * np.floor(cols / np.maximum(group, 1.0)), np.where(quant, krows, 0.0))
-    wb = dense_vals + nscales * sbytes * (1.0 + zp)
-    kept = krows * cols
+    krows = rows - is_ch * np.minimum(rows, np.floor(sp * rows + _EPS)) if is_ch.any() else rows
+    dense_vals = _sel(is4, krows * np.ceil(cols / 2), krows * cols * item)
+    has_g = group > 0
+    nscales = has_g * (krows * np.floor(cols / np.maximum(group, 1.0))) + (~has_g & quant) * krows
+    dense_b = dense_vals + nscales * sbytes * (1.0 + zp)
     is_csr = fmt == _F["csr"]
-    if is_csr.any():
-        nnz = total - np.minimum(total, np.floor(sp * total + _EPS))
-        idx = np.where(np.maximum(nnz, cols) < _INDEX_LIMIT, 4.0, 8.0)
-        csr_b = (np.where(is4, np.ceil(nnz / 2), nnz * item) + (nnz + rows + 1) * idx
-                 + np.where(quant, rows * 4.0, 0.0))
-        wb = np.where(is_csr, csr_b, wb)
-        kept = np.where(is_csr, nnz, kept)
     is_bsr = fmt == _F["bsr"]
-    if is_bsr.any():
+    is_nm = fmt == _F["nm"]
+    any_csr, any_bsr, any_nm = is_csr.any(), is_bsr.any(), is_nm.any()
+    if not (any_csr or any_bsr or any_nm):
+        return dense_b, krows, krows * cols
+    is_dense = ~(is_csr | is_bsr | is_nm)
+    wb = dense_b * is_dense
+    kept = (krows * cols) * is_dense
+    if any_csr:
+        nnz = total - np.minimum(total, np.floor(sp * total + _EPS))
+        idx = 4.0 + 4.0 * (np.maximum(nnz, cols) >= _INDEX_LIMIT)
+        csr_b = _sel(is4, np.ceil(nnz / 2), nnz * item) + (nnz + rows + 1) * idx + quant * (rows * 4.0)
+        wb = wb + csr_b * is_csr
+        kept = kept + nnz * is_csr
+    if any_bsr:
         brr = np.maximum(br, 1.0)
         bcc = np.maximum(bc, 1.0)
         nbr = np.floor(rows / brr)
         nblocks = nbr * np.floor(cols / bcc)
         nb = nblocks - np.minimum(nblocks, np.floor(sp * nblocks + _EPS))
-        idx = np.where(np.maximum(nb, cols) < _INDEX_LIMIT, 4.0, 8.0)
+        idx = 4.0 + 4.0 * (np.maximum(nb, cols) >= _INDEX_LIMIT)
         bvals = nb * brr * bcc
-        bsr_b = (np.where(is4, np.ceil(bvals / 2), bvals * item) + (nb + nbr + 1) * idx
-                 + np.where(quant, nb * 4.0, 0.0))
-        wb = np.where(is_bsr, bsr_b, wb)
-        kept = np.where(is_bsr, bvals, kept)
-    is_nm = fmt == _F["nm"]
-    if is_nm.any():
+        bsr_b = _sel(is4, np.ceil(bvals / 2), bvals * item) + (nb + nbr + 1) * idx + quant * (nb * 4.0)
+        wb = wb + bsr_b * is_bsr
+        kept = kept + bvals * is_bsr
+    if any_nm:
         mm = np.maximum(nmm, 1.0)
         kr = np.floor(cols / mm) * nmn
         bits = np.maximum(1.0, np.ceil(np.log2(np.maximum(mm, 2.0))))
-        nm_b = (np.where(is4, rows * np.ceil(kr / 2), rows * kr * item) + rows * np.ceil(kr * bits / 8)
-                + np.where(quant, rows * 4.0, 0.0))
-        wb = np.where(is_nm, nm_b, wb)
-        kept = np.where(is_nm, rows * kr, kept)
+        nm_b = (_sel(is4, rows * np.ceil(kr / 2), rows * kr * item) + rows * np.ceil(kr * bits / 8)
+                + quant * (rows * 4.0))
+        wb = wb + nm_b * is_nm
+        kept = kept + (rows * kr) * is_nm
     return wb, krows, kept
 
 
 def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br, bc, nmn, nmm, wop, warm):
-    """All arrays broadcast to one shape; returns a dict of arrays (see estimate_gemm_arrays)."""
+    """All arrays broadcast to one shape; returns a dict of arrays (see estimate_gemm_arrays).  Selections are
+    exact masked sums (see :func:`_sel`): every term is finite."""
     # --- dtypes -------------------------------------------------------------------------------------
-    w_eff = np.where(wop, w, a)
-    fmt = np.where(wop, fmt, _F["dense"])
+    w_eff = _sel(wop, w, a)
+    fmt = fmt * wop  # the dense format (code 0) for activation x activation products
     c = T.ct[w_eff, a]
     if (c < 0).any():
-        i = int(np.flatnonzero(c < 0)[0])
-        raise ValueError(T.ct_err[(int(w_eff.flat[i]), int(a.flat[i]))])
+        i = int(np.flatnonzero(np.broadcast_to(c, np.broadcast(c, w_eff, a).shape) < 0)[0])
+        raise ValueError(T.ct_err[(int(np.broadcast_to(w_eff, np.shape(c)).flat[i]),
+                                   int(np.broadcast_to(a, np.shape(c)).flat[i]))])
     a_item = _ITEM[a]
     # --- weights ------------------------------------------------------------------------------------
     wb1, n_out, kept1 = _weight_bytes_arrays(fmt, w_eff, n, k, sp, group, sbytes, zp, br, bc, nmn, nmm)
-    wb1 = np.where(wop, wb1, n * k * a_item)
+    wb1 = _sel(wop, wb1, n * k * a_item)
     A1 = m * k * a_item
     C1 = m * n_out * a_item
     A, W, C = A1 * count, wb1 * count, C1 * count
     qact = _IS_QACT[a]
-    Q = np.where(qact, m * k * (T.hp_item + a_item) * count, 0.0)
+    Q = qact * (m * k * (T.hp_item + a_item) * count)
     # --- traffic per level --------------------------------------------------------------------------
     L = T.nlev
     traffic = [None] * L
@@ -282,88 +316,84 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     small1 = np.minimum(A1, wb1)
     for j in range(L):
         tile = T.tile[j][a]
-        if j == 0:
-            rA = np.maximum(1.0, _cdiv(n_out, tile))
-            rW = np.maximum(1.0, _cdiv(m, tile))
-        else:
+        rA = np.maximum(1.0, np.ceil(n_out / tile))
+        rW = np.maximum(1.0, np.ceil(m / tile))
+        if j > 0:  # compulsory traffic when one GEMM's working set (or one operand) fits the smaller level
             cap = T.cap[j - 1]
-            fits = (ws1 <= cap) | (small1 <= cap / 2)
-            rA = np.where(fits, 1.0, np.maximum(1.0, _cdiv(n_out, tile)))
-            rW = np.where(fits, 1.0, np.maximum(1.0, _cdiv(m, tile)))
+            tiled = (ws1 > cap) & (small1 > cap / 2)
+            rA = np.maximum(1.0, rA * tiled)
+            rW = np.maximum(1.0, rW * tiled)
         traffic[j] = A * rA + W * rW + C + Q
         rW_last = rW
     resident = warm & (wb1 <= T.totcap[L - 2])
-    traffic[L - 1] = traffic[L - 1] - np.where(resident, W * rW_last, 0.0)
+    traffic[L - 1] = traffic[L - 1] - resident * (W * rW_last)
     for j in range(L - 2, -1, -1):
         traffic[j] = np.maximum(traffic[j], traffic[j + 1])
     # --- compute ------------------------------------------------------------------------------------
-    td, ts, vd = T.t_dense[c], T.t_sparse[c], T.v_dense[c]
-    vdt = np.where(vd > 0, c, _D["fp32"])
+    td, ts = T.t_dense[c], T.t_sparse[c]
+    vdt = T.vdt[c]
     vpeak = T.v_dense[vdt]
     is_csr = fmt == _F["csr"]
     is_bsr = fmt == _F["bsr"]
     is_nm = fmt == _F["nm"]
     any_csr, any_bsr, any_nm = bool(is_csr.any()), bool(is_bsr.any()), bool(is_nm.any())
-    tensor_best = td > vd
     useful = 2.0 * m * kept1 * count
-    use_tensor = tensor_best
-    peak = np.where(tensor_best, td * T.f_tensor, vpeak * T.f_vector)
+    use_tensor = T.tensor_best[c]
+    peak = T.dense_rate[c]
     work = useful
     nm_sparse = np.zeros((), dtype=bool)
     if any_nm:
         nm_compat = (((nmm == 2) | (nmm == 4)) & (2 * nmn <= nmm)) | ((nmm % 4 == 0) & (nmn <= 2) & (nmm > 0))
         nm_sparse = is_nm & nm_compat & (ts > 0)
-        use_tensor = np.where(nm_sparse, True, use_tensor)
-        peak = np.where(nm_sparse, ts * T.f_nm, peak)
-        work = np.where(is_nm, 2.0 * m * n_out * k * count, work)  # dense-equivalent at the sparse peak
+        use_tensor = use_tensor | nm_sparse
+        peak = _sel(nm_sparse, ts * T.f_nm, peak)
+        work = _sel(is_nm, 2.0 * m * n_out * k * count, work)  # dense-equivalent at the sparse peak
     if any_bsr:
         bsr_tensor = is_bsr & (td > 0) & (np.minimum(br, bc) >= T.g_min)
         blk_eff = T.f_csr + (T.f_vector - T.f_csr) * np.minimum(1.0, np.log2(np.maximum(br * bc, 1.0)) / 6.0)
-        use_tensor = np.where(is_bsr, bsr_tensor, use_tensor)
-        peak = np.where(is_bsr, np.where(bsr_tensor, td * T.f_bsr, vpeak * blk_eff), peak)
+        use_tensor = (use_tensor & ~is_bsr) | bsr_tensor
+        peak = _sel(is_bsr, _sel(bsr_tensor, td * T.f_bsr, vpeak * blk_eff), peak)
     if any_csr:
         use_tensor = use_tensor & ~is_csr
-        peak = np.where(is_csr, vpeak * T.f_csr, peak)
-    g = np.where(use_tensor, T.g_min, 1.0)
+        peak = _sel(is_csr, vpeak * T.f_csr, peak)
+    g = 1.0 + (T.g_min - 1.0) * use_tensor
     mm_ = np.maximum(m, 1.0)
     nn_ = np.maximum(n_out, 1.0)
-    pad = (mm_ / (_cdiv(mm_, g) * g)) * (nn_ / (_cdiv(nn_, g) * g))  # 1 on vector units (g = 1)
-    tiles = _cdiv(mm_, T.t_blk) * _cdiv(nn_, T.t_blk) * np.maximum(count, 1.0)
-    split = np.maximum(1.0, np.minimum(np.floor(T.P / tiles), _cdiv(np.maximum(k, 1.0), T.t_blk)))
+    pad = (mm_ / (np.ceil(mm_ / g) * g)) * (nn_ / (np.ceil(nn_ / g) * g))  # 1 on vector units (g = 1)
+    tiles = np.ceil(mm_ / T.t_blk) * np.ceil(nn_ / T.t_blk) * np.maximum(count, 1.0)
+    split = np.maximum(1.0, np.minimum(np.floor(T.P / tiles), np.ceil(np.maximum(k, 1.0) / T.t_blk)))
     tiles = tiles * split
-    waves = _cdiv(tiles, T.P) * T.P
+    waves = np.ceil(tiles / T.P) * T.P
     shape_eff = pad * tiles / waves
-    t_main = np.where(work > 0, work / np.maximum(peak * shape_eff, 1e-300), 0.0)
+    t_main = work / np.maximum(peak * shape_eff, 1e-300)
     # vector work besides the main product
-    reuse_w = np.maximum(1.0, _cdiv(m, T.t_blk))
-    reuse_a = np.maximum(1.0, _cdiv(n_out, T.t_blk))
-    w_int = _IS_INT[w_eff]
-    deq_per = np.where(w_eff == c, 0.0,
-                       np.where(w_int, 2.0 + zp + (w_eff == _D["int4"]), np.where(group > 0, 2.0, 1.0)))
-    deq_ops = np.where(wop, kept1, n * k) * count * reuse_w * deq_per
-    conv_per = np.where(a == c, 0.0, np.where(_IS_INT[a], 2.0, 1.0))
-    conv_ops = m * k * count * reuse_a * conv_per
-    quant_ops = np.where(qact, 4.0 * m * k * count, 0.0)
+    reuse_w = np.maximum(1.0, np.ceil(m / T.t_blk))
+    reuse_a = np.maximum(1.0, np.ceil(n_out / T.t_blk))
+    deq_per = T.conv_base[w_eff, c] + zp * T.int_conv[w_eff, c] + (group > 0) * T.float_conv[w_eff, c]
+    deq_ops = _sel(wop, kept1, n * k) * count * reuse_w * deq_per
+    conv_ops = m * k * count * reuse_a * T.conv_base[a, c]
+    quant_ops = qact * (4.0 * m * k * count)
     extra = deq_ops + conv_ops + quant_ops
     if any_nm:  # decompressing a non-2:4 N:M weight to dense
-        extra = extra + np.where(is_nm & ~nm_sparse, n * k * count * reuse_w, 0.0)
+        extra = extra + (is_nm & ~nm_sparse) * (n * k * count * reuse_w)
     t_extra = extra / (vpeak * T.f_vector)
-    t_tensor = np.where(use_tensor, t_main, 0.0)
-    t_vector = np.where(use_tensor, 0.0, t_main) + t_extra
+    t_tensor = t_main * use_tensor
+    t_vector = t_main * ~use_tensor + t_extra
     t_compute = t_tensor + t_vector
     # --- time, bound ------------------------------------------------------------------------------
     t_mem = [traffic[j] / T.bw[j] for j in range(L)]
-    mx, arg = t_mem[0], np.zeros(np.shape(t_mem[0]), dtype=np.int64)
+    mx, arg = t_mem[0], 0
     for j, t in enumerate(t_mem[1:] + [t_compute], start=1):
-        arg = np.where(t > mx, j, arg)
+        gt = t > mx
+        arg = arg + gt * (j - arg)
         mx = np.maximum(mx, t)
     overhead = T.launch * (1.0 + qact)
-    bound = np.where(arg == L, np.where(t_tensor >= t_vector, L, L + 1), arg)
-    bound = np.where(overhead > mx, L + 2, bound)
+    bound = arg + (arg == L) * (t_tensor < t_vector)
+    bound = bound + (overhead > mx) * (L + 2 - bound)
     time = mx + overhead
     # --- energy ---------------------------------------------------------------------------------------
-    e_tensor = np.where(use_tensor, useful, 0.0) * T.e_op[c]
-    e_vector = (np.where(use_tensor, 0.0, useful) + extra) * T.e_op[vdt]
+    e_tensor = (useful * use_tensor) * T.e_op[c]
+    e_vector = (useful * ~use_tensor + extra) * T.e_op[vdt]
     e_levels = [traffic[j] * T.e_byte[j] for j in range(L)]
     e_static = T.idle * time
     energy = e_tensor + e_vector + sum(e_levels) + e_static
@@ -604,7 +634,7 @@ def _checked_gemm_core(T, **p):
     return _gemm_core(T, **_check_chunk(**p))
 
 
-_CHUNK = 1 << 15
+_CHUNK = 1 << 12  # 32 KiB float64 temporaries stay on the heap and in L2 (bigger ones page-fault)
 _POOL = None
 
 
