@@ -43,15 +43,17 @@ def _splat(builder, scalar):
     return builder.shuffle_vector(vec, undef, zeros)
 
 
-def make_microkernel(mr: int, nv: int):
+def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
     """An intrinsic ``mk(ap, a_off, bp, b_off, k4n, c, c_off, ldc, first, init, init_off)``.
 
     ``ap``/``bp``/``c``/``init`` are 1-D arrays (uint8 / int8 / int32 / int32); the offsets are element
     offsets; ``k4n`` the number of K groups of 4; when ``first`` != 0 the accumulators start from
     ``init[init_off : init_off + 16 * nv]`` (the same for every row), otherwise from the C tile.  The full
-    ``mr x 16*nv`` tile is read/written: the caller handles edges.
+    ``mr x 16*nv`` tile is read/written: the caller handles edges.  ``a_rows`` (default ``mr``) is the row
+    count of the packed A panel, so a narrower kernel can run over the first rows of a wider panel.
     """
     nr = 16 * nv
+    a_rows = mr if a_rows is None else a_rows
 
     @intrinsic
     def mk(typingctx, ap, a_off, bp, b_off, k4n, c, c_off, ldc, first, init, init_off):
@@ -151,7 +153,8 @@ def make_microkernel(mr: int, nv: int):
             builder.cbranch(go, body_bb, exit_bb)
 
             builder.position_at_end(body_bb)
-            a_ptr = builder.bitcast(builder.gep(a0, [builder.mul(k_phi, ir.Constant(_I64, 4 * mr))]), _I32.as_pointer())
+            a_ptr = builder.bitcast(builder.gep(a0, [builder.mul(k_phi, ir.Constant(_I64, 4 * a_rows))]),
+                                    _I32.as_pointer())
             b_ptr = builder.bitcast(builder.gep(b0, [builder.mul(k_phi, ir.Constant(_I64, 4 * nr))]), _I32.as_pointer())
             bvec = [vload(b_ptr, 16 * v) for v in range(nv)]
             new_acc = []
@@ -177,5 +180,5 @@ def make_microkernel(mr: int, nv: int):
 
         return sig, codegen
 
-    mk.__name__ = f"vnni_mk_{mr}x{nr}"
+    mk.__name__ = f"vnni_mk_{mr}x{nr}_a{a_rows}"
     return mk

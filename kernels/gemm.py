@@ -35,6 +35,11 @@ __all__ = [
     "int8_gemm_dequant",
     "active_paths",
     "available_paths",
+    "PackedWeights",
+    "pack_weights",
+    "quantized_linear",
+    "int4_gemv",
+    "int4_gemm",
 ]
 
 # --- tile sizes ------------------------------------------------------------------------------------
@@ -96,8 +101,9 @@ def active_paths() -> dict[str, str]:
 # packing
 # ==================================================================================================
 @njit(parallel=True, cache=True)
-def _pack_b_kernel(b, nk_layout, out, comp):  # pragma: no cover - compiled
-    """b (K, N) (or (N, K) when nk_layout) -> panels [npan][Kp4][NR][4]; comp[j] = -128 * sum_k b[k, j]."""
+def _pack_b_kernel(b, nk_layout, out, comp, colsum):  # pragma: no cover - compiled
+    """b (K, N) (or (N, K) when nk_layout) -> panels [npan][Kp4][NR][4]; colsum[j] = sum_k b[k, j] and
+    comp[j] = -128 * colsum[j] (int32, wrapping)."""
     if nk_layout:
         n, k = b.shape
     else:
@@ -115,6 +121,8 @@ def _pack_b_kernel(b, nk_layout, out, comp):  # pragma: no cover - compiled
                     out[base + (kk >> 2) * NR * 4 + jj * 4 + (kk & 3)] = v
                     s += v
             comp[jp * NR + jj] = np.int32(-128 * s)
+            if j < n:
+                colsum[j] = s
 
 
 @njit(parallel=True, cache=True)
@@ -140,10 +148,10 @@ class PackedInt8:
     the overflow check), ``nbytes``.  Build it with :func:`pack_int8`; the constructor is not public API.
     """
 
-    __slots__ = ("k", "n", "data", "comp", "max_abs", "_fpanels")
+    __slots__ = ("k", "n", "data", "comp", "colsum", "max_abs", "_fpanels")
 
-    def __init__(self, k: int, n: int, data: np.ndarray, comp: np.ndarray, max_abs: int):
-        self.k, self.n, self.data, self.comp, self.max_abs = k, n, data, comp, max_abs
+    def __init__(self, k: int, n: int, data: np.ndarray, comp: np.ndarray, colsum: np.ndarray, max_abs: int):
+        self.k, self.n, self.data, self.comp, self.colsum, self.max_abs = k, n, data, comp, colsum, max_abs
         self._fpanels = None
 
     def float_panels(self) -> np.ndarray:
@@ -197,10 +205,11 @@ def _pack_checked(b: np.ndarray, k: int, n: int, nk: bool) -> PackedInt8:
     npan = (n + NR - 1) // NR
     data = np.zeros(npan * kp4 * NR * 4, dtype=np.int8)
     comp = np.zeros(npan * NR, dtype=np.int32)
+    colsum = np.zeros(n, dtype=np.int64)
     if k and n:
-        _pack_b_kernel(b, nk, data, comp)
+        _pack_b_kernel(b, nk, data, comp, colsum)
     max_abs = int(np.abs(b.astype(np.int16)).max()) if b.size else 0
-    return PackedInt8(k, n, data, comp, max_abs)
+    return PackedInt8(k, n, data, comp, colsum, max_abs)
 
 
 # ==================================================================================================
@@ -238,6 +247,7 @@ if has_avx512_vnni():
     from ._vnni import make_microkernel
 
     _mk = make_microkernel(MR, NV)
+    _mk1 = make_microkernel(1, NV, MR)  # one row of an MR panel: short edges and GEMV-like M
 
     @njit(parallel=True, cache=True)
     def _vnni_gemm_kernel(ap, bp, comp, m, n, kp4, k4_lo, k4_hi, mb_panels,
@@ -257,10 +267,17 @@ if has_avx512_vnni():
             cols = min(NR, n - jp * NR)
             for ip in range(mb * mb_panels, min(mpan, (mb + 1) * mb_panels)):
                 a_base = (ip * kp4 + k4_lo) * MR * 4
-                for kc in range(0, k4n, KC4):
-                    _mk(ap, a_base + kc * MR * 4, bp, b_base + kc * NR * 4, min(KC4, k4n - kc),
-                        tile, 0, NR, 1 if kc == 0 else 0, comp, jp * NR)
-                _store_tile(tile, NR, ip * MR, min(MR, m - ip * MR), jp * NR, cols, n, c, out, epi, has_zp,
+                rows = min(MR, m - ip * MR)
+                if rows > MR // 2:
+                    for kc in range(0, k4n, KC4):
+                        _mk(ap, a_base + kc * MR * 4, bp, b_base + kc * NR * 4, min(KC4, k4n - kc),
+                            tile, 0, NR, 1 if kc == 0 else 0, comp, jp * NR)
+                else:  # a short edge panel: one row at a time instead of MR rows of padding
+                    for r in range(rows):
+                        for kc in range(0, k4n, KC4):
+                            _mk1(ap, a_base + kc * MR * 4 + 4 * r, bp, b_base + kc * NR * 4, min(KC4, k4n - kc),
+                                 tile, r * NR, NR, 1 if kc == 0 else 0, comp, jp * NR)
+                _store_tile(tile, NR, ip * MR, rows, jp * NR, cols, n, c, out, epi, has_zp,
                             sa, za, rsa, sb, zb, csb, bias, kk)
 
 
@@ -342,8 +359,17 @@ class _Epilogue:
             sa, za, rsa, sb, zb, csb, bias, has_zp)
 
 
+def _pack_a(a: np.ndarray) -> np.ndarray:
+    """A panels for the VNNI kernel (a + 128 as uint8, [M/MR][ceil(K/4)][MR][4])."""
+    m, k = a.shape
+    ap = np.zeros(-(-m // MR) * ((k + 3) // 4) * MR * 4, dtype=np.uint8)
+    if m and k:
+        _pack_a_kernel(a, ap)
+    return ap
+
+
 def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp: np.ndarray,
-         epi: _Epilogue | None = None) -> np.ndarray:
+         epi: _Epilogue | None = None, ap: np.ndarray | None = None) -> np.ndarray:
     """a (M, K) times the packed panels over K groups [k4_lo, k4_hi): int32 (exact mod 2**32), or float32
     through the dequantizing epilogue when ``epi`` is given."""
     m = a.shape[0]
@@ -362,13 +388,13 @@ def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp:
     if k4_hi <= k4_lo:  # K == 0: every sum is empty
         a = np.zeros((m, 4), dtype=np.int8)
         pb = _pack_checked(np.zeros((4, n), dtype=np.int8), 4, n, False)
-        kp4, k4_lo, k4_hi, comp = 1, 0, 1, pb.comp
+        kp4, k4_lo, k4_hi, comp, ap = 1, 0, 1, pb.comp, None
     threads = max(1, get_num_threads())
     npan = (n + NR - 1) // NR
     if path == "vnni":
         mpan = (m + MR - 1) // MR
-        ap = np.zeros(mpan * kp4 * MR * 4, dtype=np.uint8)
-        _pack_a_kernel(a, ap)
+        if ap is None:
+            ap = _pack_a(a)
         # enough tasks for every thread; as few row blocks as possible (each re-streams its B panel)
         nmb = max(1, min(mpan, -(-2 * threads // npan)))
         mb_panels = -(-mpan // nmb)
@@ -460,3 +486,482 @@ def int8_gemm(a, b, *, path: str | None = None) -> np.ndarray:
     a = as_array(a, "a", dtype=np.int8, ndim=2)
     pb = _coerce_b(b, a.shape[1])
     return _gemm_exact(a, pb, p)
+
+
+# ==================================================================================================
+# fused dequantizing epilogue: a quantized Linear in one call
+# ==================================================================================================
+def _float_vec(v, name: str, length: int, *, positive: bool, default: float | None = None) -> np.ndarray:
+    """A scalar or a (length,) array as float32 (length,); scales must be finite and > 0."""
+    if v is None:
+        if default is None:
+            raise TypeError(f"{name}: expected a number or a 1-D array of length {length}, got None")
+        return np.full(length, default, dtype=np.float32)
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a real number or a float array, got bool")
+    arr = as_array(v, name, dtype=np.float32, ndim=(0, 1), allow_convert=True)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected real numbers, got {arr.dtype.name}")
+    arr = arr.astype(np.float32, copy=False)
+    if arr.ndim == 0:
+        arr = np.full(length, arr, dtype=np.float32)
+    elif arr.shape[0] != length:
+        raise ValueError(f"{name}: expected a scalar or shape ({length},), got shape {arr.shape}")
+    if positive:
+        check_positive(arr, name)
+    else:
+        check_finite(arr, name)
+    return np.ascontiguousarray(arr)
+
+
+def _int_vec(v, name: str, length: int) -> np.ndarray:
+    """None, an integer or a (length,) integer array as int32 (length,)."""
+    if v is None:
+        return np.zeros(length, dtype=np.int32)
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer or an integer array, got bool")
+    arr = np.asarray(v)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer zero points, got dtype {arr.dtype.name}")
+    if arr.ndim not in (0, 1):
+        raise ValueError(f"{name}: expected a scalar or a 1-D array, got shape {arr.shape}")
+    check_range(arr, name, -(2**31), 2**31 - 1)
+    if arr.ndim == 0:
+        return np.full(length, int(arr), dtype=np.int32)
+    if arr.shape[0] != length:
+        raise ValueError(f"{name}: expected a scalar or shape ({length},), got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def int8_gemm_dequant(a, b, a_scale, b_scale, *, a_zero_point=None, b_zero_point=None, bias=None,
+                      path: str | None = None) -> np.ndarray:
+    """INT8 GEMM with a fused dequantizing epilogue (a quantized ``Linear``): float32 result.
+
+    ``out[i, j] = a_scale[i] * b_scale[j] * sum_k (a[i, k] - a_zp[i]) * (b[k, j] - b_zp[j]) + bias[j]``,
+    computed as the exact int32 product plus integer zero-point corrections (int64), converted once to
+    float32 while each output tile is still in L1.
+
+    Parameters
+    ----------
+    a : int8 (M, K)
+        Quantized activations (e.g. per-token, from :func:`memwall.kernels.quant.quantize_rows_int8`).
+    b : int8 (K, N) or PackedInt8
+        Quantized weights (pack once with :func:`pack_int8`; ``layout="nk"`` for (out, in) weights).
+    a_scale : float or float array (M,)
+        Per-tensor or per-row (per-token) scales, finite and > 0.
+    b_scale : float or float array (N,)
+        Per-tensor or per-column (per-output-channel) scales, finite and > 0.
+    a_zero_point, b_zero_point : int, int array of length M / N, or None (symmetric)
+    bias : float array (N,) or None
+    path : {"vnni", "generic"} or None
+
+    Returns
+    -------
+    float32 (M, N).
+    """
+    p = _resolve_path(path)
+    a = as_array(a, "a", dtype=np.int8, ndim=2)
+    m, k = a.shape
+    pb = _coerce_b(b, k)
+    n = pb.n
+    sa = _float_vec(a_scale, "a_scale", m, positive=True)
+    sb = _float_vec(b_scale, "b_scale", n, positive=True)
+    za = _int_vec(a_zero_point, "a_zero_point", m)
+    zb = _int_vec(b_zero_point, "b_zero_point", n)
+    bias_v = _float_vec(bias, "bias", n, positive=False, default=0.0)
+    return _dequant_product(a, pb, p, sa, za, sb, zb, bias_v)
+
+
+def _dequant_product(a, pb, path, sa, za, sb, zb, bias_v, ap=None) -> np.ndarray:
+    m, k = a.shape
+    has_zp = bool(za.any() or zb.any())
+    rsa = a.sum(axis=1, dtype=np.int64) if has_zp else _EMPTY_I64
+    csb = pb.colsum if has_zp else _EMPTY_I64
+    kp4 = (k + 3) // 4
+    bound = k * 128 * max(pb.max_abs, 1)
+    if bound > config.INT32_MAX and a.size:
+        bound = k * int(np.abs(a.astype(np.int16)).max()) * pb.max_abs
+    if bound <= config.INT32_MAX:
+        epi = _Epilogue(sa, za, rsa, sb, zb, csb, bias_v, has_zp)
+        return _run(a, pb, path, 0, kp4, pb.comp, epi, ap=ap)
+    # exact int64 product (K split into safe chunks), epilogue in NumPy
+    c = _gemm_exact(a, pb, path).astype(np.int64)
+    if has_zp:
+        z_a = za.astype(np.int64)[:, None]
+        z_b = zb.astype(np.int64)[None, :]
+        c = c - z_a * pb.colsum[None, :] - z_b * rsa[:, None] + k * z_a * z_b
+    return (c.astype(np.float64) * (sa[:, None].astype(np.float64) * sb[None, :]) + bias_v).astype(np.float32)
+
+
+# ==================================================================================================
+# packed Linear weights: INT8 per channel, INT4 with group scales
+# ==================================================================================================
+class PackedWeights:
+    """Quantized, packed weights of a ``Linear`` layer (``w`` float32 (out, in)), built by :func:`pack_weights`.
+
+    Attributes
+    ----------
+    bits : 8 or 4
+    out_features, in_features : N and K.
+    group_size : K per scale (per output channel: ``group_size == in_features``).
+    symmetric : zero points all 0 when True.
+    scale : float32 (N,) for 8 bits, (N, K // group_size) for 4 bits.
+    zero_point : int32, same shape as ``scale``.
+    q8 : int8 (N, K) weights (8 bits) -- read by the weight-only GEMV;
+    q4 : uint8 (N, ceil(K / 2)) two signed nibbles per byte (4 bits; element 2i in the low nibble);
+    int8 : PackedInt8 panels for the VNNI GEMM (8 bits; for 4 bits built on first W4A8 use).
+    nbytes : bytes of the packed weights plus scales and zero points (what a GEMV streams).
+    """
+
+    def __init__(self, bits, n, k, group_size, symmetric, scale, zero_point, q8=None, q4=None, int8=None):
+        self.bits, self.out_features, self.in_features = bits, n, k
+        self.group_size, self.symmetric = group_size, symmetric
+        self.scale, self.zero_point = scale, zero_point
+        self.q8, self.q4, self._int8 = q8, q4, int8
+        self._group_comp = None
+        self._zp_used = bool(zero_point.any())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @property
+    def n_groups(self) -> int:
+        return 1 if self.bits == 8 else self.scale.shape[1]
+
+    @property
+    def int8(self) -> PackedInt8:
+        if self._int8 is None:
+            from .quant import unpack_int4
+
+            self._int8 = pack_int8(unpack_int4(self.q4, self.in_features), layout="nk")
+        return self._int8
+
+    @property
+    def nbytes(self) -> int:
+        w = self.q8 if self.bits == 8 else self.q4
+        zp = self.zero_point.nbytes if self._zp_used else 0
+        return int(w.nbytes + self.scale.nbytes + zp)
+
+    def dequantize(self) -> np.ndarray:
+        """float32 (out, in) weights as the kernels see them."""
+        if self.bits == 8:
+            return ((self.q8.astype(np.float32) - self.zero_point[:, None]) * self.scale[:, None]).astype(np.float32)
+        from .quant import unpack_int4
+
+        q = unpack_int4(self.q4, self.in_features).astype(np.float32)
+        g = self.group_size
+        q = q.reshape(self.out_features, -1, g)
+        return ((q - self.zero_point[:, :, None]) * self.scale[:, :, None]).reshape(self.shape).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return (f"PackedWeights(bits={self.bits}, out={self.out_features}, in={self.in_features}, "
+                f"group_size={self.group_size}, symmetric={self.symmetric}, nbytes={self.nbytes})")
+
+
+def pack_weights(w, bits: int = 8, group_size: int | None = None, symmetric: bool = True) -> PackedWeights:
+    """Quantize float32 ``Linear`` weights ``w`` (out, in) and pack them for :func:`quantized_linear`.
+
+    Parameters
+    ----------
+    w : float array (out, in); other float dtypes converted, non-contiguous copied; must be finite.
+    bits : 8 or 4
+        8: per-output-channel INT8 scales (``group_size`` must be None or ``in``), packed for the VNNI
+        GEMM (W8A8) and kept row-major for the weight-only GEMV.  4: INT4 with one scale (and zero point
+        when asymmetric) per group of ``group_size`` input features (None: one group per output channel),
+        two nibbles per byte (:func:`memwall.kernels.quant.pack_int4` order).
+    group_size : int or None
+        Must be > 0 and divide ``in``; for 4 bits it must be even unless it equals ``in``.
+    symmetric : bool
+        Symmetric (zero point 0) or asymmetric (min-max with zero points) quantization.
+
+    Returns
+    -------
+    PackedWeights
+    """
+    from .quant import pack_int4, quantize
+
+    if isinstance(bits, (bool, np.bool_)) or bits not in (8, 4):
+        raise ValueError(f"bits: expected 8 or 4, got {bits!r}")
+    if not isinstance(symmetric, (bool, np.bool_)):
+        raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__}")
+    w = as_array(w, "w", dtype=np.float32, ndim=2, allow_convert=True)
+    if w.dtype.kind != "f":
+        raise TypeError(f"w: expected a float array, got {w.dtype.name}")
+    check_finite(w, "w")
+    n, k = w.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"w: expected a non-empty (out, in) matrix, got shape {w.shape}")
+    if group_size is not None:
+        group_size = check_int(group_size, "group_size", minimum=1)
+        if k % group_size:
+            raise ValueError(f"group_size: expected a divisor of in_features={k}, got {group_size}")
+    if bits == 8:
+        if group_size not in (None, k):
+            raise ValueError(f"group_size: INT8 weights use one scale per output channel; expected None or {k}, "
+                             f"got {group_size}")
+        qt = quantize(w, bits=8, symmetric=bool(symmetric), axis=0)
+        q8 = np.ascontiguousarray(qt.values)
+        scale = np.ascontiguousarray(qt.scale.reshape(n), dtype=np.float32)
+        zp = np.ascontiguousarray(qt.zero_point.reshape(n), dtype=np.int32)
+        return PackedWeights(8, n, k, k, bool(symmetric), scale, zp, q8=q8, int8=pack_int8(q8, layout="nk"))
+    g = k if group_size is None else group_size
+    if g != k and g % 2:
+        raise ValueError(f"group_size: INT4 groups must hold whole bytes (two nibbles); expected an even "
+                         f"divisor of {k} or {k}, got {g}")
+    qt = quantize(w, bits=4, symmetric=bool(symmetric), group_size=g)
+    q4 = pack_int4(qt.values)
+    scale = np.ascontiguousarray(qt.scale.reshape(n, k // g), dtype=np.float32)
+    zp = np.ascontiguousarray(qt.zero_point.reshape(n, k // g), dtype=np.int32)
+    return PackedWeights(4, n, k, g, bool(symmetric), scale, zp, q4=q4)
+
+
+# ==================================================================================================
+# weight-only kernels: GEMV (one token, bandwidth-bound) and blocked dequantization for batches
+# ==================================================================================================
+@njit(parallel=True, fastmath=True, cache=True)
+def _int4_gemv_kernel(xe, xo, xgs, q4, scale, zp, has_zp, bias, out, gb):  # pragma: no cover - compiled
+    """out[j] = sum_g scale[j,g] * (sum_{i in g} xe[i]*lo(q4[j,i]) + xo[i]*hi(q4[j,i]) - zp[j,g]*xgs[g]) + bias[j].
+
+    Nibbles are sign-extended in registers ((v ^ 8) - 8) and converted to float32; xe/xo are the even/odd
+    entries of x so that byte i meets x[2i] (low nibble) and x[2i+1] (high nibble).  Rows are owned by one
+    thread each; each row is streamed once (this is a memory-bandwidth kernel)."""
+    n = q4.shape[0]
+    ngroups = scale.shape[1]
+    m15 = np.int32(15)
+    m8 = np.int32(8)
+    for j in prange(n):
+        row = q4[j]
+        tot = np.float32(0.0)
+        for g in range(ngroups):
+            acc = np.float32(0.0)
+            for i in range(g * gb, (g + 1) * gb):
+                b = np.int32(row[i])
+                lo = ((b & m15) ^ m8) - m8
+                hi = ((b >> np.int32(4)) ^ m8) - m8
+                acc += xe[i] * np.float32(lo) + xo[i] * np.float32(hi)
+            if has_zp:
+                acc -= np.float32(zp[j, g]) * xgs[g]
+            tot += scale[j, g] * acc
+        out[j] = tot + bias[j]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _int8_gemv_kernel(x, xs, q8, scale, zp, has_zp, bias, out):  # pragma: no cover - compiled
+    """out[j] = scale[j] * (sum_k x[k] * q8[j, k] - zp[j] * sum(x)) + bias[j] (weight-only INT8, one token)."""
+    n, k = q8.shape
+    for j in prange(n):
+        row = q8[j]
+        acc = np.float32(0.0)
+        for i in range(k):
+            acc += x[i] * np.float32(row[i])
+        if has_zp:
+            acc -= np.float32(zp[j]) * xs
+        out[j] = scale[j] * acc + bias[j]
+
+
+@njit(parallel=True, cache=True)
+def _dequant4_rows_kernel(q4, scale, zp, j0, j1, k, gb, out):  # pragma: no cover - compiled
+    """out[:j1-j0, :k] = float32 weights of rows [j0, j1) (INT4 nibbles, group scales, zero points)."""
+    for r in prange(j1 - j0):
+        j = j0 + r
+        for i in range(q4.shape[1]):
+            b = np.int32(q4[j, i])
+            g = i // gb
+            s = scale[j, g]
+            z = np.float32(zp[j, g])
+            lo = np.float32(((b & 15) ^ 8) - 8)
+            hi = np.float32(((b >> 4) ^ 8) - 8)
+            out[r, 2 * i] = (lo - z) * s
+            if 2 * i + 1 < k:
+                out[r, 2 * i + 1] = (hi - z) * s
+
+
+@njit(parallel=True, cache=True)
+def _dequant8_rows_kernel(q8, scale, zp, j0, j1, out):  # pragma: no cover - compiled
+    """out[:j1-j0] = float32 weights of rows [j0, j1) (INT8, per-channel scale and zero point)."""
+    k = q8.shape[1]
+    for r in prange(j1 - j0):
+        j = j0 + r
+        s = scale[j]
+        z = np.float32(zp[j])
+        for i in range(k):
+            out[r, i] = (np.float32(q8[j, i]) - z) * s
+
+
+#: output rows dequantized per block by the batched weight-only path (block of float32 weights stays in L2)
+_DEQUANT_ROWS = 128
+
+
+def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
+    """x (M, K) float32 @ W^T for M > 1: dequantize blocks of output rows to float32 and multiply with BLAS."""
+    m = x.shape[0]
+    n, k = pw.shape
+    out = np.empty((m, n), dtype=np.float32)
+    rows = max(1, min(n, _DEQUANT_ROWS * max(1, 4096 // max(k, 1))))
+    buf = np.empty((rows, k), dtype=np.float32)
+    for j0 in range(0, n, rows):
+        j1 = min(n, j0 + rows)
+        blk = buf[: j1 - j0]
+        if pw.bits == 4:
+            _dequant4_rows_kernel(pw.q4, pw.scale, pw.zero_point, j0, j1, k, pw.group_size // 2 or 1, blk)
+        else:
+            _dequant8_rows_kernel(pw.q8, pw.scale, pw.zero_point, j0, j1, blk)
+        np.matmul(x, blk.T, out=out[:, j0:j1])
+    out += bias_v
+    return out
+
+
+def _int4_gemv_raw(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
+    k = pw.in_features
+    nb = pw.q4.shape[1]
+    xp = np.zeros(2 * nb, dtype=np.float32)
+    xp[:k] = x
+    xe = np.ascontiguousarray(xp[0::2])
+    xo = np.ascontiguousarray(xp[1::2])
+    g = pw.group_size
+    xgs = xp[: pw.n_groups * g].reshape(pw.n_groups, g).sum(axis=1, dtype=np.float32) if pw._zp_used \
+        else np.zeros(pw.n_groups, dtype=np.float32)
+    gb = nb if pw.n_groups == 1 else g // 2
+    out = np.empty(pw.out_features, dtype=np.float32)
+    _int4_gemv_kernel(xe, xo, xgs, pw.q4, pw.scale, pw.zero_point, pw._zp_used, bias_v, out, gb)
+    return out
+
+
+def _check_packed(packed, bits=None) -> PackedWeights:
+    if not isinstance(packed, PackedWeights):
+        raise TypeError(f"packed: expected the PackedWeights that pack_weights() returns, got {type(packed).__name__}")
+    if bits is not None and packed.bits != bits:
+        raise ValueError(f"packed: expected {bits}-bit weights, got {packed.bits}-bit")
+    return packed
+
+
+def _activations(x, k: int) -> tuple[np.ndarray, bool]:
+    """x as float32 (tokens, K) and whether it was 1-D."""
+    x = as_array(x, "x", dtype=np.float32, ndim=(1, 2), allow_convert=True)
+    if x.dtype.kind != "f":
+        raise TypeError(f"x: expected float activations, got {x.dtype.name}")
+    one = x.ndim == 1
+    x2 = x.reshape(1, -1) if one else x
+    if x2.shape[1] != k:
+        raise ValueError(f"x: inner dimension mismatch, expected (tokens, {k}) for weights with in_features={k}, "
+                         f"got shape {x.shape}")
+    check_finite(x2, "x")
+    return np.ascontiguousarray(x2), one
+
+
+def int4_gemv(x, packed: PackedWeights, bias=None) -> np.ndarray:
+    """One token through INT4 weights: ``W @ x`` with float32 activations, dequantized in registers.
+
+    Parameters
+    ----------
+    x : float array (K,) (or (1, K))
+    packed : PackedWeights with ``bits == 4``
+    bias : float array (N,) or None
+
+    Returns
+    -------
+    float32 (N,) (or (1, N) for 2-D x).  Bandwidth-bound: streams the packed nibbles and scales once.
+    """
+    pw = _check_packed(packed, 4)
+    x2, one = _activations(x, pw.in_features)
+    if x2.shape[0] != 1:
+        raise ValueError(f"x: int4_gemv takes one token, got {x2.shape[0]} rows (use int4_gemm)")
+    bias_v = _float_vec(bias, "bias", pw.out_features, positive=False, default=0.0)
+    y = _int4_gemv_raw(x2[0], pw, bias_v)
+    return y if one else y.reshape(1, -1)
+
+
+def int4_gemm(x, packed: PackedWeights, bias=None, *, act_quant: str = "none", path: str | None = None) -> np.ndarray:
+    """Tokens through INT4 weights: float32 ``x (M, K) @ W^T`` -> float32 (M, N).
+
+    ``act_quant="none"`` (W4A16-style weight-only): one token goes to :func:`int4_gemv`; more tokens
+    dequantize blocks of output rows into an L2-sized float32 buffer and multiply them with BLAS.
+    ``act_quant="int8"`` (W4A8): activations quantized per token (symmetric INT8), INT4 weights widened to
+    INT8 panels (built once and cached on ``packed``), exact int32 products per weight group on the GEMM
+    path, group scales and zero points applied in float32.  Needs group_size % 4 == 0 (or one group).
+    """
+    pw = _check_packed(packed, 4)
+    return quantized_linear(x, pw, bias, act_quant=act_quant, path=path)
+
+
+def _w4a8(x2: np.ndarray, pw: PackedWeights, bias_v: np.ndarray, path: str) -> np.ndarray:
+    from .quant import quantize_rows_int8
+
+    xq, sx = quantize_rows_int8(x2)
+    pb = pw.int8
+    m = xq.shape[0]
+    n, k = pw.shape
+    if pw.n_groups == 1:
+        return _dequant_product(xq, pb, path, sx, np.zeros(m, np.int32), pw.scale[:, 0].copy(),
+                                pw.zero_point[:, 0].copy(), bias_v)
+    g = pw.group_size
+    if g % 4:
+        raise ValueError(f"packed: W4A8 needs group_size divisible by 4 (K groups of 4 per VNNI step), got {g}")
+    kp4 = (k + 3) // 4
+    if pw._group_comp is None:
+        comps = np.empty((pw.n_groups, pb.comp.shape[0]), dtype=np.int32)
+        for gi in range(pw.n_groups):
+            _chunk_colsum_kernel(pb.data, n, kp4, gi * g // 4, (gi + 1) * g // 4, comps[gi])
+        pw._group_comp = comps
+    ap = _pack_a(xq) if path == "vnni" else None
+    acc = np.zeros((m, n), dtype=np.float32)
+    xs = xq.reshape(m, pw.n_groups, g).sum(axis=2, dtype=np.int64) if pw._zp_used else None
+    for gi in range(pw.n_groups):
+        cg = _run(xq, pb, path, gi * g // 4, (gi + 1) * g // 4, pw._group_comp[gi], ap=ap)
+        if xs is not None:
+            cg = cg - pw.zero_point[None, :, gi] * xs[:, gi:gi + 1]
+        acc += cg.astype(np.float32) * pw.scale[None, :, gi]
+    return acc * sx[:, None] + bias_v
+
+
+def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | None = None,
+                     path: str | None = None) -> np.ndarray:
+    """A quantized ``Linear``: float32 activations (tokens, in) through packed weights -> float32 (tokens, out).
+
+    Parameters
+    ----------
+    x : float array (tokens, in) or (in,)
+    packed : PackedWeights from :func:`pack_weights`
+    bias : float array (out,) or None
+    act_quant : {"int8", "none"} or None
+        ``"int8"``: activations quantized per token (dynamic symmetric INT8) -- W8A8 on INT8 weights (exact
+        VNNI/generic GEMM with the fused dequantizing epilogue) or W4A8 on INT4 weights.  ``"none"``:
+        weight-only (float32 activations: W8A16 / W4A16 style), one token on the bandwidth-tuned GEMV, more
+        tokens by blocked dequantization + BLAS.  None: "int8" for 8-bit weights, "none" for 4-bit.
+    path : {"vnni", "generic"} or None -- the INT8 GEMM implementation for the "int8" modes.
+
+    Returns
+    -------
+    float32 (tokens, out), or (out,) for 1-D x.
+    """
+    pw = _check_packed(packed)
+    if act_quant is None:
+        act_quant = "int8" if pw.bits == 8 else "none"
+    check_choice(act_quant, "act_quant", ("int8", "none"))
+    p = _resolve_path(path)
+    x2, one = _activations(x, pw.in_features)
+    n = pw.out_features
+    bias_v = _float_vec(bias, "bias", n, positive=False, default=0.0)
+    m = x2.shape[0]
+    if m == 0:
+        y = np.zeros((0, n), dtype=np.float32)
+    elif act_quant == "int8":
+        if pw.bits == 8:
+            from .quant import quantize_rows_int8
+
+            xq, sx = quantize_rows_int8(x2)
+            y = _dequant_product(xq, pw.int8, p, sx, np.zeros(m, np.int32), pw.scale, pw.zero_point, bias_v)
+        else:
+            y = _w4a8(x2, pw, bias_v, p)
+    elif m == 1:
+        if pw.bits == 4:
+            y = _int4_gemv_raw(x2[0], pw, bias_v).reshape(1, n)
+        else:
+            y = np.empty(n, dtype=np.float32)
+            xs = np.float32(x2[0].sum(dtype=np.float32))
+            _int8_gemv_kernel(x2[0], xs, pw.q8, pw.scale, pw.zero_point, pw._zp_used, bias_v, y)
+            y = y.reshape(1, n)
+    else:
+        y = _blocked_weight_only(x2, pw, bias_v)
+    return y[0] if one else y
