@@ -11,7 +11,8 @@ Compute dtype and units
     The compute dtype is the wider of weights and activations (same width, different kinds: fp16/bf16 -> fp32,
     fp8/int8 -> fp16).  A float dtype the device lacks is promoted (fp8 -> fp16 -> fp32, bf16/tf32 -> fp32)
     with a conversion cost and a note; integer *activations* the device cannot compute are an error (INT4
-    activations need INT4 units).  Dense and channel-pruned GEMMs run on the unit with the higher peak for the
+    activations need INT4 units).  No shipped device has a native mixed-precision product (such as INT4 x FP8
+    without converting the weights), so the profile schema has no key for one yet.  Dense and channel-pruned GEMMs run on the unit with the higher peak for the
     compute dtype (tensor cores / matrix engines when present).  2:4-compatible N:M patterns run on the
     sparse tensor peak; other patterns, or a device without sparse units, run dense after decompression.
     Unstructured CSR runs on vector units at ``csr_vector_fraction`` of the vector peak.  BSR runs on the
@@ -44,8 +45,9 @@ Memory traffic per level (tiled GEMM)
     all times ``count``.  The traffic that level ``j`` serves uses the tile side ``T_j`` of the level above
     it (closer to compute): ``T_0`` = ``register_tile_elements`` for the smallest level, else
     ``T_j = floor(sqrt(cap_{j-1} / (2 a)))`` (two square operand tiles — of A and W — fit in one instance of
-    the smaller level; the output tile accumulates in registers, as GPU and CPU GEMM kernels do).  Traffic ``= A ceil(n'/T) + W ceil(m/T) + C`` (each operand re-read once per tile of the
-    other: weights per row-block of activations and vice versa), or compulsory ``A + W + C`` when one GEMM's
+    the smaller level; the output tile accumulates in registers, as GPU and CPU GEMM kernels do).  Traffic
+    ``= A ceil(n'/T) + W ceil(m/T) + C`` (each operand re-read once per tile of the other: weights per
+    row-block of activations and vice versa), or compulsory ``A + W + C`` when one GEMM's
     working set fits that smaller level (per instance), or its weights or activations fit half of it.  Inner
     levels never see less traffic than outer ones.  ``warm=True``: weights that fit the last cache level
     (total capacity) are read from it, not from DRAM.  Each level's roof is traffic / (bandwidth x fraction),
@@ -64,7 +66,6 @@ reuse) and do ``ops_per_element`` vector ops per written element.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
