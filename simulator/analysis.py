@@ -29,7 +29,8 @@ from typing import NamedTuple
 
 from ..kernels._validate import check_int
 from .ops import GemmOp, MemoryOp
-from .workload import Model, Step
+from .compression import ITEMSIZE
+from .workload import Embedding, Model, Norm, Step
 
 __all__ = [
     "LayerResult",
@@ -164,6 +165,7 @@ class _LayerAgg(NamedTuple):
     fallbacks: int
     memory_time_s: float
     compute_time_s: float
+    weight_bytes: float
 
 
 def _opkey(op) -> tuple:
@@ -206,7 +208,7 @@ class _Estimator:
         return hit
 
     def _aggregate(self, ops, comp, base) -> "_LayerAgg":
-        t = bt = e = be = o = tm = tc = 0.0
+        t = bt = e = be = o = tm = tc = wb = 0.0
         macs = nweight = nfall = 0
         levels = [lv.name for lv in self.device.memory_levels]
         lv: dict = {}
@@ -221,6 +223,7 @@ class _Estimator:
                 macs += op.macs
                 if op.weight_operand:
                     nweight += 1
+                    wb += float(getattr(r, "weight_bytes", 0.0) or 0.0)
                     if note:
                         nfall += 1
                         used = used_op
@@ -240,7 +243,7 @@ class _Estimator:
             if r.time_s > worst_t:
                 worst, worst_t = r, r.time_s
         return _LayerAgg(t, bt, e, be, o, macs, lv, ec, worst.bound, bound_class(worst.bound, self.device),
-                         _label(used), tuple(notes), nweight, nfall, tm, tc)
+                         _label(used), tuple(notes), nweight, nfall, tm, tc, wb)
 
     def dense(self, comp, keep_group: bool = True):
         key = (comp, keep_group)
@@ -368,10 +371,17 @@ class ModelEstimate:
     time_by_bound: dict
     layers: tuple
     notes: tuple = ()
+    weight_bytes: float = 0.0
+    device_memory_bytes: float = float("inf")
 
     @property
     def speedup(self) -> float:
         return self.baseline_time_s / self.time_s if self.time_s > 0 else 1.0
+
+    @property
+    def fits_in_memory(self) -> bool:
+        """Whether the stored weights fit the device's DRAM/HBM (KV cache and activations aside)."""
+        return self.weight_bytes <= self.device_memory_bytes
 
     @property
     def tokens(self) -> int:
@@ -425,7 +435,9 @@ class ModelEstimate:
             "energy_by_component": dict(self.energy_by_component), "bytes_by_level": dict(self.bytes_by_level),
             "tokens": self.tokens, "tokens_per_s": self.tokens_per_s, "ttft_s": self.ttft_s,
             "energy_per_token_j": self.energy_per_token_j, "images_per_s": self.images_per_s,
-            "energy_per_image_j": self.energy_per_image_j, "notes": list(self.notes),
+            "energy_per_image_j": self.energy_per_image_j, "weight_bytes": self.weight_bytes,
+            "device_memory_bytes": self.device_memory_bytes, "fits_in_memory": self.fits_in_memory,
+            "notes": list(self.notes),
         }
         if layers:
             d["layers"] = [l.to_dict() for l in self.layers]
@@ -484,11 +496,18 @@ def estimate_model(model, device, comp=None, *, batch: int = 1, seq: int | None 
     total_macs = 0
     weight_ops = fallbacks = 0
     first_fallback = None
+    stored = 0.0  # bytes of the weights as stored (tied tables once; folded norms fold into their conv)
     for layer, ops in est.layer_ops(model, step):
         if not ops:
             continue
         c = comp.get(layer.name, default) if per_layer else default
         a = est.layer(ops, c, base)
+        if isinstance(layer, (Embedding, Norm)):
+            stored += layer.params * ITEMSIZE[c.weights if isinstance(layer, Embedding) else c.acts]
+        elif not getattr(layer, "tied", False):
+            stored += a.weight_bytes
+            if getattr(layer, "bias", False):  # biases ride in the epilogue, kept in the activation dtype
+                stored += getattr(layer, "out_features", getattr(layer, "out_channels", 0)) * ITEMSIZE[c.acts]
         weight_ops += a.weight_ops
         if a.fallbacks:
             fallbacks += a.fallbacks
@@ -511,6 +530,10 @@ def estimate_model(model, device, comp=None, *, batch: int = 1, seq: int | None 
     if comp is not None and not per_layer and weight_ops and fallbacks == weight_ops and default != base:
         raise ValueError(f"{_label(comp)} fits no layer of {model.name}: {first_fallback}")
     summary = []
+    capacity = device.dram_capacity
+    if stored > capacity:
+        summary.append(f"the weights ({stored / 1e9:.3g} GB as stored) exceed the {capacity / 1e9:.3g} GB of "
+                       f"{device.dram.name} on {device.id}: the model needs several devices or offloading")
     if fallbacks:
         where, why = first_fallback.split(": ", 1)
         summary.append(f"{fallbacks} of {weight_ops} weight GEMMs fell back, e.g. {where}: {why}")
@@ -520,6 +543,7 @@ def estimate_model(model, device, comp=None, *, batch: int = 1, seq: int | None 
         macs=total_macs, ops=total_ops, time_s=total_t, baseline_time_s=total_bt, energy_j=total_e,
         baseline_energy_j=total_be, energy_by_component=energy_comp, bytes_by_level=bytes_lv,
         time_by_bound=time_bound, layers=tuple(layers), notes=tuple(summary + _condense(notes)),
+        weight_bytes=stored, device_memory_bytes=float(capacity),
     )
 
 

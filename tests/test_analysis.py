@@ -248,3 +248,16 @@ def test_more_sparsity_never_adds_model_bytes(fmt, s1, ds, batch):
                                       _estimator=est) for s in (s1, s2))
     for level in r1.bytes_by_level:
         assert r2.bytes_by_level[level] <= r1.bytes_by_level[level] * (1 + 1e-12)
+
+
+# ------------------------------------------------------------------------------------- stored weights
+def test_stored_weight_bytes_and_device_fit():
+    # fp16: two bytes per parameter (tied LM head counted once, biases included)
+    assert analysis.estimate_model("gpt2", "a100-80gb", seq=8).weight_bytes == 2 * 124_439_808
+    big = analysis.estimate_model("llama-2-13b", "p100", phase="decode", context=64)
+    assert big.weight_bytes == 2 * 13_015_864_320 and not big.fits_in_memory
+    assert any("exceed" in n and "p100" in n for n in big.notes)
+    w4 = analysis.estimate_model("llama-2-13b", "p100", Compression.parse(weights="int4", acts="fp16", group=128),
+                                 phase="decode", context=64)
+    assert w4.fits_in_memory and w4.weight_bytes < 0.3 * big.weight_bytes
+    assert w4.to_dict()["fits_in_memory"] is True
