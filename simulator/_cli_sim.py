@@ -570,6 +570,8 @@ def _model(args) -> int:
         extra = f"   TTFT {_time(r.ttft_s)}" if r.ttft_s is not None else ""
         print(f"throughput   {r.tokens_per_s:,.1f} tokens/s{extra}   energy {_energy(r.energy_j)} "
               f"({_energy(r.energy_per_token_j)}/token)")
+    print(f"weights      {_bytes(r.weight_bytes)} as stored ("
+          f"{'fits' if r.fits_in_memory else 'does NOT fit'} in {_bytes(r.device_memory_bytes)} of device memory)")
     print(f"work         {_si(r.ops, 'op')}   " + "   ".join(f"{k} {_bytes(v)}" for k, v in r.bytes_by_level.items()))
     print("energy by    " + ", ".join(f"{k} {_energy(v)}" for k, v in r.energy_by_component.items()))
     layers = sorted(r.layers, key=lambda l: -l.time_s)
