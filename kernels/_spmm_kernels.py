@@ -37,82 +37,93 @@ def _half_to_float(h):  # pragma: no cover - compiled
     return np.float32(mant) * _H2F[e] * np.float32(1 - 2 * ((u >> 15) & 1))
 
 
-def _wval(data, p):  # pragma: no cover - replaced by the overload below inside compiled code
+def _f32(v):  # pragma: no cover - replaced by the overload below inside compiled code
     raise NotImplementedError
 
 
-@overload(_wval)
-def _wval_impl(data, p):
-    """The stored weight ``data[p]`` as float32 (float16 bit patterns decoded, int8 converted)."""
-    if isinstance(data, types.Array) and data.dtype == types.uint16:
-        return lambda data, p: _half_to_float(data[p])
-    return lambda data, p: np.float32(data[p])
+@overload(_f32)
+def _f32_impl(v):
+    """A stored weight as float32: float16 bit patterns (uint16) decoded exactly, int8/float32 converted.
 
-
-@njit
-def _scale_of(scales, i):  # pragma: no cover - compiled
-    if scales.shape[0] == 0:
-        return np.float32(1.0)
-    return scales[i]
+    Takes a scalar, never an array: array arguments in inner loops cost reference-count traffic."""
+    if v == types.uint16:
+        return lambda v: _half_to_float(v)
+    return lambda v: np.float32(v)
 
 
 # ================================================================================================
-# CSR
+# CSR.  X (cols, B) and out (rows, B) are indexed 2-D (X[j, b]): no array views in the inner loops (a view
+# costs reference-count traffic on a cache line both threads share), and the wraparound check of the row
+# index stays outside the vectorized batch loop.
 # ================================================================================================
 @njit(parallel=True, fastmath=True, cache=True)
-def csr_mm(indptr, indices, data, scales, X, out):  # pragma: no cover - compiled
-    """out[i, :] = sum_p v_p * X[indices[p], :] over the stored entries of row i (float32 accumulation)."""
-    rows = out.shape[0]
+def csr_mm(indptr, indices, data, scales, X, P, R, out):  # pragma: no cover - compiled
+    """out[i, :] = sum_p v_p * X[indices[p], :] over the stored entries of row i (float32 accumulation).
+
+    Cache blocking: a thread owns a chunk of R rows; the reduction dimension is walked in panels of P rows of
+    X (sized to stay in L1), each row resuming at its cursor; every row still sums its entries in storage
+    order, so the result does not depend on P, R or the thread count."""
+    rows = indptr.shape[0] - 1
     B = X.shape[1]
-    for i in prange(rows):
-        o = out[i]
-        for b in range(B):
-            o[b] = 0.0
-        s = _scale_of(scales, i)
-        p = indptr[i]
-        e = indptr[i + 1]
-        while p + 4 <= e:
-            x0 = X[indices[p]]
-            x1 = X[indices[p + 1]]
-            x2 = X[indices[p + 2]]
-            x3 = X[indices[p + 3]]
-            v0 = _wval(data, p) * s
-            v1 = _wval(data, p + 1) * s
-            v2 = _wval(data, p + 2) * s
-            v3 = _wval(data, p + 3) * s
+    K = X.shape[0]
+    has_scales = scales.shape[0] > 0
+    nch = (rows + R - 1) // R
+    for ch in prange(nch):
+        r0 = ch * R
+        r1 = min(rows, r0 + R)
+        cur = np.empty(R, np.int64)
+        for i in range(r0, r1):
+            cur[i - r0] = indptr[i]
             for b in range(B):
-                o[b] += (v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b])
-            p += 4
-        while p < e:
-            x0 = X[indices[p]]
-            v0 = _wval(data, p) * s
-            for b in range(B):
-                o[b] += v0 * x0[b]
-            p += 1
+                out[i, b] = 0.0
+        for k1 in range(P, K + P, P):
+            for i in range(r0, r1):
+                s = scales[i] if has_scales else np.float32(1.0)
+                p = cur[i - r0]
+                e = indptr[i + 1]
+                while p + 4 <= e and indices[p + 3] < k1:
+                    x0 = indices[p]
+                    x1 = indices[p + 1]
+                    x2 = indices[p + 2]
+                    x3 = indices[p + 3]
+                    v0 = _f32(data[p]) * s
+                    v1 = _f32(data[p + 1]) * s
+                    v2 = _f32(data[p + 2]) * s
+                    v3 = _f32(data[p + 3]) * s
+                    for b in range(B):
+                        out[i, b] += (v0 * X[x0, b] + v1 * X[x1, b]) + (v2 * X[x2, b] + v3 * X[x3, b])
+                    p += 4
+                while p < e and indices[p] < k1:
+                    x0 = indices[p]
+                    v0 = _f32(data[p]) * s
+                    for b in range(B):
+                        out[i, b] += v0 * X[x0, b]
+                    p += 1
+                cur[i - r0] = p
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def csr_mv(indptr, indices, data, scales, x, out):  # pragma: no cover - compiled
-    rows = out.shape[0]
+    rows = indptr.shape[0] - 1
+    has_scales = scales.shape[0] > 0
     for i in prange(rows):
-        s = _scale_of(scales, i)
         a0 = np.float32(0.0)
         a1 = np.float32(0.0)
         p = indptr[i]
         e = indptr[i + 1]
         while p + 2 <= e:
-            a0 += _wval(data, p) * x[indices[p]]
-            a1 += _wval(data, p + 1) * x[indices[p + 1]]
+            a0 += _f32(data[p]) * x[indices[p]]
+            a1 += _f32(data[p + 1]) * x[indices[p + 1]]
             p += 2
         if p < e:
-            a0 += _wval(data, p) * x[indices[p]]
-        out[i] = (a0 + a1) * s
+            a0 += _f32(data[p]) * x[indices[p]]
+        out[i] = (a0 + a1) * (scales[i] if has_scales else np.float32(1.0))
 
 
 @njit(parallel=True, cache=True)
 def csr_mm_int8(indptr, indices, data, w_scales, Xq, x_scales, out):  # pragma: no cover - compiled
     """INT8 x INT8: exact int32 sums per (row, column), then out = float32(acc) * (w_scale[i] * x_scale[b])."""
-    rows = out.shape[0]
+    rows = indptr.shape[0] - 1
     B = Xq.shape[1]
     nchunks = min(rows, 64)
     for ch in prange(nchunks):
@@ -123,10 +134,10 @@ def csr_mm_int8(indptr, indices, data, w_scales, Xq, x_scales, out):  # pragma: 
             for b in range(B):
                 acc[b] = 0
             for p in range(indptr[i], indptr[i + 1]):
-                xr = Xq[indices[p]]
+                xo = indices[p]
                 v = np.int32(data[p])
                 for b in range(B):
-                    acc[b] += v * np.int32(xr[b])
+                    acc[b] += v * np.int32(Xq[xo, b])
             ws = w_scales[i]
             for b in range(B):
                 out[i, b] = np.float32(acc[b]) * (ws * x_scales[b])
@@ -139,78 +150,79 @@ def csr_mm_int8(indptr, indices, data, w_scales, Xq, x_scales, out):  # pragma: 
 def bsr_mm(indptr, indices, data, scales, r, c, X, out):  # pragma: no cover - compiled
     nbr = indptr.shape[0] - 1
     B = X.shape[1]
+    has_scales = scales.shape[0] > 0
     for I in prange(nbr):
-        for rr in range(r):
-            o = out[I * r + rr]
+        for rr in range(I * r, I * r + r):
             for b in range(B):
-                o[b] = 0.0
+                out[rr, b] = 0.0
         for p in range(indptr[I], indptr[I + 1]):
-            j0 = indices[p] * c
-            s = _scale_of(scales, p)
+            jb = indices[p] * c
+            s = scales[p] if has_scales else np.float32(1.0)
             rr = 0
             while rr + 2 <= r:
-                o0 = out[I * r + rr]
-                o1 = out[I * r + rr + 1]
+                o0 = I * r + rr
+                o1 = o0 + 1
                 q0 = (p * r + rr) * c
                 q1 = q0 + c
                 k = 0
                 while k + 4 <= c:
-                    x0 = X[j0 + k]
-                    x1 = X[j0 + k + 1]
-                    x2 = X[j0 + k + 2]
-                    x3 = X[j0 + k + 3]
-                    a0 = _wval(data, q0 + k) * s
-                    a1 = _wval(data, q0 + k + 1) * s
-                    a2 = _wval(data, q0 + k + 2) * s
-                    a3 = _wval(data, q0 + k + 3) * s
-                    b0 = _wval(data, q1 + k) * s
-                    b1 = _wval(data, q1 + k + 1) * s
-                    b2 = _wval(data, q1 + k + 2) * s
-                    b3 = _wval(data, q1 + k + 3) * s
+                    x0 = jb + k
+                    x1 = x0 + 1
+                    x2 = x0 + 2
+                    x3 = x0 + 3
+                    a0 = _f32(data[q0 + k]) * s
+                    a1 = _f32(data[q0 + k + 1]) * s
+                    a2 = _f32(data[q0 + k + 2]) * s
+                    a3 = _f32(data[q0 + k + 3]) * s
+                    b0 = _f32(data[q1 + k]) * s
+                    b1 = _f32(data[q1 + k + 1]) * s
+                    b2 = _f32(data[q1 + k + 2]) * s
+                    b3 = _f32(data[q1 + k + 3]) * s
                     for b in range(B):
-                        y0 = x0[b]
-                        y1 = x1[b]
-                        y2 = x2[b]
-                        y3 = x3[b]
-                        o0[b] += (a0 * y0 + a1 * y1) + (a2 * y2 + a3 * y3)
-                        o1[b] += (b0 * y0 + b1 * y1) + (b2 * y2 + b3 * y3)
+                        y0 = X[x0, b]
+                        y1 = X[x1, b]
+                        y2 = X[x2, b]
+                        y3 = X[x3, b]
+                        out[o0, b] += (a0 * y0 + a1 * y1) + (a2 * y2 + a3 * y3)
+                        out[o1, b] += (b0 * y0 + b1 * y1) + (b2 * y2 + b3 * y3)
                     k += 4
                 while k < c:
-                    x0 = X[j0 + k]
-                    a0 = _wval(data, q0 + k) * s
-                    b0 = _wval(data, q1 + k) * s
+                    x0 = jb + k
+                    a0 = _f32(data[q0 + k]) * s
+                    b0 = _f32(data[q1 + k]) * s
                     for b in range(B):
-                        o0[b] += a0 * x0[b]
-                        o1[b] += b0 * x0[b]
+                        out[o0, b] += a0 * X[x0, b]
+                        out[o1, b] += b0 * X[x0, b]
                     k += 1
                 rr += 2
             if rr < r:
-                o0 = out[I * r + rr]
+                o0 = I * r + rr
                 q0 = (p * r + rr) * c
                 k = 0
                 while k + 4 <= c:
-                    x0 = X[j0 + k]
-                    x1 = X[j0 + k + 1]
-                    x2 = X[j0 + k + 2]
-                    x3 = X[j0 + k + 3]
-                    a0 = _wval(data, q0 + k) * s
-                    a1 = _wval(data, q0 + k + 1) * s
-                    a2 = _wval(data, q0 + k + 2) * s
-                    a3 = _wval(data, q0 + k + 3) * s
+                    x0 = jb + k
+                    x1 = x0 + 1
+                    x2 = x0 + 2
+                    x3 = x0 + 3
+                    a0 = _f32(data[q0 + k]) * s
+                    a1 = _f32(data[q0 + k + 1]) * s
+                    a2 = _f32(data[q0 + k + 2]) * s
+                    a3 = _f32(data[q0 + k + 3]) * s
                     for b in range(B):
-                        o0[b] += (a0 * x0[b] + a1 * x1[b]) + (a2 * x2[b] + a3 * x3[b])
+                        out[o0, b] += (a0 * X[x0, b] + a1 * X[x1, b]) + (a2 * X[x2, b] + a3 * X[x3, b])
                     k += 4
                 while k < c:
-                    x0 = X[j0 + k]
-                    a0 = _wval(data, q0 + k) * s
+                    x0 = jb + k
+                    a0 = _f32(data[q0 + k]) * s
                     for b in range(B):
-                        o0[b] += a0 * x0[b]
+                        out[o0, b] += a0 * X[x0, b]
                     k += 1
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def bsr_mv(indptr, indices, data, scales, r, c, x, out):  # pragma: no cover - compiled
     nbr = indptr.shape[0] - 1
+    has_scales = scales.shape[0] > 0
     for I in prange(nbr):
         for rr in range(r):
             acc = np.float32(0.0)
@@ -219,8 +231,8 @@ def bsr_mv(indptr, indices, data, scales, r, c, x, out):  # pragma: no cover - c
                 q0 = (p * r + rr) * c
                 part = np.float32(0.0)
                 for k in range(c):
-                    part += _wval(data, q0 + k) * x[j0 + k]
-                acc += part * _scale_of(scales, p)
+                    part += _f32(data[q0 + k]) * x[j0 + k]
+                acc += part * (scales[p] if has_scales else np.float32(1.0))
             out[I * r + rr] = acc
 
 
@@ -230,148 +242,149 @@ def bsr_mm_int8(indptr, indices, data, w_scales, r, c, Xq, x_scales, out):  # pr
     nbr = indptr.shape[0] - 1
     B = Xq.shape[1]
     for I in prange(nbr):
-        acc = np.empty((r, B), np.int32)
-        for rr in range(r):
+        acc = np.empty(r * B, np.int32)
+        for rr in range(I * r, I * r + r):
             for b in range(B):
-                out[I * r + rr, b] = 0.0
+                out[rr, b] = 0.0
         for p in range(indptr[I], indptr[I + 1]):
-            j0 = indices[p] * c
+            jb = indices[p] * c
+            for q in range(r * B):
+                acc[q] = 0
             for rr in range(r):
-                for b in range(B):
-                    acc[rr, b] = 0
                 q0 = (p * r + rr) * c
                 for k in range(c):
                     v = np.int32(data[q0 + k])
-                    xr = Xq[j0 + k]
+                    xo = jb + k
                     for b in range(B):
-                        acc[rr, b] += v * np.int32(xr[b])
+                        acc[rr * B + b] += v * np.int32(Xq[xo, b])
             ws = w_scales[p]
             for rr in range(r):
+                o0 = I * r + rr
                 for b in range(B):
-                    out[I * r + rr, b] += np.float32(acc[rr, b]) * (ws * x_scales[b])
+                    out[o0, b] += np.float32(acc[rr * B + b]) * (ws * x_scales[b])
 
 
 # ================================================================================================
-# N:M (values (rows, kr) flat; positions decoded from the metadata bit stream)
+# N:M (values (rows, kr) flat; each row's columns decoded from its metadata bit stream into a scratch
+# buffer owned by the thread, then the same axpy loop as CSR)
 # ================================================================================================
-@njit
-def _nm_pos(meta, row_off, nmeta, bitpos, bits, mask):  # pragma: no cover - compiled
-    byte = bitpos >> 3
-    sh = bitpos & 7
-    w = np.int32(meta[row_off + byte]) >> sh
-    if sh + bits > 8 and byte + 1 < nmeta:
-        w |= np.int32(meta[row_off + byte + 1]) << (8 - sh)
-    return w & mask
+@njit(fastmath=True)
+def _nm_decode_row(meta, row_off, nmeta, kr, n, m, bits, cols):  # pragma: no cover - compiled
+    """cols[t] = (t // n) * m + position of kept value t (little-endian bit stream, ``bits`` per value)."""
+    mask = (1 << bits) - 1
+    if bits == 0:
+        for t in range(kr):
+            cols[t] = (t // n) * m
+        return
+    if 8 % bits == 0:  # 1, 2, 4 or 8 bits: no value straddles a byte (2:4, 1:4, N:16 ...)
+        G = kr // n
+        for g in range(G):
+            base = g * m
+            for q in range(n):
+                bp = (g * n + q) * bits
+                cols[g * n + q] = base + ((np.int32(meta[row_off + (bp >> 3)]) >> (bp & 7)) & mask)
+        return
+    q = 0
+    base = 0
+    bitpos = 0
+    for t in range(kr):
+        byte = bitpos >> 3
+        sh = bitpos & 7
+        w = np.int32(meta[row_off + byte]) >> sh
+        if sh + bits > 8 and byte + 1 < nmeta:
+            w = w | (np.int32(meta[row_off + byte + 1]) << (8 - sh))
+        cols[t] = base + (w & mask)
+        bitpos += bits
+        q += 1
+        if q == n:
+            q = 0
+            base += m
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, out):  # pragma: no cover - compiled
+def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, R, out):  # pragma: no cover - compiled
+    """Same blocking as csr_mm: chunks of R rows, panels of P columns (P a multiple of m, so a panel holds
+    exactly P/m*n kept values of each row); the columns of a chunk are decoded once into thread-owned scratch."""
     rows = out.shape[0]
     B = X.shape[1]
-    mask = (1 << bits) - 1
-    for i in prange(rows):
-        o = out[i]
-        for b in range(B):
-            o[b] = 0.0
-        s = _scale_of(scales, i)
-        row_off = i * nmeta
-        voff = i * kr
-        # running position: kept value t, its slot q inside group g (base = g * m)
-        t = 0
-        q = 0
-        base = 0
-        while t + 4 <= kr:
-            c0 = base + _nm_pos(meta, row_off, nmeta, t * bits, bits, mask)
-            q += 1
-            if q == n:
-                q = 0
-                base += m
-            c1 = base + _nm_pos(meta, row_off, nmeta, (t + 1) * bits, bits, mask)
-            q += 1
-            if q == n:
-                q = 0
-                base += m
-            c2 = base + _nm_pos(meta, row_off, nmeta, (t + 2) * bits, bits, mask)
-            q += 1
-            if q == n:
-                q = 0
-                base += m
-            c3 = base + _nm_pos(meta, row_off, nmeta, (t + 3) * bits, bits, mask)
-            q += 1
-            if q == n:
-                q = 0
-                base += m
-            x0 = X[c0]
-            x1 = X[c1]
-            x2 = X[c2]
-            x3 = X[c3]
-            v0 = _wval(data, voff + t) * s
-            v1 = _wval(data, voff + t + 1) * s
-            v2 = _wval(data, voff + t + 2) * s
-            v3 = _wval(data, voff + t + 3) * s
+    K = X.shape[0]
+    has_scales = scales.shape[0] > 0
+    per = P // m * n
+    nch = (rows + R - 1) // R
+    for ch in prange(nch):
+        r0 = ch * R
+        r1 = min(rows, r0 + R)
+        cols = np.empty((R, kr), np.int32)
+        for i in range(r0, r1):
+            _nm_decode_row(meta, i * nmeta, nmeta, kr, n, m, bits, cols[i - r0])
             for b in range(B):
-                o[b] += (v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b])
-            t += 4
-        while t < kr:
-            c0 = base + _nm_pos(meta, row_off, nmeta, t * bits, bits, mask)
-            q += 1
-            if q == n:
-                q = 0
-                base += m
-            x0 = X[c0]
-            v0 = _wval(data, voff + t) * s
-            for b in range(B):
-                o[b] += v0 * x0[b]
-            t += 1
+                out[i, b] = 0.0
+        for k0 in range(0, K, P):
+            t0 = k0 // m * n
+            t1 = min(kr, t0 + per)
+            for i in range(r0, r1):
+                s = scales[i] if has_scales else np.float32(1.0)
+                ci = i - r0
+                voff = i * kr
+                t = t0
+                while t + 4 <= t1:
+                    x0 = cols[ci, t]
+                    x1 = cols[ci, t + 1]
+                    x2 = cols[ci, t + 2]
+                    x3 = cols[ci, t + 3]
+                    v0 = _f32(data[voff + t]) * s
+                    v1 = _f32(data[voff + t + 1]) * s
+                    v2 = _f32(data[voff + t + 2]) * s
+                    v3 = _f32(data[voff + t + 3]) * s
+                    for b in range(B):
+                        out[i, b] += (v0 * X[x0, b] + v1 * X[x1, b]) + (v2 * X[x2, b] + v3 * X[x3, b])
+                    t += 4
+                while t < t1:
+                    x0 = cols[ci, t]
+                    v0 = _f32(data[voff + t]) * s
+                    for b in range(B):
+                        out[i, b] += v0 * X[x0, b]
+                    t += 1
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def nm_mv(data, meta, nmeta, kr, n, m, bits, scales, x, out):  # pragma: no cover - compiled
     rows = out.shape[0]
-    mask = (1 << bits) - 1
-    for i in prange(rows):
-        row_off = i * nmeta
-        voff = i * kr
-        acc = np.float32(0.0)
-        q = 0
-        base = 0
-        for t in range(kr):
-            col = base + _nm_pos(meta, row_off, nmeta, t * bits, bits, mask)
-            acc += _wval(data, voff + t) * x[col]
-            q += 1
-            if q == n:
-                q = 0
-                base += m
-        out[i] = acc * _scale_of(scales, i)
+    has_scales = scales.shape[0] > 0
+    nchunks = min(rows, 256)
+    for ch in prange(nchunks):
+        r0 = ch * rows // nchunks
+        r1 = (ch + 1) * rows // nchunks
+        cols = np.empty(kr, np.int64)
+        for i in range(r0, r1):
+            _nm_decode_row(meta, i * nmeta, nmeta, kr, n, m, bits, cols)
+            voff = i * kr
+            acc = np.float32(0.0)
+            for t in range(kr):
+                acc += _f32(data[voff + t]) * x[cols[t]]
+            out[i] = acc * (scales[i] if has_scales else np.float32(1.0))
 
 
 @njit(parallel=True, cache=True)
 def nm_mm_int8(data, meta, nmeta, kr, n, m, bits, w_scales, Xq, x_scales, out):  # pragma: no cover - compiled
     rows = out.shape[0]
     B = Xq.shape[1]
-    mask = (1 << bits) - 1
     nchunks = min(rows, 64)
     for ch in prange(nchunks):
         r0 = ch * rows // nchunks
         r1 = (ch + 1) * rows // nchunks
         acc = np.empty(B, np.int32)
+        cols = np.empty(kr, np.int64)
         for i in range(r0, r1):
+            _nm_decode_row(meta, i * nmeta, nmeta, kr, n, m, bits, cols)
             for b in range(B):
                 acc[b] = 0
-            row_off = i * nmeta
             voff = i * kr
-            q = 0
-            base = 0
             for t in range(kr):
-                col = base + _nm_pos(meta, row_off, nmeta, t * bits, bits, mask)
-                xr = Xq[col]
+                xo = cols[t]
                 v = np.int32(data[voff + t])
                 for b in range(B):
-                    acc[b] += v * np.int32(xr[b])
-                q += 1
-                if q == n:
-                    q = 0
-                    base += m
+                    acc[b] += v * np.int32(Xq[xo, b])
             ws = w_scales[i]
             for b in range(B):
                 out[i, b] = np.float32(acc[b]) * (ws * x_scales[b])
@@ -395,49 +408,48 @@ def nonzero_entries(x, idx, val):  # pragma: no cover - compiled
 
 @njit(parallel=True, fastmath=True, cache=True)
 def gemv_skip_out_in(w, idx, val, cnt, out):  # pragma: no cover - compiled
-    """w (out, in): y[i] = sum over nonzero x_j of w[i, j] * x_j (row-wise gathered dot product)."""
-    rows = w.shape[0]
+    """w (out, K): y[i] = sum over nonzero x_j of w[i, j] * x_j (row-wise gathered dot product)."""
+    rows = out.shape[0]
     for i in prange(rows):
-        wr = w[i]
         a0 = np.float32(0.0)
         a1 = np.float32(0.0)
         t = 0
         while t + 2 <= cnt:
-            a0 += wr[idx[t]] * val[t]
-            a1 += wr[idx[t + 1]] * val[t + 1]
+            a0 += w[i, idx[t]] * val[t]
+            a1 += w[i, idx[t + 1]] * val[t + 1]
             t += 2
         if t < cnt:
-            a0 += wr[idx[t]] * val[t]
+            a0 += w[i, idx[t]] * val[t]
         out[i] = a0 + a1
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def gemv_skip_in_out(wt, idx, val, cnt, out):  # pragma: no cover - compiled
-    """wt (in, out) = W.T: y = sum over nonzero x_j of x_j * wt[j, :] (column-oriented; rows of wt with
+    """wt (K, N) = W.T: y = sum over nonzero x_j of x_j * wt[j, :] (column-oriented; rows of wt with
     x_j == 0 are never read).  Each parallel chunk owns a slice of y, so there is no scatter race."""
-    nout = wt.shape[1]
-    nchunks = max(1, min(64, nout // 256))
+    N = wt.shape[1]
+    nchunks = max(1, min(64, N // 256))
     for ch in prange(nchunks):
-        o0 = ch * nout // nchunks
-        o1 = (ch + 1) * nout // nchunks
+        o0 = ch * N // nchunks
+        o1 = (ch + 1) * N // nchunks
         for b in range(o0, o1):
             out[b] = 0.0
         t = 0
         while t + 4 <= cnt:
-            r0 = wt[idx[t]]
-            r1 = wt[idx[t + 1]]
-            r2 = wt[idx[t + 2]]
-            r3 = wt[idx[t + 3]]
+            r0 = idx[t]
+            r1 = idx[t + 1]
+            r2 = idx[t + 2]
+            r3 = idx[t + 3]
             v0 = val[t]
             v1 = val[t + 1]
             v2 = val[t + 2]
             v3 = val[t + 3]
             for b in range(o0, o1):
-                out[b] += (v0 * r0[b] + v1 * r1[b]) + (v2 * r2[b] + v3 * r3[b])
+                out[b] += (v0 * wt[r0, b] + v1 * wt[r1, b]) + (v2 * wt[r2, b] + v3 * wt[r3, b])
             t += 4
         while t < cnt:
-            r0 = wt[idx[t]]
+            r0 = idx[t]
             v0 = val[t]
             for b in range(o0, o1):
-                out[b] += v0 * r0[b]
+                out[b] += v0 * wt[r0, b]
             t += 1

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _spmm_kernels as _k
 from ._validate import as_array, check_choice, check_int, check_positive
-from .config import INT32_MAX
+from .config import INT32_MAX, SPMM_PANEL_BYTES, SPMM_ROW_CHUNK
 from .formats import BSRMatrix, CSRMatrix, NMSparseMatrix
 
 __all__ = ["spmm", "spmm_t", "spmv", "gemv_skip_zeros", "SkipZerosResult", "crossover_sweep",
@@ -147,23 +147,32 @@ def spmm(A, X, *, x_scale=None) -> np.ndarray:
     if out.size == 0:
         return out
     if isinstance(A, CSRMatrix):
-        _k.csr_mm(A.indptr, A.indices, data, scales, X, out)
+        P, R = _blocking(X.shape[1], 1)
+        _k.csr_mm(A.indptr, A.indices, data, scales, X, P, R, out)
     elif isinstance(A, BSRMatrix):
         _k.bsr_mm(A.indptr, A.indices, data, scales, A.blocksize[0], A.blocksize[1], X, out)
     else:
-        _k.nm_mm(data, A.metadata.reshape(-1), A.metadata.shape[1], A.kr, A.n, A.m, A.bits, scales, X, out)
+        P, R = _blocking(X.shape[1], A.m)
+        _k.nm_mm(data, A.metadata.reshape(-1), A.metadata.shape[1], A.kr, A.n, A.m, A.bits, scales, X, P, R, out)
     return out
 
 
+def _blocking(batch: int, multiple: int) -> tuple[int, int]:
+    """Panel height P (rows of X, a multiple of ``multiple``, about SPMM_PANEL_BYTES of X) and rows per chunk."""
+    P = max(multiple, (SPMM_PANEL_BYTES // (4 * max(batch, 1))) // multiple * multiple)
+    return P, SPMM_ROW_CHUNK
+
+
 def _run_int8(A, Xq, xs, out) -> None:
+    Xf, of = Xq, out
     if isinstance(A, CSRMatrix):
-        _k.csr_mm_int8(A.indptr, A.indices, A.data, A.scales, Xq, xs, out)
+        _k.csr_mm_int8(A.indptr, A.indices, A.data, A.scales, Xf, xs, of)
     elif isinstance(A, BSRMatrix):
-        _k.bsr_mm_int8(A.indptr, A.indices, A.data.reshape(-1), A.scales, A.blocksize[0], A.blocksize[1], Xq, xs,
-                       out)
+        _k.bsr_mm_int8(A.indptr, A.indices, A.data.reshape(-1), A.scales, A.blocksize[0], A.blocksize[1], Xf, xs,
+                       of)
     else:
         _k.nm_mm_int8(A.data.reshape(-1), A.metadata.reshape(-1), A.metadata.shape[1], A.kr, A.n, A.m, A.bits,
-                      A.scales, Xq, xs, out)
+                      A.scales, Xf, xs, of)
 
 
 def spmv(A, x, *, x_scale=None) -> np.ndarray:
