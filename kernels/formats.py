@@ -121,7 +121,8 @@ def _cast_values(values: np.ndarray, dt: np.dtype, rows_of_values: np.ndarray | 
     if dt == np.float32:
         return np.ascontiguousarray(values, dtype=np.float32), None
     if dt == np.float16:
-        v16 = values.astype(np.float16)
+        with np.errstate(over="ignore"):
+            v16 = values.astype(np.float16)
         if v16.size and not np.isfinite(v16).all():
             bad = int(np.flatnonzero(~np.isfinite(v16))[0])
             raise ValueError(f"value_dtype: value {values[bad]} at stored position {bad} overflows float16")
