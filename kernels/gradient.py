@@ -146,11 +146,12 @@ def _finish_topk_kernel(cand_idx, cand_key, t, take_ties, out_idx):  # pragma: n
 
 
 @njit(parallel=True, cache=True)
-def _gather_ge_direct_kernel(keys, absmask, t, nonfinite, starts, base, cap, out, counts, bad):  # pragma: no cover
-    """One pass: positions with t <= key < nonfinite; chunk c writes at most ``cap[c]`` of them from
-    ``out[base[c]]`` on but counts them all (``counts[c]``); non-finite entries per chunk in ``bad[c]``."""
-    nch = starts.shape[0] - 1
-    for c in prange(nch):
+def _gather_ge_direct_kernel(keys, absmask, t, nonfinite, starts, chunks, base, cap, out, counts,
+                             bad):  # pragma: no cover - compiled
+    """One pass over the listed chunks: positions with t <= key < nonfinite; chunk c writes at most ``cap[c]``
+    of them from ``out[base[c]]`` on but counts them all (``counts[c]``); non-finite entries in ``bad[c]``."""
+    for j in prange(chunks.shape[0]):
+        c = chunks[j]
         p = base[c]
         end = base[c] + cap[c]
         cnt = 0
@@ -169,15 +170,6 @@ def _gather_ge_direct_kernel(keys, absmask, t, nonfinite, starts, base, cap, out
         bad[c] = nb
 
 
-@njit(parallel=True, cache=True)
-def _compact_kernel(src, base, counts, offs, dst):  # pragma: no cover - compiled
-    for c in prange(counts.shape[0]):
-        s = base[c]
-        d = offs[c]
-        for j in range(counts[c]):
-            dst[d + j] = src[s + j]
-
-
 @njit(cache=True)
 def _keys_at_kernel(keys, absmask, idx, out):  # pragma: no cover - compiled
     for j in range(idx.shape[0]):
@@ -194,19 +186,24 @@ def _gt_mask_kernel(keys, absmask, t, starts, out):  # pragma: no cover - compil
 
 
 @njit(parallel=True, cache=True)
-def _bracket_kernel(keys, absmask, t_lo, t_hi, starts, base, cap, out, counts, above):  # pragma: no cover
-    """One pass: count keys > t_hi per chunk, and gather positions with t_lo <= key <= t_hi into per-chunk
-    slots (at most ``cap[c]`` written, all counted)."""
-    nch = starts.shape[0] - 1
-    for c in prange(nch):
+def _bracket_kernel(keys, absmask, t_lo, t_hi, nonfinite, starts, chunks, base, cap, out, counts,
+                    above):  # pragma: no cover - compiled
+    """One pass over the listed chunks: count finite keys > t_hi per chunk (``above[c, 0]``; non-finite ones
+    in ``above[c, 1]``), and gather positions with t_lo <= key <= t_hi into per-chunk slots (at most ``cap[c]``
+    written, all counted)."""
+    for j in prange(chunks.shape[0]):
+        c = chunks[j]
         p = base[c]
         end = base[c] + cap[c]
         cnt = 0
         ab = 0
+        nb = 0
         for i in range(starts[c], starts[c + 1]):
             kk = keys[i] & absmask
             if kk >= t_lo:
-                if kk > t_hi:
+                if kk >= nonfinite:
+                    nb += 1
+                elif kk > t_hi:
                     ab += 1
                 else:
                     if p < end:
@@ -214,7 +211,8 @@ def _bracket_kernel(keys, absmask, t_lo, t_hi, starts, base, cap, out, counts, a
                         p += 1
                     cnt += 1
         counts[c] = cnt
-        above[c] = ab
+        above[c, 0] = ab
+        above[c, 1] = nb
 
 
 @njit(cache=True)
@@ -240,10 +238,10 @@ def _first_nonfinite(x: np.ndarray) -> int:
     return int(np.flatnonzero(~np.isfinite(x))[0])
 
 
-def _raise_nonfinite(x: np.ndarray, name: str):
+def _raise_nonfinite(x: np.ndarray, name: str, hint: bool = True):
     bad = _first_nonfinite(x)
-    raise ValueError(f"{name}: expected finite values, found {x[bad]} at flat index {bad} "
-                     f"(pass nan='skip' to leave non-finite entries unsent)")
+    tail = " (pass nan='skip' to leave non-finite entries unsent)" if hint else ""
+    raise ValueError(f"{name}: expected finite values, found {x[bad]} at flat index {bad}{tail}")
 
 
 def _bucket_of_kth(tot: np.ndarray, k: int) -> tuple[int, int]:
@@ -328,41 +326,50 @@ def _radix_topk(x: np.ndarray, k: int, nan: str, name: str):
     return out, float(np.array(t, dtype=kdt).view(x.dtype))
 
 
+def _gather_chunks(run, starts, expected: int) -> np.ndarray:
+    """Drive a one-pass gather kernel: ``run(chunks, base, cap, out, counts)`` writes each listed chunk's
+    hits (positions, in index order) from ``out[base[c]]`` on, at most ``cap[c]`` of them, and counts all.
+
+    Slots are sized for ``expected`` hits spread evenly (x2, plus slack); only the chunks that overflow are
+    scanned again, into slots of their exact size.  Returns the positions of all chunks, concatenated.
+    """
+    nch = starts.shape[0] - 1
+    cap = np.minimum(starts[1:] - starts[:-1], 2 * (max(int(expected), 0) // nch) + 1024)
+    base = np.zeros(nch, dtype=np.int64)
+    np.cumsum(cap[:-1], out=base[1:])
+    out = np.empty(int(cap.sum()), dtype=np.int64)
+    counts = np.empty(nch, dtype=np.int64)
+    run(np.arange(nch, dtype=np.int64), base, cap, out, counts)
+    over = np.flatnonzero(counts > cap)
+    src = [out] * nch
+    if over.size:
+        cap2 = np.zeros(nch, dtype=np.int64)
+        cap2[over] = counts[over]
+        base2 = np.zeros(nch, dtype=np.int64)
+        np.cumsum(cap2[:-1], out=base2[1:])
+        out2 = np.empty(int(cap2.sum()), dtype=np.int64)
+        run(over.astype(np.int64), base2, cap2, out2, counts)
+        for c in over:
+            src[c] = out2
+            base[c] = base2[c]
+    return np.concatenate([src[c][base[c]:base[c] + counts[c]] for c in range(nch)])
+
+
 def _threshold_select(x: np.ndarray, thr_key, nan: str, name: str, expected: int | None = None):
     """Indices (int64, ascending) of the entries with |x| >= the float whose bit pattern is ``thr_key``
-    (non-finite entries excluded).
-
-    One parallel pass writes the positions into per-chunk slots sized for ``expected`` hits (plus slack); if
-    a chunk overflows, a second pass rewrites them with the exact counts of the first.  Then the slots are
-    compacted.
-    """
+    (non-finite entries excluded): one parallel pass (see :func:`_gather_chunks`)."""
     kdt, absmask, _, nonfinite = _key_params(x.dtype)
     keys = x.view(kdt)
     t = kdt(thr_key)
     starts = _chunk_starts(x.size)
-    nch = starts.shape[0] - 1
-    lens = starts[1:] - starts[:-1]
-    if expected is None:
-        expected = x.size // 64
-    per = 2 * (int(expected) // nch) + 1024
-    cap = np.minimum(lens, per)
-    counts = np.empty(nch, dtype=np.int64)
-    bad = np.empty(nch, dtype=np.int64)
-    for _attempt in range(2):
-        base = np.zeros(nch, dtype=np.int64)
-        np.cumsum(cap[:-1], out=base[1:])
-        scratch = np.empty(int(cap.sum()), dtype=np.int64)
-        _gather_ge_direct_kernel(keys, absmask, t, nonfinite, starts, base, cap, scratch, counts, bad)
+    bad = np.zeros(starts.shape[0] - 1, dtype=np.int64)
+
+    def run(chunks, base, cap, out, counts):
+        _gather_ge_direct_kernel(keys, absmask, t, nonfinite, starts, chunks, base, cap, out, counts, bad)
         if nan == "raise" and bad.any():
             _raise_nonfinite(x, name)
-        if (counts <= cap).all():
-            break
-        cap = counts.copy()
-    offs = np.zeros(nch + 1, dtype=np.int64)
-    np.cumsum(counts, out=offs[1:])
-    out = np.empty(int(offs[-1]), dtype=np.int64)
-    _compact_kernel(scratch, base, counts, offs, out)
-    return out
+
+    return _gather_chunks(run, starts, x.size // 64 if expected is None else expected)
 
 
 def _sample_abs(x: np.ndarray, s: int, seed) -> np.ndarray:
@@ -408,7 +415,7 @@ def _resolve_in_candidates(x, cand_idx, need):
     return t, cand_idx[cand_key == t][:take_ties]
 
 
-def _keep_largest_mask(x: np.ndarray, keep: int, seed=0) -> np.ndarray:
+def _keep_largest_mask(x: np.ndarray, keep: int, name: str = "w", seed=0) -> np.ndarray:
     """Bool mask over the flat, finite, contiguous float array ``x``: the ``keep`` largest |x|, ties -> lower
     index (used by :func:`memwall.kernels.prune.magnitude_mask`).
 
@@ -419,11 +426,11 @@ def _keep_largest_mask(x: np.ndarray, keep: int, seed=0) -> np.ndarray:
     the same threshold.
     """
     n = x.size
-    if keep <= 0:
-        return np.zeros(n, dtype=np.bool_)
-    if keep >= n:
-        return np.ones(n, dtype=np.bool_)
-    kdt, absmask, shift, _ = _key_params(x.dtype)
+    if keep <= 0 or keep >= n:
+        if n and not np.isfinite(x).all():
+            _raise_nonfinite(x, name, hint=False)
+        return np.full(n, keep > 0, dtype=np.bool_)
+    kdt, absmask, shift, nonfinite = _key_params(x.dtype)
     keys = x.view(kdt)
     starts = _chunk_starts(n)
     nch = starts.shape[0] - 1
@@ -437,30 +444,30 @@ def _keep_largest_mask(x: np.ndarray, keep: int, seed=0) -> np.ndarray:
         t_hi = sample[min(s - 1, max(0, hi_pos))] if r - d >= 1 else absmask
         t_lo = sample[max(0, lo_pos)] if lo_pos >= 0 else kdt(0)
         expected = int(n * (r + d - max(r - d, 0)) / s) + 1
-        cap = np.minimum(starts[1:] - starts[:-1], 2 * (expected // nch) + 1024)
-        counts = np.empty(nch, dtype=np.int64)
-        above = np.empty(nch, dtype=np.int64)
-        base = np.zeros(nch, dtype=np.int64)
-        np.cumsum(cap[:-1], out=base[1:])
-        scratch = np.empty(int(cap.sum()), dtype=np.int64)
-        _bracket_kernel(keys, absmask, kdt(t_lo), kdt(t_hi), starts, base, cap, scratch, counts, above)
-        need = keep - int(above.sum())
-        if (counts <= cap).all() and 1 <= need <= int(counts.sum()):
-            offs = np.zeros(nch + 1, dtype=np.int64)
-            np.cumsum(counts, out=offs[1:])
-            cand = np.empty(int(offs[-1]), dtype=np.int64)
-            _compact_kernel(scratch, base, counts, offs, cand)
+        above = np.zeros((nch, 2), dtype=np.int64)
+
+        def run(chunks, base, cap, out, counts):
+            _bracket_kernel(keys, absmask, kdt(t_lo), kdt(t_hi), nonfinite, starts, chunks, base, cap, out,
+                            counts, above)
+
+        cand = _gather_chunks(run, starts, expected)
+        if above[:, 1].any():
+            _raise_nonfinite(x, name, hint=False)
+        need = keep - int(above[:, 0].sum())
+        if 1 <= need <= cand.shape[0]:
             t, tie_pos = _resolve_in_candidates(x, cand, need)
             return _mask_from_threshold(x, keys, absmask, starts, t, tie_pos)
-    return _radix_keep_mask(x, keep)
+    return _radix_keep_mask(x, keep, name)
 
 
-def _radix_keep_mask(x: np.ndarray, keep: int) -> np.ndarray:
+def _radix_keep_mask(x: np.ndarray, keep: int, name: str = "w") -> np.ndarray:
     """The radix path of :func:`_keep_largest_mask` (1 <= keep < x.size)."""
-    kdt, absmask, shift, _ = _key_params(x.dtype)
+    kdt, absmask, shift, nonfinite = _key_params(x.dtype)
     keys = x.view(kdt)
     starts = _chunk_starts(x.size)
     hist = _histogram(keys, absmask, shift, starts)
+    if hist[:, int(nonfinite >> shift):].any():
+        _raise_nonfinite(x, name, hint=False)
     b, above = _bucket_of_kth(hist.sum(axis=0), keep)
     counts = hist[:, b]
     offs = np.zeros(counts.shape[0] + 1, dtype=np.int64)

@@ -57,15 +57,17 @@ _SCORES = ("l1", "l2", "max")
 # ----------------------------------------------------------------------------------------------------------
 # validation helpers
 # ----------------------------------------------------------------------------------------------------------
-def _weights(w, name: str = "w", ndim=None) -> np.ndarray:
-    """A float32/float64 C-contiguous array (float16 and integer weights become float32); finite."""
+def _weights(w, name: str = "w", ndim=None, finite: bool = True) -> np.ndarray:
+    """A float32/float64 C-contiguous array (float16 and integer weights become float32); finite (checked
+    here unless ``finite=False``: the caller's selection pass then detects NaN/Inf itself)."""
     if isinstance(w, np.ndarray) and w.dtype not in (np.float32, np.float64):
         if w.dtype == np.float16 or np.issubdtype(w.dtype, np.integer) or w.dtype == np.bool_:
             w = w.astype(np.float32)
         else:
             raise TypeError(f"{name}: expected a real (float or integer) array, got dtype {w.dtype.name}")
     w = as_array(w, name, dtype=(np.float32, np.float64), ndim=ndim, allow_convert=True)
-    check_finite(w, name)
+    if finite:
+        check_finite(w, name)
     return w
 
 
@@ -108,13 +110,13 @@ def magnitude_mask(w, sparsity: float) -> np.ndarray:
         ``True`` where the weight is kept: the ``w.size - pruned`` entries of largest ``|w|``; among equal
         ``|w|`` the lower flat (C-order) index is kept.
     """
-    w = _weights(w)
+    w = _weights(w, finite=False)  # the selection raises on NaN/Inf, naming the first position
     n_prune = prune_count(sparsity, w.size)
     keep = w.size - n_prune
-    from .gradient import _keep_largest_mask  # the shared radix-select machinery
+    from .gradient import _keep_largest_mask  # the shared selection machinery
 
     # the selection works on |w| through the sign-cleared bit patterns: no |w| copy is needed
-    return _keep_largest_mask(w.reshape(-1), keep).reshape(w.shape)
+    return _keep_largest_mask(w.reshape(-1), keep, "w").reshape(w.shape)
 
 
 def global_magnitude_masks(weights: Sequence, sparsity: float) -> list[np.ndarray]:

@@ -413,6 +413,13 @@ def test_bad_weights():
         magnitude_mask(np.ones(4, dtype=np.complex64), 0.5)
     with pytest.raises(ValueError, match="w: expected finite values, found nan at flat index 2"):
         magnitude_mask(np.array([1.0, 2.0, np.nan, 4.0]), 0.5)
+    for s in (0.0, 0.3, 0.9, 0.9999, 1.0):  # every selection path (trivial, bracketed, radix) detects them
+        for n, pos in ((50, 7), (300_000, 123_457), (300_000, 299_999)):
+            w = np.ones(n, np.float32)
+            w[pos] = np.inf if pos % 2 else np.nan
+            w[-1] = np.nan
+            with pytest.raises(ValueError, match=f"w: expected finite values, found (nan|inf) at flat index {pos}$"):
+                magnitude_mask(w, s)
     with pytest.raises(ValueError, match="w: expected finite values"):
         nm_mask(np.array([[1.0, np.inf, 0.0, 0.0]]))
     with pytest.raises(TypeError, match="weights: expected a list or tuple"):
