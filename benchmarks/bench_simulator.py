@@ -7,8 +7,11 @@ column reads as "billions of configurations per second" (x 1000 = millions).  Th
 (``estimate``, one explained record per call) is timed for reference in its own group; compare the
 ``Gop/s`` columns (configurations per second / 1e9).
 
-    python benchmarks/report.py -k simulator benchmarks/bench_simulator.py
-(the file is named explicitly because pytest collects ``test_*.py`` by default.)
+    python -m pytest benchmarks/bench_simulator.py -o addopts= -m "" --benchmark-enable --benchmark-only \
+        --benchmark-json=/tmp/sim.json && python benchmarks/report.py --json /tmp/sim.json
+
+(pytest collects only ``test_*.py`` from a folder, so ``report.py -k simulator`` alone does not find this
+file until the benchmark folder's configuration also collects ``bench_*.py``.)
 """
 from __future__ import annotations
 
