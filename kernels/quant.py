@@ -292,20 +292,102 @@ def _segments(x: np.ndarray, axis, group_size) -> tuple[np.ndarray, tuple[int, .
     return x.reshape(1, -1), ()
 
 
-def _ranges(seg: np.ndarray, symmetric: bool, signed: bool, method: str, percentile: float):
-    """Per-row clipping range (lo, hi) as float64 arrays."""
-    s, length = seg.shape
-    if length == 0:
-        z = np.zeros(s)
-        return z, z.copy()
-    if method == "percentile":
-        if symmetric and signed:
-            amax = np.percentile(np.abs(seg), percentile, axis=1)
-            return -amax, amax
-        hi = np.percentile(seg, percentile, axis=1)
-        lo = np.percentile(seg, 100.0 - percentile, axis=1)
-        return lo.astype(np.float64), hi.astype(np.float64)
-    return seg.min(axis=1).astype(np.float64), seg.max(axis=1).astype(np.float64)
+@njit(parallel=True, cache=True)
+def _minmax3_kernel(xi, lo, hi):
+    """xi: float32 bits as int32 (A, C, B) -> per (a, c) min/max of the order-preserving integer key
+    ``v ^ ((v >> 31) & 0x7FFFFFFF)`` (integer min/max vectorize; NaN/Inf land outside the finite keys)."""
+    a_n, c_n, b_n = xi.shape
+    for t in prange(a_n * c_n):
+        a = t // c_n
+        c = t - a * c_n
+        row = xi[a, c]
+        mn = np.int64(2147483647)
+        mx = np.int64(-2147483648)
+        for b in range(row.shape[0]):
+            v = np.int64(row[b])
+            k = v ^ ((v >> 31) & 0x7FFFFFFF)
+            mn = min(mn, k)
+            mx = max(mx, k)
+        lo[a, c] = mn
+        hi[a, c] = mx
+
+
+@njit(parallel=True, cache=True)
+def _minmax_cols_kernel(xi, lo, hi):
+    """xi (A, C) -> per block of 64 rows and column c the min/max key (see _minmax3_kernel)."""
+    a_n, c_n = xi.shape
+    for blk in prange(lo.shape[0]):
+        lo_b = lo[blk]
+        hi_b = hi[blk]
+        for c in range(c_n):
+            lo_b[c] = 2147483647
+            hi_b[c] = -2147483648
+        for a in range(blk * 64, min(a_n, blk * 64 + 64)):
+            row = xi[a]
+            for c in range(c_n):
+                v = np.int64(row[c])
+                k = v ^ ((v >> 31) & 0x7FFFFFFF)
+                lo_b[c] = min(lo_b[c], k)
+                hi_b[c] = max(hi_b[c], k)
+
+
+_KEY_FLT_MAX = 0x7F7FFFFF
+_KEY_NEG_FLT_MAX = -0x7F800000  # key of -FLT_MAX (bits 0xFF7FFFFF)
+
+
+def _keys_to_float(keys: np.ndarray) -> np.ndarray:
+    keys = keys.astype(np.int64)
+    return (keys ^ ((keys >> 31) & 0x7FFFFFFF)).astype(np.int32).view(np.float32).astype(np.float64)
+
+
+def _minmax_units(x: np.ndarray, axis, group_size) -> tuple[np.ndarray, np.ndarray]:
+    """Per calibration unit (min, max) of x as float64, in one fused pass that also refuses NaN/Inf."""
+    xi = x.view(np.int32)
+    n = x.size
+    v3 = _views3(x.shape, axis, group_size)
+    if v3 is None:  # per tensor: partial results per chunk
+        flat = xi.reshape(-1)
+        body = (n // _PER_TENSOR_CHUNK) * _PER_TENSOR_CHUNK
+        parts = []
+        for piece in (flat[:body].reshape(-1, 1, _PER_TENSOR_CHUNK), flat[body:].reshape(1, 1, -1)):
+            if piece.size:
+                lo = np.empty(piece.shape[:2], np.int32)
+                hi = np.empty(piece.shape[:2], np.int32)
+                _launch(_minmax3_kernel, piece.size, piece, lo, hi)
+                parts.append((lo.min(), hi.max()))
+        if not parts:
+            return np.zeros(1), np.zeros(1)
+        klo = np.array([min(p[0] for p in parts)])
+        khi = np.array([max(p[1] for p in parts)])
+    else:
+        a, c, b = v3
+        if a * b == 0:  # empty units
+            return np.zeros(c), np.zeros(c)
+        if b == 1:
+            nblk = (a + 63) // 64
+            lo = np.empty((nblk, c), np.int32)
+            hi = np.empty((nblk, c), np.int32)
+            _launch(_minmax_cols_kernel, n, xi.reshape(a, c), lo, hi)
+        else:
+            lo = np.empty((a, c), np.int32)
+            hi = np.empty((a, c), np.int32)
+            _launch(_minmax3_kernel, n, xi.reshape(a, c, b), lo, hi)
+        klo, khi = lo.min(axis=0), hi.max(axis=0)
+    if klo.size and (klo.min() < _KEY_NEG_FLT_MAX or khi.max() > _KEY_FLT_MAX):
+        check_finite(x, "x")  # raises, naming the first offending index
+    return _keys_to_float(klo), _keys_to_float(khi)
+
+
+def _ranges(x, seg, lo, hi, symmetric: bool, signed: bool, method: str, percentile: float):
+    """Per-unit clipping range (lo, hi) as float64 arrays (lo/hi: the min-max range)."""
+    if method != "percentile" or seg.shape[1] == 0:
+        return lo, hi
+    if symmetric and signed:
+        amax = np.percentile(np.abs(seg), percentile, axis=1)
+        return -amax, amax
+    hi = np.percentile(seg, percentile, axis=1)
+    lo = np.percentile(seg, 100.0 - percentile, axis=1)
+    return lo.astype(np.float64), hi.astype(np.float64)
 
 
 def _check_layout(x: np.ndarray, axis, group_size):
@@ -341,7 +423,6 @@ def _float_input(x, name, ndim=None) -> np.ndarray:
 
 def _prepare(x, bits, symmetric, axis, group_size, method, signed, kw):
     x = _float_input(x, "x")
-    check_finite(x, "x")
     symmetric = bool(symmetric)
     signed = bool(signed)
     nbits, qmin, qmax, fmt = _grid(bits, signed, symmetric)
@@ -356,9 +437,11 @@ def _prepare(x, bits, symmetric, axis, group_size, method, signed, kw):
 
 
 def _compute(x, symmetric, signed, qmin, qmax, fmt, axis, group_size, method, pct, grid):
-    seg, sshape = _segments(x, axis, group_size)
-    n_seg = seg.shape[0]
+    lo, hi = _minmax_units(x, axis, group_size)  # also the NaN/Inf check
+    sshape = _scale_shape(x.shape, axis, group_size)
+    n_seg = lo.shape[0]
     if fmt == "binary":
+        seg, _ = _segments(x, axis, group_size)
         if seg.shape[1]:
             mean_abs = np.abs(seg).mean(axis=1, dtype=np.float64)
         else:
@@ -366,8 +449,9 @@ def _compute(x, symmetric, signed, qmin, qmax, fmt, axis, group_size, method, pc
         # binary cannot represent 0: an all-zero unit gets the smallest scale, dequantizing to +-FLT_MIN
         mean_abs = np.where(mean_abs == 0.0, FLT_MIN, mean_abs)
         lo, hi = -mean_abs, mean_abs
-    else:
-        lo, hi = _ranges(seg, symmetric, signed, method, pct)
+    elif method != "minmax":
+        seg, _ = _segments(x, axis, group_size)
+        lo, hi = _ranges(x, seg, lo, hi, symmetric, signed, method, pct)
         if method == "mse" and seg.shape[1]:
             ratios = np.arange(grid, 0, -1, dtype=np.float64) / grid
             best = np.empty(n_seg)
@@ -377,7 +461,7 @@ def _compute(x, symmetric, signed, qmin, qmax, fmt, axis, group_size, method, pc
     scale = np.empty(n_seg, np.float32)
     zp = np.empty(n_seg, np.int32)
     _scales_kernel(np.ascontiguousarray(lo, dtype=np.float64), np.ascontiguousarray(hi, dtype=np.float64),
-                   qmin, qmax if fmt != "binary" else 1, symmetric, signed, scale, zp)
+                   qmin, qmax, symmetric, signed, scale, zp)
     return scale.reshape(sshape), zp.reshape(sshape)
 
 
@@ -741,48 +825,34 @@ FLOAT_FORMATS = {
 
 
 @njit(parallel=True, cache=True)
-def _emulate_kernel(xu, xf, outu, outf, drop, max_bits, min_normal_bits, min_sub, overflow_mode, nan_bits):
-    """Round float32 bit patterns to ``23 - drop`` mantissa bits, nearest-even.
+def _emulate_kernel(xu, outu, drop, max_bits, emin, min_sub_bits, ovf_bits, inf_bits):
+    """Round float32 bit patterns to ``23 - drop`` mantissa bits, nearest-even, branch-free (vectorizes).
 
-    overflow_mode: 0 -> inf, 1 -> NaN, 2 -> saturate to +-max (inf inputs too).
+    The rounding adds ``2^(d-1) - 1 + lsb`` to the magnitude bits and clears the low ``d`` bits; a carry
+    moves into the exponent by itself.  ``d = drop`` for values in the target's normal range; below it
+    (biased float32 exponent e < emin) the target's quantum is its smallest subnormal, so
+    ``d = drop + emin - e``: 24 means |x| in [quantum/2, quantum) (-> one quantum unless exactly the tie),
+    more means |x| < quantum/2 (-> 0).  For bf16/tf32 (emin = 1) float32 subnormals need no special case.
+    ``ovf_bits``: result above ``max_bits``; ``inf_bits``: result for +-inf input; NaN stays NaN.
     """
     n = xu.shape[0]
-    half_m1 = (np.int64(1) << (drop - 1)) - 1
-    keep_mask = ~((np.int64(1) << drop) - 1)
     nchunks = (n + 4095) // 4096
     for ch in prange(nchunks):
-        start = ch * 4096
-        stop = min(n, start + 4096)
-        for i in range(start, stop):
-            u = np.int64(xu[i])
-            sign = u & 0x80000000
+        xs = xu[ch * 4096:min(n, ch * 4096 + 4096)]  # a loop from 0: provably non-negative indices vectorize
+        os = outu[ch * 4096:min(n, ch * 4096 + 4096)]
+        for i in range(xs.shape[0]):
+            u = np.int64(xs[i])
             a = u & 0x7FFFFFFF
-            if a > 0x7F800000:  # NaN stays NaN
-                outu[i] = xu[i]
-            elif a == 0x7F800000:  # inf
-                if overflow_mode == 0:
-                    outu[i] = xu[i]
-                elif overflow_mode == 1:
-                    outu[i] = np.uint32(sign | nan_bits)
-                else:
-                    outu[i] = np.uint32(sign | max_bits)
-            elif a >= min_normal_bits:
-                r = (a + half_m1 + ((a >> drop) & 1)) & keep_mask
-                if r > max_bits:
-                    if overflow_mode == 0:
-                        outu[i] = np.uint32(sign | 0x7F800000)
-                    elif overflow_mode == 1:
-                        outu[i] = np.uint32(sign | nan_bits)
-                    else:
-                        outu[i] = np.uint32(sign | max_bits)
-                else:
-                    outu[i] = np.uint32(sign | r)
-            else:  # subnormal range of the target: multiples of min_sub, exact in float64
-                v = np.float64(abs(xf[i]))
-                v = np.rint(v / min_sub) * min_sub
-                if sign:
-                    v = -v
-                outf[i] = np.float32(v)
+            e = max(a >> 23, 1)
+            d = drop + (emin - min(e, emin))
+            dd = min(d, 23)
+            lsb = ((a | 0x800000) >> dd) & 1  # at d = 23 the kept bit is the implicit 1, not the exponent's
+            r = (a + ((1 << (dd - 1)) - 1) + lsb) & ~((1 << dd) - 1)
+            r = (min_sub_bits if (a & 0x7FFFFF) != 0 else 0) if d == 24 else r
+            r = 0 if d > 24 else r
+            r = ovf_bits if r > max_bits else r
+            r = (inf_bits if a == 0x7F800000 else a) if a >= 0x7F800000 else r
+            os[i] = np.uint32(r | (u & 0x80000000))
 
 
 def emulate_float(x, fmt, saturate=None) -> np.ndarray:
@@ -829,12 +899,17 @@ def emulate_float(x, fmt, saturate=None) -> np.ndarray:
         return out
     drop = 23 - info["mantissa_bits"]
     max_bits = int(np.float32(info["max"]).view(np.uint32))
-    min_normal_bits = int(np.float32(info["min_normal"]).view(np.uint32))
-    mode = 2 if saturate else (0 if info["has_inf"] else 1)
+    emin = int(np.float32(info["min_normal"]).view(np.uint32)) >> 23
+    min_sub_bits = int(np.float32(info["min_subnormal"]).view(np.uint32)) if emin > 1 else 0
+    if saturate:
+        ovf = inf_res = max_bits
+    elif info["has_inf"]:
+        ovf = inf_res = 0x7F800000
+    else:
+        ovf = inf_res = 0x7FC00000  # NaN
     xf = x.reshape(-1)
-    of = out.reshape(-1)
-    _launch(_emulate_kernel, xf.size, xf.view(np.uint32), xf, of.view(np.uint32), of, np.int64(drop),
-            np.int64(max_bits), np.int64(min_normal_bits), float(info["min_subnormal"]), mode, np.int64(0x7FC00000))
+    _launch(_emulate_kernel, xf.size, xf.view(np.uint32), out.reshape(-1).view(np.uint32), np.int64(drop),
+            np.int64(max_bits), np.int64(emin), np.int64(min_sub_bits), np.int64(ovf), np.int64(inf_res))
     return out
 
 
@@ -870,14 +945,14 @@ def _err_partials(x, y, part_sq, part_max, part_sig):
     """Per fixed chunk: sum (x-y)^2, max |x-y|, sum x^2 in float64 (chunking is thread-count independent)."""
     n = x.shape[0]
     for ch in prange(part_sq.shape[0]):
-        start = ch * 8192
-        stop = min(n, start + 8192)
+        xs = x[ch * 8192:min(n, ch * 8192 + 8192)]
+        ys = y[ch * 8192:min(n, ch * 8192 + 8192)]
         sq = 0.0
         mx = 0.0
         sig = 0.0
-        for i in range(start, stop):
-            xv = np.float64(x[i])
-            d = xv - np.float64(y[i])
+        for i in range(xs.shape[0]):
+            xv = np.float64(xs[i])
+            d = xv - np.float64(ys[i])
             sq += d * d
             ad = abs(d)
             if ad > mx or ad != ad:
@@ -893,15 +968,20 @@ def _pair(x, y, xname="x", yname="y"):
     y = as_array(y, yname, dtype=(np.float32, np.float64, np.float16), allow_convert=True)
     if x.shape != y.shape:
         raise ValueError(f"{yname}: expected the shape of {xname} {x.shape}, got {y.shape}")
-    check_finite(x, xname)
-    check_finite(y, yname)
-    x = np.ascontiguousarray(x, dtype=np.float64 if x.dtype == np.float64 else np.float32).reshape(-1)
-    y = np.ascontiguousarray(y, dtype=np.float64 if y.dtype == np.float64 else np.float32).reshape(-1)
+    if x.dtype == np.float16:
+        x = x.astype(np.float32)
+    if y.dtype == np.float16:
+        y = y.astype(np.float32)
+    x, y = x.reshape(-1), y.reshape(-1)
     n_chunks = (x.size + _METRIC_CHUNK - 1) // _METRIC_CHUNK
     ps, pm, pg = np.zeros(n_chunks), np.zeros(n_chunks), np.zeros(n_chunks)
     if x.size:
         _launch(_err_partials, x.size, x, y, ps, pm, pg)
-    return x.size, float(ps.sum()), float(pm.max()) if n_chunks else 0.0, float(pg.sum())
+    sq, mx, sig = float(ps.sum()), float(pm.max()) if n_chunks else 0.0, float(pg.sum())
+    if not (math.isfinite(sq) and math.isfinite(sig) and math.isfinite(mx)):
+        check_finite(x, xname)  # NaN/Inf inputs: raise naming the first one (finite overflow falls through)
+        check_finite(y, yname)
+    return x.size, sq, mx, sig
 
 
 def mse(x, y) -> float:
