@@ -275,3 +275,9 @@ def test_save_profile_round_trips(tmp_path):
     doc["power"]["idle_w"] = float("nan")
     with pytest.raises(DeviceError, match="power.idle_w"):
         D.save_profile(doc, p)
+
+
+def test_devices_are_hashable_and_cached():
+    a = load_device("v100")
+    assert load_device("v100") is a and load_device(a) is a
+    assert {a: 1}[a] == 1

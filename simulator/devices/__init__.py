@@ -172,9 +172,10 @@ class Tiling:
     parallel_units: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Device:
-    """A validated device profile.  Build it with :func:`load_device`."""
+    """A validated device profile.  Build it with :func:`load_device` (which returns the same object for the
+    same unchanged file).  Compared and hashed by identity, so it can key caches."""
 
     id: str
     name: str
