@@ -537,3 +537,490 @@ class Encoder:
     def weight_nbytes(self) -> int:
         """Bytes of all Linear weights as this variant stores them."""
         return int(sum(l.weight_nbytes for layer in self.linears for l in layer.values()))
+
+
+# ----------------------------------------------------------------------------------------------------
+# compressed variants
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """A compression applied to every Linear layer.
+
+    prune: ``None``, ``"magnitude"`` (unstructured, per layer), ``"nm"`` (N:M along K) or ``"block"``
+    (``block`` r x c, L1 score); ``sparsity`` the fraction pruned.  weights / acts: "fp32", "int8" or
+    "int4"; ``group`` the INT4 group along K (weight-only); ``format``: how the kernels store the weights,
+    spelled as :meth:`memwall.simulator.compression.Compression.parse` reads it.
+    """
+
+    name: str
+    description: str
+    weights: str = "fp32"
+    acts: str = "fp32"
+    group: int | None = None
+    prune: str | None = None
+    sparsity: float = 0.0
+    format: str = "dense"
+    block: tuple[int, int] | None = None
+    n: int | None = None
+    m: int | None = None
+
+    def compression(self, gpu: bool = False):
+        """The simulator's :class:`~memwall.simulator.compression.Compression` for this variant.
+
+        On a GPU the float parts run in fp16 (the GPU baseline is dense fp16), integer parts as they are.
+        """
+        from .compression import Compression
+
+        def f(dt):
+            return "fp16" if (gpu and dt == "fp32") else dt
+
+        scale_dtype = "fp16" if gpu else "fp32"
+        return Compression.parse(weights=f(self.weights), acts=f(self.acts), group=self.group, format=self.format,
+                                 sparsity=self.sparsity, scale_dtype=scale_dtype)
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("fp32", "FP32 dense (NumPy/BLAS) — the baseline"),
+    Variant("int8", "INT8 W8A8: per-channel weights, dynamic per-token activations", weights="int8", acts="int8"),
+    Variant("int4-g32", "INT4 weight-only, group 32 along K, float32 activations", weights="int4", group=32),
+    Variant("int4-g64", "INT4 weight-only, group 64 along K, float32 activations", weights="int4", group=64),
+    Variant("int4-g128", "INT4 weight-only, group 128 along K, float32 activations", weights="int4", group=128),
+    Variant("csr50", "50% unstructured magnitude pruning per layer, CSR float32", prune="magnitude",
+            sparsity=0.5, format="csr"),
+    Variant("nm24", "2:4 magnitude pruning along K, N:M float32", prune="nm", sparsity=0.5, format="nm:2:4",
+            n=2, m=4),
+    Variant("bsr16", "50% of 16x16 blocks pruned (L1 score) per layer, BSR float32", prune="block", sparsity=0.5,
+            format="bsr:16x16", block=(16, 16)),
+    Variant("nm24-int8", "2:4 pruning + INT8 W8A8 (per-row weight scales, per-token activations)", weights="int8",
+            acts="int8", prune="nm", sparsity=0.5, format="nm:2:4", n=2, m=4),
+)}
+
+
+def _prune_mask(variant: Variant, w: np.ndarray) -> np.ndarray | None:
+    """Keep-mask of one original Linear weight (out, in) for ``variant`` (None: no pruning)."""
+    if variant.prune is None:
+        return None
+    from ..kernels import prune
+
+    if variant.prune == "magnitude":
+        return prune.magnitude_mask(w, variant.sparsity)
+    if variant.prune == "nm":
+        return prune.nm_mask(w, variant.n, variant.m)
+    if variant.prune == "block":
+        return prune.block_mask(w, variant.sparsity, blocksize=variant.block, score="l1")
+    raise ValueError(f"variant {variant.name}: unknown prune method {variant.prune!r}")
+
+
+class _NumpyFallbackLinear:
+    """Honest NumPy numerics of a compressed Linear for a variant whose kernel is unavailable.
+
+    Quantized weights are dequantized once and multiplied in float32 BLAS; W8A8 quantizes the activations
+    per token exactly as the kernel does and multiplies the integer values in float32.  The numbers are the
+    variant's; its *time* is not (it is a dense float32 product).
+    """
+
+    path = "numpy fallback (dense float32 product of the compressed numerics)"
+
+    def __init__(self, w_eff: np.ndarray, bias: np.ndarray, *, w_scale: np.ndarray | None = None,
+                 act_int8: bool = False, nbytes: int = 0):
+        self.w_eff = np.ascontiguousarray(w_eff, dtype=np.float32)  # int values (as float) when act_int8
+        self.w_scale = w_scale
+        self.act_int8 = act_int8
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        self.weight_nbytes = int(nbytes)
+
+    def __call__(self, x: np.ndarray, *, add_bias: bool = True) -> np.ndarray:
+        if self.act_int8:
+            from ..kernels.quant import quantize_rows_int8
+
+            xq, xs = quantize_rows_int8(x)
+            y = (xq.astype(np.float32) @ self.w_eff.T) * xs[:, None] * self.w_scale[None, :]
+        else:
+            y = x @ self.w_eff.T
+        if add_bias:
+            y += self.bias
+        return y
+
+
+def _fallback_linear(variant: Variant, w: np.ndarray, b: np.ndarray) -> _NumpyFallbackLinear:
+    from ..kernels import quant
+
+    if variant.weights == "int8":
+        qt = quant.quantize(w, bits=8, symmetric=True, axis=0)
+        if variant.acts == "int8":
+            return _NumpyFallbackLinear(qt.values.astype(np.float32), b, w_scale=qt.scale, act_int8=True)
+        return _NumpyFallbackLinear(qt.dequantize(), b)
+    if variant.weights == "int4":
+        qt = quant.quantize(w, bits=4, symmetric=True, group_size=variant.group)
+        return _NumpyFallbackLinear(qt.dequantize(), b)
+    return _NumpyFallbackLinear(w, b)
+
+
+class Int8Linear:
+    """INT8 W8A8: per-output-channel symmetric INT8 weights packed once for the VNNI GEMM; activations
+    quantized per token on every call; one fused dequantizing GEMM (+ bias)."""
+
+    path = "memwall.kernels int8_gemm_dequant (W8A8)"
+
+    def __init__(self, w: np.ndarray, bias: np.ndarray):
+        from ..kernels import gemm
+
+        self.packed = gemm.pack_weights(w, bits=8)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        self.weight_nbytes = int(self.packed.q8.nbytes + self.packed.scale.nbytes)
+
+    def __call__(self, x: np.ndarray, *, add_bias: bool = True) -> np.ndarray:
+        from ..kernels import gemm
+        from ..kernels.quant import quantize_rows_int8
+
+        xq, xs = quantize_rows_int8(x)
+        return gemm.int8_gemm_dequant(xq, self.packed.int8, xs, self.packed.scale,
+                                      bias=self.bias if add_bias else None)
+
+
+class SparseLinear:
+    """A pruned Linear stored in one of the kernels' sparse formats (CSR, BSR, N:M); float32 values, or
+    INT8 values with per-row scales multiplied by per-token INT8 activations (``act_int8``)."""
+
+    def __init__(self, matrix, bias: np.ndarray, *, act_int8: bool = False):
+        self.matrix = matrix
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        self.act_int8 = act_int8
+        self.weight_nbytes = int(matrix.nbytes)
+        kind = type(matrix).__name__
+        self.path = f"memwall.kernels spmm_t ({kind}, {'int8 x int8' if act_int8 else matrix.dtype.name})"
+
+    def __call__(self, x: np.ndarray, *, add_bias: bool = True) -> np.ndarray:
+        from ..kernels.spmm import spmm_t
+
+        if self.act_int8:
+            from ..kernels.quant import quantize_rows_int8
+
+            xq, xs = quantize_rows_int8(x)
+            y = spmm_t(xq, self.matrix, x_scale=xs)
+        else:
+            y = spmm_t(x, self.matrix)
+        if add_bias:
+            y += self.bias
+        return y
+
+
+def _kernel_linear(variant: Variant, w: np.ndarray, mask: np.ndarray | None, b: np.ndarray):
+    """The kernels-backed Linear of ``variant`` for the fused weight ``w`` (pruned entries already zero),
+    or None when the kernel it needs is not available in this build."""
+    try:
+        if variant.prune is None:
+            if variant.weights == "int8" and variant.acts == "int8":
+                return Int8Linear(w, b)
+            return None
+        from ..kernels import formats
+
+        value_dtype = np.int8 if variant.weights == "int8" else np.float32
+        if variant.format == "csr":
+            mat = formats.CSRMatrix.from_dense(w, mask=mask, value_dtype=value_dtype)
+        elif variant.format.startswith("nm"):
+            mat = formats.NMSparseMatrix.from_dense(w, variant.n, variant.m, mask=mask, value_dtype=value_dtype)
+        elif variant.format.startswith("bsr"):
+            mat = formats.BSRMatrix.from_dense(w, variant.block, mask=mask, value_dtype=value_dtype)
+        else:
+            return None
+        return SparseLinear(mat, b, act_int8=variant.acts == "int8")
+    except (ImportError, AttributeError):
+        return None
+
+
+def compress_encoder(encoder: Encoder, variant: Variant | str, *, allow_fallback: bool = True) -> Encoder:
+    """A copy of ``encoder`` whose every Linear layer is compressed as ``variant`` says.
+
+    Pruning masks are computed per original Linear layer (Q, K, V separately), then the pruned (and for
+    quantized variants, quantized) weights are stored in the variant's kernel format.  Each returned
+    Linear has a ``path`` attribute saying which implementation runs it; with ``allow_fallback=False`` a
+    missing kernel is an ``ImportError`` instead of the NumPy fallback.
+    """
+    if isinstance(variant, str):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant: unknown {variant!r}; valid: {', '.join(VARIANTS)}")
+        variant = VARIANTS[variant]
+    if not isinstance(variant, Variant):
+        raise TypeError(f"variant: expected a Variant or a name, got {type(variant).__name__}")
+    if variant.name == "fp32" and variant.prune is None and variant.weights == "fp32":
+        return Encoder(encoder.config, encoder.weights, encoder.tokenizer, max_seq_length=encoder.max_seq_length,
+                       model_dir=encoder.model_dir, variant=variant.name)
+    linears = []
+    for i in range(encoder.config.num_layers):
+        layer = {}
+        for slot in LINEAR_SLOTS:
+            parts = encoder.original_linears(i, slot)
+            masks = [_prune_mask(variant, w) for w, _ in parts]
+            w = np.concatenate([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
+            b = np.concatenate([b for _, b in parts]) if len(parts) > 1 else parts[0][1]
+            mask = None if masks[0] is None else (np.concatenate(masks) if len(masks) > 1 else masks[0])
+            if mask is not None:
+                w = np.where(mask, w, np.float32(0.0))
+            lin = _kernel_linear(variant, w, mask, b)
+            if lin is None:
+                if not allow_fallback:
+                    raise ImportError(f"variant {variant.name}: the memwall.kernels path it needs is not available")
+                lin = _fallback_linear(variant, w, b)
+            layer[slot] = lin
+        linears.append(layer)
+    return Encoder(encoder.config, encoder.weights, encoder.tokenizer, max_seq_length=encoder.max_seq_length,
+                   model_dir=encoder.model_dir, linears=linears, variant=variant.name)
+
+
+def variant_paths(encoder: Encoder) -> list[str]:
+    """The distinct implementations running the Linear layers of ``encoder``."""
+    return sorted({l.path for layer in encoder.linears for l in layer.values()})
+
+
+# ----------------------------------------------------------------------------------------------------
+# quality metrics
+# ----------------------------------------------------------------------------------------------------
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of corresponding rows of two (n, d) arrays (float64 arithmetic)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"cosine_rows: expected two (n, d) arrays of one shape, got {a.shape} and {b.shape}")
+    num = np.einsum("ij,ij->i", a, b)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return num / np.maximum(den, 1e-300)
+
+
+def _nearest(e: np.ndarray) -> np.ndarray:
+    e = np.asarray(e, dtype=np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-300)
+    sim = e @ e.T
+    np.fill_diagonal(sim, -np.inf)
+    return np.argmax(sim, axis=1)
+
+
+def nn_agreement(reference: np.ndarray, other: np.ndarray) -> float:
+    """Fraction of rows whose nearest neighbour (cosine, excluding itself) among the other rows is the same
+    under ``other`` as under ``reference`` (ties: lowest index)."""
+    if reference.shape != other.shape or reference.ndim != 2 or reference.shape[0] < 2:
+        raise ValueError(f"nn_agreement: expected two (n >= 2, d) arrays of one shape, got {reference.shape} "
+                         f"and {other.shape}")
+    return float(np.mean(_nearest(reference) == _nearest(other)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# timing
+# ----------------------------------------------------------------------------------------------------
+class _Threads:
+    """Pin Numba and BLAS to ``n`` threads inside the block (BLAS via threadpoolctl when installed)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._limits = None
+        self._old = None
+
+    def __enter__(self):
+        import numba
+
+        self._old = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(self.n, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            from threadpoolctl import threadpool_limits
+
+            self._limits = threadpool_limits(limits=self.n)
+        except ImportError:  # BLAS keeps its own setting (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS)
+            self._limits = None
+        return self
+
+    def __exit__(self, *exc):
+        import numba
+
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+        numba.set_num_threads(self._old)
+        return False
+
+
+def time_forward(encoders: dict[str, Encoder], input_ids: np.ndarray, attention_mask: np.ndarray, *,
+                 threads: int = 2, repeats: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall time (seconds) of ``repeats`` forward passes of each encoder on the same batch.
+
+    The encoders are run round-robin (one pass of each per round) so that a change of machine load hits
+    all of them alike; ``warmup`` untimed rounds first (JIT compilation, caches).  Numba and BLAS are
+    pinned to ``threads`` threads.  Returns name -> list of times; take medians.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats: expected a positive integer, got {repeats!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected a positive integer, got {threads!r}")
+    times: dict[str, list[float]] = {k: [] for k in encoders}
+    with _Threads(threads):
+        for r in range(warmup + repeats):
+            for name, enc in encoders.items():
+                t0 = time.perf_counter()
+                enc.forward(input_ids, attention_mask)
+                dt = time.perf_counter() - t0
+                if r >= warmup:
+                    times[name].append(dt)
+    return times
+
+
+# ----------------------------------------------------------------------------------------------------
+# the simulator's prediction
+# ----------------------------------------------------------------------------------------------------
+def encoder_ops(config: EncoderConfig, batch: int, seq_len: int):
+    """The ops of the forward pass this module runs, as the simulator's workload layers reduce them.
+
+    Mirrors :meth:`Encoder.forward`: embeddings + LayerNorm; per layer a fused Q/K/V Linear (hidden ->
+    3 hidden), attention, output Linear, residual + LayerNorm, FFN in, GELU, FFN out, residual + LayerNorm;
+    mean pooling (the BERT pooler is not used).  Returns ``(ops, linear_names)``.
+    """
+    from .workload import Attention, Elementwise, Embedding, Linear, Model, Norm
+
+    d, f = config.hidden_size, config.intermediate_size
+    layers: list = [
+        Embedding("embeddings.word_embeddings", config.vocab_size, d),
+        Embedding("embeddings.position_embeddings", config.max_position, d, index="position"),
+        Embedding("embeddings.token_type_embeddings", config.type_vocab_size, d, index="type"),
+        Elementwise("embeddings.add", d, inputs=3, ops_per_element=2.0, kind="residual"),
+        Norm("embeddings.LayerNorm", d),
+    ]
+    for i in range(config.num_layers):
+        p = f"encoder.layer.{i}"
+        layers += [
+            Linear(f"{p}.qkv", d, 3 * d),
+            Attention(f"{p}.attention", config.num_heads, config.num_heads, config.head_dim),
+            Linear(f"{p}.attn_out", d, d),
+            Elementwise(f"{p}.attn_out.add", d, inputs=2, kind="residual"),
+            Norm(f"{p}.attn_out.LayerNorm", d),
+            Linear(f"{p}.ffn_in", d, f),
+            Elementwise(f"{p}.ffn_in.gelu", f, ops_per_element=8.0, kind="activation"),
+            Linear(f"{p}.ffn_out", f, d),
+            Elementwise(f"{p}.ffn_out.add", d, inputs=2, kind="residual"),
+            Norm(f"{p}.ffn_out.LayerNorm", d),
+        ]
+    layers.append(Elementwise("mean_pool", d, inputs=1, ops_per_element=1.0, kind="pool"))
+    model = Model("e2e-encoder", "encoder", layers, max_positions=config.max_position, default_seq=seq_len)
+    ops = model.ops(model.step(batch=batch, seq=seq_len))
+    linear_names = [l.name for l in layers if isinstance(l, Linear)]
+    return ops, linear_names
+
+
+#: GPU profiles the report predicts for (A100 80 GB and 40 GB, H100 SXM).
+GPU_DEVICES = ("a100-80gb", "a100-40gb", "h100-sxm")
+
+
+def predict_speedups(config: EncoderConfig, variant: Variant, device, *, batch: int = 32,
+                     seq_len: int = 128) -> float:
+    """The simulator's predicted end-to-end speed-up of ``variant`` over the device's dense baseline
+    (fp32 on CPUs, fp16 on GPUs): sum of op times of the baseline pass / of the compressed pass, where
+    only the Linear layers change."""
+    from . import roofline
+    from .devices import load_device
+
+    dev = load_device(device)
+    gpu = dev.kind == "gpu"
+    ops, linear_names = encoder_ops(config, batch, seq_len)
+    base = roofline.default_baseline(dev)
+    comp = variant.compression(gpu=gpu)
+    t_base = sum(e.time_s for e in roofline.estimate_ops(dev, ops, None, baseline=base))
+    t_var = sum(e.time_s for e in roofline.estimate_ops(dev, ops, {n: comp for n in linear_names}, baseline=base))
+    return float(t_base / t_var)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the report
+# ----------------------------------------------------------------------------------------------------
+def run_e2e(model_dir=None, *, variants: Sequence[str] | None = None, batch: int = 32, seq_len: int = 128,
+            threads: int = 2, repeats: int = 5, timing: bool = True, host_device="host",
+            gpu_devices: Sequence[str] = GPU_DEVICES, sentences: Sequence[str] | None = None,
+            progress: Callable[[str], None] | None = None) -> dict:
+    """The ``memwall e2e`` report as a dict (see the module docstring).
+
+    Quality is measured on ``sentences`` (default: :func:`load_sentences`) with batches padded to their
+    longest sentence; time on one batch of ``batch`` sentences padded to ``seq_len`` tokens with
+    ``threads`` threads (medians of ``repeats`` round-robin passes).  ``host_device``: the simulator
+    profile of this machine (``"host"``: the calibrated profile; when it cannot be loaded the host
+    predictions are null and ``host_profile.reason`` says why).
+    """
+    say = progress or (lambda msg: None)
+    names = list(VARIANTS) if variants is None else list(variants)
+    for n in names:
+        if n not in VARIANTS:
+            raise ValueError(f"variant: unknown {n!r}; valid: {', '.join(VARIANTS)}")
+    if "fp32" in names:
+        names.remove("fp32")
+    names.insert(0, "fp32")
+    for v, nm in ((batch, "batch"), (seq_len, "seq_len"), (threads, "threads"), (repeats, "repeats")):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{nm}: expected a positive integer, got {v!r}")
+    say("loading the model")
+    base = load_encoder(model_dir)
+    if not 2 <= seq_len <= base.config.max_position:
+        raise ValueError(f"seq_len: expected an integer in [2, {base.config.max_position}], got {seq_len}")
+    sents = load_sentences() if sentences is None else list(sentences)
+    if len(sents) < 2:
+        raise ValueError("sentences: need at least 2 sentences (nearest neighbours)")
+
+    encs: dict[str, Encoder] = {}
+    for n in names:
+        say(f"building variant {n}")
+        encs[n] = compress_encoder(base, VARIANTS[n])
+    embs: dict[str, np.ndarray] = {}
+    with _Threads(threads):
+        for n in names:
+            say(f"embedding {len(sents)} sentences with {n}")
+            embs[n] = encs[n].encode(sents, batch_size=batch)
+
+    medians: dict[str, float | None] = {n: None for n in names}
+    if timing:
+        say(f"timing batch {batch} x {seq_len} tokens, {threads} threads, {repeats} rounds")
+        reps = (sents * (batch // len(sents) + 1))[:batch]
+        ids, mask = base.tokenize(reps, pad_to=seq_len)
+        times = time_forward(encs, ids, mask, threads=threads, repeats=repeats)
+        medians = {n: float(np.median(t)) for n, t in times.items()}
+
+    host: dict = {"device": str(host_device), "available": False, "reason": None}
+    try:
+        from .devices import load_device
+
+        hd = load_device(host_device)
+        host.update(available=True, name=getattr(hd, "name", str(host_device)))
+    except Exception as exc:  # noqa: BLE001 - any failure to load the profile is reported, not raised
+        host["reason"] = f"{type(exc).__name__}: {exc}"
+
+    rows = []
+    ref = embs["fp32"]
+    for n in names:
+        v = VARIANTS[n]
+        cos = cosine_rows(ref, embs[n])
+        row = {
+            "name": n,
+            "description": v.description,
+            "implementation": variant_paths(encs[n]),
+            "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()),
+            "nn_agreement": nn_agreement(ref, embs[n]),
+            "median_s": medians[n],
+            "measured_speedup": (medians["fp32"] / medians[n]) if timing else None,
+            "weight_bytes": encs[n].weight_nbytes(),
+            "compression": v.compression(gpu=False).to_dict(),
+            "predicted_speedup": None,
+            "predicted_speedup_gpu": {},
+        }
+        if host["available"]:
+            row["predicted_speedup"] = predict_speedups(base.config, v, host_device, batch=batch, seq_len=seq_len)
+        for g in gpu_devices:
+            try:
+                row["predicted_speedup_gpu"][g] = predict_speedups(base.config, v, g, batch=batch, seq_len=seq_len)
+            except Exception as exc:  # noqa: BLE001 - reported per device
+                row["predicted_speedup_gpu"][g] = None
+                row.setdefault("prediction_errors", {})[g] = f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    return {
+        "model": {"dir": str(base.model_dir), "layers": base.config.num_layers, "hidden": base.config.hidden_size,
+                  "heads": base.config.num_heads, "intermediate": base.config.intermediate_size},
+        "sentences": len(sents),
+        "timing": {"enabled": bool(timing), "batch": batch, "seq_len": seq_len, "threads": threads,
+                   "repeats": repeats, "statistic": "median", "baseline": "fp32"},
+        "host_profile": host,
+        "gpu_baseline": "dense fp16 weights and activations (the simulator's GPU baseline)",
+        "host_baseline": "dense fp32 weights and activations",
+        "variants": rows,
+    }
