@@ -37,6 +37,7 @@ __all__ = [
     "available_paths",
     "PackedWeights",
     "pack_weights",
+    "pack_quantized",
     "quantized_linear",
     "int4_gemv",
     "int4_gemm",
@@ -514,6 +515,14 @@ def _float_vec(v, name: str, length: int, *, positive: bool, default: float | No
     return np.ascontiguousarray(arr)
 
 
+def _require_float(x, name: str) -> None:
+    """Float arrays (any precision) only: integer data here is almost always the wrong argument."""
+    kind = x.dtype.kind if isinstance(x, np.ndarray) else np.asarray(x).dtype.kind
+    if kind != "f":
+        dt = x.dtype.name if isinstance(x, np.ndarray) else type(x).__name__
+        raise TypeError(f"{name}: expected a float array (float32; float16/float64 are converted), got {dt}")
+
+
 def _int_vec(v, name: str, length: int) -> np.ndarray:
     """None, an integer or a (length,) integer array as int32 (length,)."""
     if v is None:
@@ -685,9 +694,8 @@ def pack_weights(w, bits: int = 8, group_size: int | None = None, symmetric: boo
         raise ValueError(f"bits: expected 8 or 4, got {bits!r}")
     if not isinstance(symmetric, (bool, np.bool_)):
         raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__}")
+    _require_float(w, "w")
     w = as_array(w, "w", dtype=np.float32, ndim=2, allow_convert=True)
-    if w.dtype.kind != "f":
-        raise TypeError(f"w: expected a float array, got {w.dtype.name}")
     check_finite(w, "w")
     n, k = w.shape
     if n == 0 or k == 0:
@@ -804,7 +812,8 @@ def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -
         j1 = min(n, j0 + rows)
         blk = buf[: j1 - j0]
         if pw.bits == 4:
-            _dequant4_rows_kernel(pw.q4, pw.scale, pw.zero_point, j0, j1, k, pw.group_size // 2 or 1, blk)
+            gb = pw.q4.shape[1] if pw.n_groups == 1 else pw.group_size // 2
+            _dequant4_rows_kernel(pw.q4, pw.scale, pw.zero_point, j0, j1, k, gb, blk)
         else:
             _dequant8_rows_kernel(pw.q8, pw.scale, pw.zero_point, j0, j1, blk)
         np.matmul(x, blk.T, out=out[:, j0:j1])
@@ -838,9 +847,8 @@ def _check_packed(packed, bits=None) -> PackedWeights:
 
 def _activations(x, k: int) -> tuple[np.ndarray, bool]:
     """x as float32 (tokens, K) and whether it was 1-D."""
+    _require_float(x, "x")
     x = as_array(x, "x", dtype=np.float32, ndim=(1, 2), allow_convert=True)
-    if x.dtype.kind != "f":
-        raise TypeError(f"x: expected float activations, got {x.dtype.name}")
     one = x.ndim == 1
     x2 = x.reshape(1, -1) if one else x
     if x2.shape[1] != k:
@@ -965,3 +973,63 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
     else:
         y = _blocked_weight_only(x2, pw, bias_v)
     return y[0] if one else y
+
+
+def pack_quantized(values, scale, zero_point=None, *, bits: int, group_size: int | None = None) -> PackedWeights:
+    """Pack weights that are already quantized (e.g. by GPTQ/AWQ or :func:`memwall.kernels.quant.quantize`).
+
+    Parameters
+    ----------
+    values : int8 array (out, in)
+        INT8 values (bits=8) or INT4 values in [-8, 7] (bits=4; anything else is a ValueError).
+    scale : float array
+        bits=8: (out,) per output channel (or a scalar); bits=4: (out, in // group_size) (or (out,) for one
+        group per channel).  Finite and > 0.
+    zero_point : integer array of the scale's shape, or None (symmetric)
+    bits : 8 or 4
+    group_size : int or None (bits=4: > 0, dividing ``in``, even unless it equals ``in``; None = ``in``)
+
+    Returns
+    -------
+    PackedWeights, as :func:`pack_weights` builds them; ``x ≈ (values - zero_point) * scale``.
+    """
+    from .quant import pack_int4
+
+    if isinstance(bits, (bool, np.bool_)) or bits not in (8, 4):
+        raise ValueError(f"bits: expected 8 or 4, got {bits!r}")
+    values = as_array(values, "values", dtype=np.int8, ndim=2)
+    n, k = values.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"values: expected a non-empty (out, in) matrix, got shape {values.shape}")
+    g = k if group_size is None else check_int(group_size, "group_size", minimum=1)
+    if k % g:
+        raise ValueError(f"group_size: expected a divisor of in_features={k}, got {g}")
+    if bits == 8:
+        if g != k:
+            raise ValueError(f"group_size: INT8 weights use one scale per output channel; expected None or {k}, "
+                             f"got {g}")
+        sc = _float_vec(scale, "scale", n, positive=True)
+        zp = _int_vec(zero_point, "zero_point", n)
+        q8 = np.ascontiguousarray(values)
+        return PackedWeights(8, n, k, k, not zp.any(), sc, zp, q8=q8, int8=pack_int8(q8, layout="nk"))
+    if g != k and g % 2:
+        raise ValueError(f"group_size: INT4 groups must hold whole bytes (two nibbles); expected an even "
+                         f"divisor of {k} or {k}, got {g}")
+    check_range(values, "values", -8, 7)
+    ng = k // g
+    sc = as_array(scale, "scale", dtype=np.float32, ndim=(1, 2), allow_convert=True).astype(np.float32, copy=False)
+    if sc.shape not in ((n, ng),) + (((n,),) if ng == 1 else ()):
+        raise ValueError(f"scale: expected shape ({n}, {ng}) for {n} rows and group_size={g}, got {sc.shape}")
+    sc = np.ascontiguousarray(sc.reshape(n, ng))
+    check_positive(sc, "scale")
+    if zero_point is None:
+        zp = np.zeros((n, ng), dtype=np.int32)
+    else:
+        zpa = np.asarray(zero_point)
+        if zpa.dtype.kind not in "iu":
+            raise TypeError(f"zero_point: expected integer zero points, got dtype {zpa.dtype.name}")
+        if zpa.size != n * ng or zpa.ndim not in (1, 2) or (zpa.ndim == 2 and zpa.shape != (n, ng)):
+            raise ValueError(f"zero_point: expected shape ({n}, {ng}), got {zpa.shape}")
+        check_range(zpa, "zero_point", -8, 15)
+        zp = np.ascontiguousarray(zpa.reshape(n, ng), dtype=np.int32)
+    return PackedWeights(4, n, k, g, not zp.any(), sc, zp, q4=pack_int4(values))

@@ -1,0 +1,379 @@
+"""memwall.kernels.gemm against plain NumPy references (defined below).
+
+Integer products are compared exactly with an int64 NumPy matmul; float paths (dequantizing epilogue,
+quantized Linear, INT4 GEMV) against float64 references with the tolerances of ``memwall.kernels.config``,
+scaled by the size of the terms summed.  Both INT8 GEMM paths (VNNI where the CPU has it, and the pure-Numba
+fallback) are exercised, and thread counts 1 and 2 must give identical bits.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memwall.kernels import config
+from memwall.kernels import gemm as G
+from memwall.kernels.membench import last_level_cache_bytes, stream_bandwidth
+from memwall.kernels.quant import quantize_rows_int8
+
+PATHS = G.available_paths()
+# tile edges of both paths: MR rows / NR columns (VNNI), RBG rows / NRG columns (generic), K groups of 4
+EDGE_DIMS = sorted({0, 1, 2, 3, 4, 5, 7, G.MR - 1, G.MR, G.MR + 1, G.NR - 1, G.NR, G.NR + 1, G.NRG + 1})
+
+
+# ================================================================================================
+# references
+# ================================================================================================
+def ref_int_gemm(a, b):
+    """Exact integer product in int64."""
+    return a.astype(np.int64) @ b.astype(np.int64)
+
+
+def ref_dequant_gemm(a, b, sa, sb, za, zb, bias):
+    """float64 ((a - za) * sa) @ ((b - zb) * sb) + bias."""
+    af = (a.astype(np.float64) - np.asarray(za, np.float64).reshape(-1, 1)) * np.asarray(sa, np.float64).reshape(-1, 1)
+    bf = (b.astype(np.float64) - np.asarray(zb, np.float64).reshape(1, -1)) * np.asarray(sb, np.float64).reshape(1, -1)
+    return af @ bf + bias
+
+
+def ref_unpack4(q4, k):
+    """Two's-complement nibbles, element 2i in the low nibble of byte i (the documented order)."""
+    lo = (q4 & 0x0F).astype(np.int16)
+    hi = (q4 >> 4).astype(np.int16)
+    lo = np.where(lo > 7, lo - 16, lo)
+    hi = np.where(hi > 7, hi - 16, hi)
+    out = np.empty((q4.shape[0], 2 * q4.shape[1]), np.int16)
+    out[:, 0::2] = lo
+    out[:, 1::2] = hi
+    return out[:, :k]
+
+
+def ref_weights(pw):
+    """float64 (out, in) weights from the stored integers, scales and zero points."""
+    n, k = pw.shape
+    if pw.bits == 8:
+        return (pw.q8.astype(np.float64) - pw.zero_point[:, None]) * pw.scale[:, None].astype(np.float64)
+    q = ref_unpack4(pw.q4, k).astype(np.float64).reshape(n, -1, pw.group_size)
+    return ((q - pw.zero_point[:, :, None]) * pw.scale[:, :, None].astype(np.float64)).reshape(n, k)
+
+
+def assert_close(got, want, terms):
+    """float32 kernels vs float64: error bounded by rtol * (sum of |terms|) + atol."""
+    tol = config.FLOAT32_RTOL * terms + config.FLOAT32_ATOL
+    err = np.abs(got.astype(np.float64) - want)
+    assert got.dtype == np.float32
+    assert np.all(err <= tol), f"max error {err.max()} (tolerance there {tol.ravel()[np.argmax(err)]})"
+
+
+def rand_i8(rng, shape, extremes=True):
+    x = rng.integers(-128, 128, size=shape, dtype=np.int16).astype(np.int8)
+    if extremes and x.size:
+        flat = x.reshape(-1)
+        flat[rng.integers(0, flat.size, size=max(1, flat.size // 8))] = -128
+        flat[rng.integers(0, flat.size, size=max(1, flat.size // 8))] = 127
+    return x
+
+
+# ================================================================================================
+# INT8 GEMM: exactness
+# ================================================================================================
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=25)
+@given(m=st.sampled_from(EDGE_DIMS + [13, 30]), n=st.sampled_from(EDGE_DIMS + [70, 97]),
+       k=st.sampled_from(EDGE_DIMS + [9, 63, 130]), seed=st.integers(0, 2**32 - 1))
+def test_int8_gemm_exact_hypothesis(path, m, n, k, seed):
+    rng = np.random.default_rng(seed)
+    a, b = rand_i8(rng, (m, k)), rand_i8(rng, (k, n))
+    c = G.int8_gemm(a, b, path=path)
+    assert c.dtype == np.int32 and c.shape == (m, n)
+    np.testing.assert_array_equal(c, ref_int_gemm(a, b))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("fill", [-128, 127])
+def test_int8_gemm_extreme_values(path, fill):
+    a = np.full((G.MR * 2 + 3, 257), fill, np.int8)
+    b = np.full((257, G.NR * 2 + 5), -128, np.int8)
+    np.testing.assert_array_equal(G.int8_gemm(a, b, path=path), ref_int_gemm(a, b))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_packed_reuse_and_nk_layout(path, rng):
+    w = rand_i8(rng, (45, 77))  # (out, in): PyTorch Linear layout
+    pb = G.pack_int8(w, layout="nk")
+    assert pb.shape == (77, 45) and pb.nbytes > 0
+    for m in (1, 6, 31):
+        a = rand_i8(rng, (m, 77))
+        np.testing.assert_array_equal(G.int8_gemm(a, pb, path=path), ref_int_gemm(a, w.T))
+    np.testing.assert_array_equal(G.int8_gemm(a, G.pack_int8(np.ascontiguousarray(w.T)), path=path),
+                                  ref_int_gemm(a, w.T))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_paths_agree_and_threads_identical(path, rng):
+    a, b = rand_i8(rng, (50, 300)), rand_i8(rng, (300, 90))
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        c1 = G.int8_gemm(a, b, path=path)
+        y1 = G.int8_gemm_dequant(a, b, 0.01, 0.02, b_zero_point=3, path=path)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        c2 = G.int8_gemm(a, b, path=path)
+        y2 = G.int8_gemm_dequant(a, b, 0.01, 0.02, b_zero_point=3, path=path)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(c1, ref_int_gemm(a, b))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_noncontiguous_inputs_are_copied(path, rng):
+    a_big, b_big = rand_i8(rng, (20, 60)), rand_i8(rng, (60, 40))
+    a = a_big[::-1, ::2]  # negative and non-unit strides
+    b = b_big[::2, ::-1]
+    np.testing.assert_array_equal(G.int8_gemm(a, b, path=path), ref_int_gemm(a, b))
+    bt = b_big.T[::-1]  # (40, 60) view, weights layout
+    np.testing.assert_array_equal(G.int8_gemm(a_big[:, :60], G.pack_int8(bt, layout="nk"), path=path),
+                                  ref_int_gemm(a_big, bt.T))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_overflow_widens_instead_of_wrapping(path):
+    k = 140_001  # K * 128 * 128 > 2**31 - 1
+    a = np.full((2, k), -128, np.int8)
+    b = np.full((k, 3), -128, np.int8)
+    b[5, 1] = 127
+    c = G.int8_gemm(a, b, path=path)
+    want = ref_int_gemm(a, b)
+    assert want.max() > config.INT32_MAX  # the case int32 cannot hold
+    assert c.dtype == np.int64
+    np.testing.assert_array_equal(c, want)
+    # the same K with small values fits int32: no widening
+    a1 = np.ones((2, k), np.int8)
+    c1 = G.int8_gemm(a1, b, path=path)
+    assert c1.dtype == np.int32
+    np.testing.assert_array_equal(c1, ref_int_gemm(a1, b))
+    # the epilogue follows the exact widened product
+    y = G.int8_gemm_dequant(a, b, 1e-6, 1e-3, path=path)
+    assert_close(y, ref_dequant_gemm(a, b, 1e-6, 1e-3, 0, 0, 0.0), np.abs(want) * 1e-9)
+
+
+# ================================================================================================
+# fused epilogue
+# ================================================================================================
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=15)
+@given(m=st.sampled_from([1, 3, G.MR + 1, 40]), n=st.sampled_from([1, 17, G.NR + 3]),
+       k=st.sampled_from([1, 5, 64, 131]), per_channel=st.booleans(), zp=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_int8_gemm_dequant(path, m, n, k, per_channel, zp, seed):
+    rng = np.random.default_rng(seed)
+    a, b = rand_i8(rng, (m, k)), rand_i8(rng, (k, n))
+    sa = rng.uniform(0.001, 0.1, m).astype(np.float32) if per_channel else np.float32(0.05)
+    sb = rng.uniform(0.001, 0.1, n).astype(np.float32) if per_channel else np.float32(0.02)
+    za = rng.integers(-20, 20, m) if zp else None
+    zb = rng.integers(-20, 20, n) if zp else None
+    bias = rng.standard_normal(n).astype(np.float32)
+    y = G.int8_gemm_dequant(a, G.pack_int8(b), sa, sb, a_zero_point=za, b_zero_point=zb, bias=bias, path=path)
+    want = ref_dequant_gemm(a, b, sa, sb, 0 if za is None else za, 0 if zb is None else zb, bias)
+    terms = ref_dequant_gemm(np.abs(a.astype(np.int64) - (0 if za is None else za.reshape(-1, 1))),
+                             np.abs(b.astype(np.int64) - (0 if zb is None else zb.reshape(1, -1))),
+                             sa, sb, 0, 0, np.abs(bias))
+    assert y.shape == (m, n)
+    assert_close(y, want, terms)
+
+
+# ================================================================================================
+# quantized Linear: W8A8, W8 weight-only, W4A16, W4A8, GEMV
+# ================================================================================================
+def _linear_reference(x, pw, bias, act_quant):
+    w = ref_weights(pw)
+    if act_quant == "int8":
+        xq, sx = quantize_rows_int8(x)
+        xr = xq.astype(np.float64) * sx[:, None]
+    else:
+        xr = x.astype(np.float64)
+    return xr @ w.T + bias, np.abs(xr) @ np.abs(w).T + np.abs(bias)
+
+
+@pytest.mark.parametrize("bits,group_size,symmetric", [(8, None, True), (8, None, False), (4, None, True),
+                                                       (4, 32, False), (4, 64, True)])
+@pytest.mark.parametrize("tokens", [1, 5])
+@pytest.mark.parametrize("act_quant", ["int8", "none"])
+def test_quantized_linear(bits, group_size, symmetric, tokens, act_quant, rng):
+    n, k = 70, 256
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((tokens, k)).astype(np.float32)
+    pw = G.pack_weights(w, bits=bits, group_size=group_size, symmetric=symmetric)
+    want, terms = _linear_reference(x, pw, bias, act_quant)
+    for path in PATHS:
+        y = G.quantized_linear(x, pw, bias, act_quant=act_quant, path=path)
+        assert y.shape == (tokens, n)
+        assert_close(y, want, terms)
+    y1 = G.quantized_linear(x[0], pw, bias, act_quant=act_quant)  # 1-D activations -> 1-D output
+    assert y1.shape == (n,)
+    assert_close(y1, want[0], terms[0])
+    # the packed weights approximate w
+    assert np.abs(pw.dequantize() - w).max() <= np.abs(w).max() / (7 if bits == 4 else 127) + 1e-6
+
+
+def test_quantized_linear_defaults(rng):
+    w = rng.standard_normal((33, 64)).astype(np.float32)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    p8, p4 = G.pack_weights(w, bits=8), G.pack_weights(w, bits=4, group_size=16)
+    np.testing.assert_array_equal(G.quantized_linear(x, p8), G.quantized_linear(x, p8, act_quant="int8"))
+    np.testing.assert_array_equal(G.quantized_linear(x, p4), G.quantized_linear(x, p4, act_quant="none"))
+    np.testing.assert_array_equal(G.int4_gemm(x, p4), G.quantized_linear(x, p4, act_quant="none"))
+    np.testing.assert_array_equal(G.int4_gemv(x[1], p4), G.quantized_linear(x[1:2], p4)[0])
+    assert p4.nbytes < p8.nbytes < w.nbytes
+
+
+@pytest.mark.parametrize("k,group_size", [(63, None), (64, 2), (96, 6), (128, 128)])
+def test_int4_gemv_odd_shapes(k, group_size, rng):
+    w = rng.standard_normal((19, k)).astype(np.float32)
+    x = rng.standard_normal(k).astype(np.float32)
+    for sym in (True, False):
+        pw = G.pack_weights(w, bits=4, group_size=group_size, symmetric=sym)
+        want, terms = _linear_reference(x[None], pw, np.zeros(19), "none")
+        assert_close(G.int4_gemv(x, pw), want[0], terms[0])
+        assert_close(G.int4_gemm(np.stack([x, x]), pw), np.stack([want[0]] * 2), np.stack([terms[0]] * 2))
+
+
+def test_pack_quantized_matches_given_values(rng):
+    q = rng.integers(-8, 8, size=(10, 32)).astype(np.int8)
+    q[0, :2] = (-8, 7)
+    scale = rng.uniform(0.01, 0.1, (10, 4)).astype(np.float32)
+    zp = rng.integers(-2, 3, (10, 4))
+    pw = G.pack_quantized(q, scale, zp, bits=4, group_size=8)
+    want = (q.reshape(10, 4, 8) - zp[:, :, None]) * scale[:, :, None].astype(np.float64)
+    np.testing.assert_allclose(pw.dequantize(), want.reshape(10, 32), rtol=1e-6)
+    x = rng.standard_normal(32).astype(np.float32)
+    assert_close(G.int4_gemv(x, pw), want.reshape(10, 32) @ x, np.abs(want.reshape(10, 32)) @ np.abs(x))
+    q8 = rng.integers(-128, 128, size=(6, 20)).astype(np.int8)
+    p8 = G.pack_quantized(q8, np.full(6, 0.5, np.float32), bits=8)
+    xi = rand_i8(rng, (4, 20))
+    y = G.int8_gemm_dequant(xi, p8.int8, 1.0, p8.scale)
+    np.testing.assert_allclose(y, ref_int_gemm(xi, q8.T) * 0.5, rtol=1e-6)
+
+
+# ================================================================================================
+# bad input
+# ================================================================================================
+def test_bad_input_int8_gemm(rng):
+    a, b = rand_i8(rng, (4, 8)), rand_i8(rng, (8, 3))
+    with pytest.raises(TypeError, match="a: expected dtype int8"):
+        G.int8_gemm(a.astype(np.int16), b)
+    with pytest.raises(TypeError, match="b: expected dtype int8"):
+        G.int8_gemm(a, b.astype(np.float32))
+    with pytest.raises(TypeError, match="a: expected a numpy.ndarray"):
+        G.int8_gemm([[1, 2]], b)
+    with pytest.raises(ValueError, match="a: expected a 2-D"):
+        G.int8_gemm(a[0], b)
+    with pytest.raises(ValueError, match="b: expected a 2-D"):
+        G.int8_gemm(a, b[None])
+    with pytest.raises(ValueError, match="b: inner dimension mismatch"):
+        G.int8_gemm(a, b[:7])
+    with pytest.raises(ValueError, match="b: inner dimension mismatch"):
+        G.int8_gemm(a, G.pack_int8(b[:7]))
+    with pytest.raises(ValueError, match="path"):
+        G.int8_gemm(a, b, path="avx9000")
+    with pytest.raises(TypeError, match="path"):
+        G.int8_gemm(a, b, path=3)
+    with pytest.raises(ValueError, match="layout"):
+        G.pack_int8(b, layout="weird")
+
+
+def test_bad_input_epilogue(rng):
+    a, b = rand_i8(rng, (4, 8)), rand_i8(rng, (8, 3))
+    for bad in (np.nan, np.inf, 0.0, -1.0):
+        with pytest.raises(ValueError, match="a_scale"):
+            G.int8_gemm_dequant(a, b, bad, 1.0)
+        with pytest.raises(ValueError, match="b_scale"):
+            G.int8_gemm_dequant(a, b, 1.0, np.array([1.0, bad, 1.0]))
+    with pytest.raises(ValueError, match="b_scale: expected a scalar or shape \\(3,\\)"):
+        G.int8_gemm_dequant(a, b, 1.0, np.ones(4))
+    with pytest.raises(TypeError, match="b_zero_point"):
+        G.int8_gemm_dequant(a, b, 1.0, 1.0, b_zero_point=np.ones(3))
+    with pytest.raises(ValueError, match="bias"):
+        G.int8_gemm_dequant(a, b, 1.0, 1.0, bias=np.array([0.0, np.nan, 1.0]))
+
+
+def test_bad_input_weights_and_linear(rng):
+    w = rng.standard_normal((8, 32)).astype(np.float32)
+    for gs in (0, -4):
+        with pytest.raises(ValueError, match="group_size"):
+            G.pack_weights(w, bits=4, group_size=gs)
+    with pytest.raises(ValueError, match="group_size: expected a divisor"):
+        G.pack_weights(w, bits=4, group_size=5)
+    with pytest.raises(TypeError, match="group_size"):
+        G.pack_weights(w, bits=4, group_size=8.0)
+    with pytest.raises(ValueError, match="bits"):
+        G.pack_weights(w, bits=3)
+    with pytest.raises(ValueError, match="w: expected finite"):
+        G.pack_weights(np.where(w > 1, np.inf, w), bits=8)
+    with pytest.raises(ValueError, match="w: expected a 2-D"):
+        G.pack_weights(w[0], bits=8)
+    with pytest.raises(TypeError, match="w: expected a float array"):
+        G.pack_weights(w.astype(np.int8), bits=8)
+    q = np.zeros((8, 32), np.int8)
+    q[3, 4] = 8
+    with pytest.raises(ValueError, match="values: expected values in \\[-8, 7\\]"):
+        G.pack_quantized(q, np.ones((8, 4), np.float32), bits=4, group_size=8)
+    with pytest.raises(ValueError, match="scale"):
+        G.pack_quantized(np.zeros((8, 32), np.int8), np.full((8, 4), np.nan, np.float32), bits=4, group_size=8)
+    pw = G.pack_weights(w, bits=4, group_size=8)
+    with pytest.raises(ValueError, match="x: inner dimension mismatch"):
+        G.quantized_linear(np.ones((2, 31), np.float32), pw)
+    with pytest.raises(ValueError, match="x: expected finite"):
+        G.quantized_linear(np.full((2, 32), np.nan, np.float32), pw)
+    with pytest.raises(ValueError, match="x: expected a 1-D or 2-D"):
+        G.quantized_linear(np.ones((1, 2, 32), np.float32), pw)
+    with pytest.raises(TypeError, match="packed"):
+        G.quantized_linear(np.ones((2, 32), np.float32), w)
+    with pytest.raises(ValueError, match="act_quant"):
+        G.quantized_linear(np.ones((2, 32), np.float32), pw, act_quant="fp8")
+    with pytest.raises(ValueError, match="bias"):
+        G.quantized_linear(np.ones((2, 32), np.float32), pw, bias=np.ones(9))
+    with pytest.raises(ValueError, match="packed: expected 4-bit"):
+        G.int4_gemv(np.ones(32, np.float32), G.pack_weights(w, bits=8))
+    with pytest.raises(ValueError, match="one token"):
+        G.int4_gemv(np.ones((2, 32), np.float32), pw)
+    with pytest.raises(ValueError, match="group_size divisible by 4"):
+        G.quantized_linear(np.ones((2, 32), np.float32), G.pack_weights(w, bits=4, group_size=2), act_quant="int8")
+    # strided activations are copied, not misread
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    np.testing.assert_array_equal(G.quantized_linear(x[::-2, ::2], pw), G.quantized_linear(x[::-2, ::2].copy(), pw))
+
+
+# ================================================================================================
+# paths, membench
+# ================================================================================================
+def test_active_paths():
+    info = G.active_paths()
+    assert {"int8_gemm", "int4_gemv", "int4_gemm"} <= set(info)
+    assert "generic" in PATHS
+    assert info["int8_gemm"].startswith("avx512-vnni" if G._DEFAULT_PATH == "vnni" else "generic")
+
+
+def test_stream_bandwidth_small():
+    bw = stream_bandwidth(1 << 20, kind="copy", repeats=2)
+    assert np.isfinite(bw) and bw > 0
+    assert last_level_cache_bytes() > 0
+    with pytest.raises(ValueError, match="kind"):
+        stream_bandwidth(1 << 20, kind="scale")
+    with pytest.raises(ValueError, match="nbytes"):
+        stream_bandwidth(10)
+
+
+def test_isa_env_selects_default_path(monkeypatch):
+    monkeypatch.setenv("MEMWALL_ISA", "generic")
+    assert G._default_path() == "generic"
+    monkeypatch.setenv("MEMWALL_ISA", "auto")
+    assert G._default_path() == ("vnni" if "vnni" in PATHS else "generic")
+    monkeypatch.setenv("MEMWALL_ISA", "bogus")
+    with pytest.raises(ValueError, match="MEMWALL_ISA"):
+        G._default_path()
