@@ -178,8 +178,8 @@ class Compression:
         """Build a config from CLI-style strings.
 
         ``format``: ``dense``, ``csr``, ``bsr:RxC`` (e.g. ``bsr:16x16``; plain ``bsr`` means 16x16),
-        ``nm:N:M`` (plain ``nm`` means 2:4), ``channel``.  ``acts`` defaults to ``weights`` for float weights
-        and to ``fp16`` for int weights (weight-only quantization).  ``group``: int, numeric string, or
+        ``nm:N:M`` (plain ``nm`` means 2:4), ``channel``.  ``acts`` defaults to ``weights`` for fp32/tf32/
+        fp16/bf16 weights and to ``fp16`` for int8/int4/fp8 weights (weight-only quantization).  ``group``: int, numeric string, or
         None/0/"none".  Raises ValueError listing the valid names.
         """
         if not isinstance(weights, str):
