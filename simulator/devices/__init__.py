@@ -4,7 +4,8 @@ Where profiles come from
     ``load_device(name_or_path)`` accepts
 
     * a shipped device id (``list_devices()``): ``p100``, ``v100``, ``a100-40gb``, ``a100-80gb``, ``h100-sxm``,
-      ``h100-pcie``, ``h200``, ``epyc-genoa``; the template ``host-template`` also loads (placeholder values);
+      ``h100-pcie``, ``h200``, ``epyc-genoa``, ``xeon-8280``; the template ``host-template`` also loads
+      (placeholder values);
     * ``host``: the calibrated profile of this machine, read from ``$MEMWALL_HOST_PROFILE`` when set, else
       from ``$XDG_CONFIG_HOME/memwall/host.toml`` (``~/.config/memwall/host.toml`` when ``XDG_CONFIG_HOME`` is
       unset).  ``memwall calibrate`` writes that file; copying ``host-template.toml`` there and editing it
