@@ -259,7 +259,7 @@ def gemv_skip_zeros(w, x, *, layout: str = "in_out") -> SkipZerosResult:
             _k.gemv_skip_in_out(w, idx, val, cnt, out)
         else:
             _k.gemv_skip_out_in(w, idx, val, cnt, out)
-    return SkipZerosResult(out, (1.0 - cnt / k) if k else 0.0)
+    return SkipZerosResult(out, ((k - cnt) / k) if k else 0.0)
 
 
 # ================================================================================================
