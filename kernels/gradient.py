@@ -69,6 +69,7 @@ _BUCKET_BITS = 12
 _NBUCKETS = 1 << _BUCKET_BITS
 _MAX_CHUNKS = 64
 _MIN_CHUNK = 1 << 15
+_SCAN_BLOCK = 64  # keys tested at once by the threshold gather (a hit in ~6% of blocks at 0.1%)
 _METHODS = ("exact", "sampled", "threshold")
 _NAN_POLICIES = ("raise", "skip")
 
@@ -145,18 +146,24 @@ def _finish_topk_kernel(cand_idx, cand_key, t, take_ties, out_idx):  # pragma: n
     return p
 
 
-@njit(parallel=True, cache=True)
-def _gather_ge_direct_kernel(keys, absmask, t, nonfinite, starts, chunks, base, cap, out, counts,
-                             bad):  # pragma: no cover - compiled
-    """One pass over the listed chunks: positions with t <= key < nonfinite; chunk c writes at most ``cap[c]``
-    of them from ``out[base[c]]`` on but counts them all (``counts[c]``); non-finite entries in ``bad[c]``."""
-    for j in prange(chunks.shape[0]):
-        c = chunks[j]
-        p = base[c]
-        end = base[c] + cap[c]
-        cnt = 0
-        nb = 0
-        for i in range(starts[c], starts[c + 1]):
+@njit(cache=True)
+def _count_ge(v, absmask, t):  # pragma: no cover - compiled
+    # a plain reduction over a slice: LLVM vectorizes it (inside a prange body the same loop does not)
+    h = 0
+    for i in range(v.shape[0]):
+        h += np.int64((v[i] & absmask) >= t)
+    return h
+
+
+@njit(cache=True)
+def _gather_ge_chunk(keys, absmask, t, nonfinite, lo, hi, out, p, end):  # pragma: no cover - compiled
+    cnt = 0
+    nb = 0
+    for b in range(lo, hi, _SCAN_BLOCK):
+        e = min(b + _SCAN_BLOCK, hi)
+        if _count_ge(keys[b:e], absmask, t) == 0:  # most blocks hold no hit at top-k densities
+            continue
+        for i in range(b, e):
             kk = keys[i] & absmask
             if kk >= t:
                 if kk < nonfinite:
@@ -166,6 +173,19 @@ def _gather_ge_direct_kernel(keys, absmask, t, nonfinite, starts, chunks, base, 
                     cnt += 1
                 else:
                     nb += 1
+    return cnt, nb
+
+
+@njit(parallel=True, cache=True)
+def _gather_ge_direct_kernel(keys, absmask, t, nonfinite, starts, chunks, base, cap, out, counts,
+                             bad):  # pragma: no cover - compiled
+    """One pass over the listed chunks: positions with t <= key < nonfinite; chunk c writes at most ``cap[c]``
+    of them from ``out[base[c]]`` on but counts them all (``counts[c]``); non-finite entries in ``bad[c]``.
+    Blocks of ``_SCAN_BLOCK`` keys are first tested with a vectorized count and skipped when empty."""
+    for j in prange(chunks.shape[0]):
+        c = chunks[j]
+        cnt, nb = _gather_ge_chunk(keys, absmask, t, nonfinite, starts[c], starts[c + 1], out, base[c],
+                                   base[c] + cap[c])
         counts[c] = cnt
         bad[c] = nb
 
