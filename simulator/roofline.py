@@ -98,10 +98,13 @@ _INDEX_LIMIT = float(2**31)
 _TENSOR, _VECTOR = 0, 1
 
 
+def _default_dtype(dev) -> str:
+    return "fp16" if dev.kind == "gpu" and dev.has_dtype("fp16") else "fp32"
+
+
 def default_baseline(device) -> Compression:
     """Dense fp16 weights and activations on GPUs, dense fp32 on CPUs."""
-    dev = load_device(device)
-    dt = "fp16" if dev.kind == "gpu" and dev.has_dtype("fp16") else "fp32"
+    dt = _default_dtype(load_device(device))
     return Compression(weights=dt, acts=dt)
 
 
@@ -896,6 +899,15 @@ def _notes(dev: Device, T: _Tables, op, comp: Compression, row: dict, base_time:
                 notes.append(f"{comp.format_spec} does not map onto 2:4 sparse tensor cores: runs dense after "
                              "decompression")
         if comp.format == "csr":
+            item = 0.5 if comp.weights == "int4" else ITEMSIZE[comp.weights]
+            idx = 4.0 if max(op.n * op.k, op.k) < 2**31 else 8.0
+            base_dtype = _default_dtype(dev)
+            dense_item = ITEMSIZE[base_dtype]
+            even = 1.0 - dense_item / (item + idx)
+            if comp.sparsity < even:
+                notes.append(f"csr at {comp.sparsity:.0%} sparsity stores more weight bytes than dense "
+                             f"{base_dtype} (break-even {even:.1%}: {item:g} B value + {idx:g} B index per kept "
+                             "weight)")
             notes.append(f"unstructured CSR runs on vector units at {T.f_csr:.0%} of the vector peak"
                          + (" (tensor cores cannot run CSR)" if "tensor" in dev.units else ""))
         if comp.format == "bsr" and not row["use_tensor"] and "tensor" in dev.units:

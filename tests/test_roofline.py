@@ -398,3 +398,12 @@ def test_repeated_estimates_are_memoised_and_equal():
     assert a is b
     c = estimate(A100, op, "fp16", warm=True)
     assert c is not a
+
+
+def test_csr_break_even_note():
+    op = GemmOp("fc", 1, 4096, 4096)
+    low = estimate(A100, op, Compression.parse("fp16", format="csr", sparsity=0.5))
+    # fp16 values + int32 indices: 6 B per kept weight vs 2 B dense -> break-even at 1 - 2/6 = 66.7%
+    assert any("break-even 66.7%" in x for x in low.notes) and low.speedup < 1
+    high = estimate(A100, op, Compression.parse("fp16", format="csr", sparsity=0.8))
+    assert not any("break-even" in x for x in high.notes) and high.speedup > 1
