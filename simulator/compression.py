@@ -177,10 +177,10 @@ class Compression:
               sparsity=0.0, scale_dtype: str = "fp16", zero_points: bool = False) -> "Compression":
         """Build a config from CLI-style strings.
 
-        ``format``: ``dense``, ``csr``, ``bsr:RxC`` (e.g. ``bsr:16x16``; plain ``bsr`` means 16x16),
-        ``nm:N:M`` (plain ``nm`` means 2:4), ``channel``.  ``acts`` defaults to ``weights`` for fp32/tf32/
-        fp16/bf16 weights and to ``fp16`` for int8/int4/fp8 weights (weight-only quantization).  ``group``: int, numeric string, or
-        None/0/"none".  Raises ValueError listing the valid names.
+        ``format``: ``dense``, ``csr``, ``bsr:RxC`` (e.g. ``bsr:16x16``; plain ``bsr`` means 16x16), ``nm:N:M``
+        (plain ``nm`` means 2:4), ``channel``.  ``acts`` defaults to ``weights`` for fp32/tf32/fp16/bf16
+        weights and to ``fp16`` for int8/int4/fp8 weights (weight-only quantization).  ``group``: int, numeric
+        string, or None/0/"none".  Raises ValueError listing the valid names.
         """
         if not isinstance(weights, str):
             raise ValueError(f"weights: expected a dtype name, got {weights!r}; valid dtypes: {', '.join(DTYPES)}")

@@ -9,16 +9,16 @@ The model of a GEMM ``count x (m x k) @ (k x n)`` whose (n x k) weight is compre
 
 Compute dtype and units
     The compute dtype is the wider of weights and activations (same width, different kinds: fp16/bf16 -> fp32,
-    fp8/int8 -> fp16).  A float dtype the device lacks is promoted (fp8 -> fp16 -> fp32, bf16/tf32 -> fp32)
-    with a conversion cost and a note; integer *activations* the device cannot compute are an error (INT4
-    activations need INT4 units).  No shipped device has a native mixed-precision product (such as INT4 x FP8
-    without converting the weights), so the profile schema has no key for one yet.  Dense and channel-pruned GEMMs run on the unit with the higher peak for the
-    compute dtype (tensor cores / matrix engines when present).  2:4-compatible N:M patterns run on the
-    sparse tensor peak; other patterns, or a device without sparse units, run dense after decompression.
-    Unstructured CSR runs on vector units at ``csr_vector_fraction`` of the vector peak.  BSR runs on the
-    tensor unit at ``bsr_matrix_fraction`` when both block sides are >= ``matrix_min_block_elements``, else on
-    vector units at an efficiency rising from ``csr_vector_fraction`` (1x1 blocks) to ``vector_gemm_fraction``
-    (blocks of >= 64 elements) linearly in log2(block area).
+    fp8/int8 -> fp16).  A float dtype the device lacks is promoted (fp8 -> fp16 -> fp32, bf16/tf32 -> fp32) with a
+    conversion cost and a note; integer *activations* the device cannot compute are an error (INT4 activations
+    need INT4 units).  No shipped device has a native mixed-precision product (such as INT4 x FP8 without
+    converting the weights), so the profile schema has no key for one yet.  Dense and channel-pruned GEMMs run on
+    the unit with the higher peak for the compute dtype (tensor cores / matrix engines when present).
+    2:4-compatible N:M patterns run on the sparse tensor peak; other patterns, or a device without sparse units,
+    run dense after decompression. Unstructured CSR runs on vector units at ``csr_vector_fraction`` of the vector
+    peak.  BSR runs on the tensor unit at ``bsr_matrix_fraction`` when both block sides are >=
+    ``matrix_min_block_elements``, else on vector units at an efficiency rising from ``csr_vector_fraction`` (1x1
+    blocks) to ``vector_gemm_fraction`` (blocks of >= 64 elements) linearly in log2(block area).
 
 Vector work besides the main product (same SMs / cores: its time *adds* to the main unit's time)
     * weight conversion (dequantization) per stored weight element per re-read of the weight tile, i.e.

@@ -118,7 +118,8 @@ def configs(draw):
     m = draw(st.sampled_from([2, 4, 8, 16])) if fmt == "nm" else 1
     n = draw(st.integers(1, m - 1)) if fmt == "nm" else None
     rows = r * draw(st.integers(0, 40))
-    g = draw(st.sampled_from([None, 1, 2, 4, 8, 32])) if fmt in ("dense", "channel") and w in ("int8", "int4", "fp8") else None
+    grouped = fmt in ("dense", "channel") and w in ("int8", "int4", "fp8")
+    g = draw(st.sampled_from([None, 1, 2, 4, 8, 32])) if grouped else None
     unit = math.lcm(c, m, g or 1)
     cols = unit * draw(st.integers(0, 30))
     kw = dict(weights=w, acts="fp16", group_size=g, scale_dtype=draw(st.sampled_from(["fp32", "fp16", "bf16"])),
@@ -146,8 +147,9 @@ def test_more_sparsity_never_adds_bytes(cfg, s1, s2):
     if comp.format not in ("csr", "bsr", "channel"):
         return
     lo, hi = sorted((s1, s2))
-    assert weight_total_bytes(rows, cols, comp.with_(sparsity=hi)) <= weight_total_bytes(rows, cols, comp.with_(sparsity=lo))
-    assert kept_weight_elements(rows, cols, comp.with_(sparsity=hi)) <= kept_weight_elements(rows, cols, comp.with_(sparsity=lo))
+    more, less = comp.with_(sparsity=hi), comp.with_(sparsity=lo)
+    assert weight_total_bytes(rows, cols, more) <= weight_total_bytes(rows, cols, less)
+    assert kept_weight_elements(rows, cols, more) <= kept_weight_elements(rows, cols, less)
 
 
 # ----------------------------------------------------------------------------------------------------------
