@@ -331,6 +331,28 @@ def test_mse_search_is_optimal_over_the_grid(rng, cfg, layout):
     assert Q.mse(x, qt.dequantize()) <= Q.mse(x, qm.dequantize())
 
 
+@pytest.mark.parametrize("cfg", [dict(bits=4), dict(bits=8, symmetric=False)])
+def test_mse_search_long_rows(rng, cfg):
+    # few rows longer than the error block: the block-parallel search must find the brute-force optimum too
+    for x, layout in ((rng.standard_t(3, 3 * 4096 + 5).astype(np.float32), dict()),
+                      (rng.standard_t(3, (2, 9000)).astype(np.float32), dict(axis=0))):
+        grid = 25
+        qt = Q.quantize(x, method="mse", grid=grid, **cfg, **layout)
+        qmin, qmax = ref_grid(cfg["bits"], True, cfg.get("symmetric", True))
+        units, _ = ref_units(x, layout.get("axis"), None)
+        deq = qt.dequantize()
+        for sidx, idx in units:
+            sl = x[idx]
+            lo, hi = float(sl.min()), float(sl.max())
+            errs = []
+            for i in range(grid, 0, -1):
+                s, z = ref_scale_zp(lo * i / grid, hi * i / grid, qmin, qmax, cfg.get("symmetric", True), True)
+                d = (ref_q(sl, s, z, qmin, qmax) - np.float32(z)).astype(np.float32) * s
+                errs.append(float(((d.astype(np.float64) - sl) ** 2).sum()))
+            got = float(((deq[idx].astype(np.float64) - sl) ** 2).sum())
+            assert got <= min(errs) * (1 + 1e-9)
+
+
 def test_round_half_to_even_and_saturation():
     # amax = 127 -> scale exactly 1.0: x / scale is exact and the ties are visible
     x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.0, -127.0, 3.49999], np.float32)
@@ -686,6 +708,8 @@ def test_thread_counts_give_identical_results(rng, monkeypatch):
             out += [qt.values, qt.scale, qt.zero_point, qt.dequantize()]
         qt = Q.quantize(big)
         out += [qt.values, qt.dequantize()]
+        qt = Q.quantize(big, bits=4, method="mse", grid=20)  # block-parallel search of one long row
+        out += [qt.values, qt.scale]
         out += list(Q.quantize_rows_int8(x))
         out += [Q.emulate_float(f, "bf16"), Q.emulate_float(f, "fp8_e4m3"), Q.pack_int4(q4),
                 Q.unpack_int4(Q.pack_int4(q4), 33)]
