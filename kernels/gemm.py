@@ -768,57 +768,90 @@ def _int8_gemv_kernel(x, xs, q8, scale, zp, has_zp, bias, out):  # pragma: no co
         out[j] = scale[j] * acc + bias[j]
 
 
-@njit(parallel=True, cache=True)
-def _dequant4_rows_kernel(q4, scale, zp, j0, j1, k, gb, out):  # pragma: no cover - compiled
-    """out[:j1-j0, :k] = float32 weights of rows [j0, j1) (INT4 nibbles, group scales, zero points)."""
-    for r in prange(j1 - j0):
-        j = j0 + r
-        for i in range(q4.shape[1]):
-            b = np.int32(q4[j, i])
-            g = i // gb
-            s = scale[j, g]
-            z = np.float32(zp[j, g])
-            lo = np.float32(((b & 15) ^ 8) - 8)
-            hi = np.float32(((b >> 4) ^ 8) - 8)
-            out[r, 2 * i] = (lo - z) * s
-            if 2 * i + 1 < k:
-                out[r, 2 * i + 1] = (hi - z) * s
+#: output rows per task of the batched weight-only kernel (one float32 row buffer per task)
+_WO_ROWS = 16
 
 
-@njit(parallel=True, cache=True)
-def _dequant8_rows_kernel(q8, scale, zp, j0, j1, out):  # pragma: no cover - compiled
-    """out[:j1-j0] = float32 weights of rows [j0, j1) (INT8, per-channel scale and zero point)."""
-    k = q8.shape[1]
-    for r in prange(j1 - j0):
-        j = j0 + r
-        s = scale[j]
-        z = np.float32(zp[j])
-        for i in range(k):
-            out[r, i] = (np.float32(q8[j, i]) - z) * s
+@njit(inline="always")
+def _dequant4_row(q4row, scale_row, zp_row, gb, k, w):  # pragma: no cover - compiled
+    """float32 weights of one INT4 row (nibbles, group scales, zero points) into w[:k]."""
+    m15 = np.int32(15)
+    m8 = np.int32(8)
+    nb = q4row.shape[0]
+    for i in range(nb):
+        b = np.int32(q4row[i])
+        g = i // gb
+        s = scale_row[g]
+        z = np.float32(zp_row[g])
+        w[2 * i] = (np.float32(((b & m15) ^ m8) - m8) - z) * s
+        w[2 * i + 1] = (np.float32(((b >> np.int32(4)) ^ m8) - m8) - z) * s
 
 
-#: output rows dequantized per block by the batched weight-only path (block of float32 weights stays in L2)
-_DEQUANT_ROWS = 128
+@njit(parallel=True, fastmath=True, cache=True)
+def _weight_only_gemm_kernel(x, bits, q4, q8, scale4, zp4, scale8, zp8, gb, bias, out):  # pragma: no cover
+    """out (M, N) = x (M, K) @ W^T + bias for M > 1: each task dequantizes its weight rows one at a time
+    into a float32 buffer (L1) and takes the dot products with every token, four tokens per pass."""
+    m, k = x.shape
+    n = out.shape[1]
+    ntask = (n + _WO_ROWS - 1) // _WO_ROWS
+    for t in prange(ntask):
+        w = np.zeros(k + 2, dtype=np.float32)
+        for j in range(t * _WO_ROWS, min(n, (t + 1) * _WO_ROWS)):
+            if bits == 4:
+                _dequant4_row(q4[j], scale4[j], zp4[j], gb, k, w)
+            else:
+                s = scale8[j]
+                z = np.float32(zp8[j])
+                for kk in range(k):
+                    w[kk] = (np.float32(q8[j, kk]) - z) * s
+            i0 = 0
+            while i0 + 4 <= m:
+                x0 = x[i0]
+                x1 = x[i0 + 1]
+                x2 = x[i0 + 2]
+                x3 = x[i0 + 3]
+                s0 = np.float32(0.0)
+                s1 = np.float32(0.0)
+                s2 = np.float32(0.0)
+                s3 = np.float32(0.0)
+                for kk in range(k):
+                    wk = w[kk]
+                    s0 += x0[kk] * wk
+                    s1 += x1[kk] * wk
+                    s2 += x2[kk] * wk
+                    s3 += x3[kk] * wk
+                out[i0, j] = s0 + bias[j]
+                out[i0 + 1, j] = s1 + bias[j]
+                out[i0 + 2, j] = s2 + bias[j]
+                out[i0 + 3, j] = s3 + bias[j]
+                i0 += 4
+            for i in range(i0, m):
+                xi = x[i]
+                s0 = np.float32(0.0)
+                for kk in range(k):
+                    s0 += xi[kk] * w[kk]
+                out[i, j] = s0 + bias[j]
 
 
 def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
-    """x (M, K) float32 @ W^T for M > 1: dequantize blocks of output rows to float32 and multiply with BLAS."""
+    """x (M, K) float32 @ W^T for M > 1 (weight-only): weights dequantized row by row inside the kernel."""
     m = x.shape[0]
     n, k = pw.shape
     out = np.empty((m, n), dtype=np.float32)
-    rows = max(1, min(n, _DEQUANT_ROWS * max(1, 4096 // max(k, 1))))
-    buf = np.empty((rows, k), dtype=np.float32)
-    for j0 in range(0, n, rows):
-        j1 = min(n, j0 + rows)
-        blk = buf[: j1 - j0]
-        if pw.bits == 4:
-            gb = pw.q4.shape[1] if pw.n_groups == 1 else pw.group_size // 2
-            _dequant4_rows_kernel(pw.q4, pw.scale, pw.zero_point, j0, j1, k, gb, blk)
-        else:
-            _dequant8_rows_kernel(pw.q8, pw.scale, pw.zero_point, j0, j1, blk)
-        np.matmul(x, blk.T, out=out[:, j0:j1])
-    out += bias_v
+    if pw.bits == 4:
+        gb = pw.q4.shape[1] if pw.n_groups == 1 else pw.group_size // 2
+        _weight_only_gemm_kernel(x, 4, pw.q4, _EMPTY_I8_2D, pw.scale, pw.zero_point, _EMPTY_F32, _EMPTY_I32,
+                                 gb, bias_v, out)
+    else:
+        _weight_only_gemm_kernel(x, 8, _EMPTY_U8_2D, pw.q8, _EMPTY_F32_2D, _EMPTY_I32_2D, pw.scale,
+                                 pw.zero_point, 1, bias_v, out)
     return out
+
+
+_EMPTY_I8_2D = np.zeros((1, 1), dtype=np.int8)
+_EMPTY_U8_2D = np.zeros((1, 1), dtype=np.uint8)
+_EMPTY_F32_2D = np.zeros((1, 1), dtype=np.float32)
+_EMPTY_I32_2D = np.zeros((1, 1), dtype=np.int32)
 
 
 def _int4_gemv_raw(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
@@ -884,7 +917,8 @@ def int4_gemm(x, packed: PackedWeights, bias=None, *, act_quant: str = "none", p
     """Tokens through INT4 weights: float32 ``x (M, K) @ W^T`` -> float32 (M, N).
 
     ``act_quant="none"`` (W4A16-style weight-only): one token goes to :func:`int4_gemv`; more tokens
-    dequantize blocks of output rows into an L2-sized float32 buffer and multiply them with BLAS.
+    dequantize each weight row once into a float32 row buffer (L1) and take its dot products with every
+    token (four at a time).
     ``act_quant="int8"`` (W4A8): activations quantized per token (symmetric INT8), INT4 weights widened to
     INT8 panels (built once and cached on ``packed``), exact int32 products per weight group on the GEMM
     path, group scales and zero points applied in float32.  Needs group_size % 4 == 0 (or one group).
@@ -936,7 +970,7 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
         ``"int8"``: activations quantized per token (dynamic symmetric INT8) -- W8A8 on INT8 weights (exact
         VNNI/generic GEMM with the fused dequantizing epilogue) or W4A8 on INT4 weights.  ``"none"``:
         weight-only (float32 activations: W8A16 / W4A16 style), one token on the bandwidth-tuned GEMV, more
-        tokens by blocked dequantization + BLAS.  None: "int8" for 8-bit weights, "none" for 4-bit.
+        tokens with each weight row dequantized once in L1 and reused for every token.  None: "int8" for 8-bit weights, "none" for 4-bit.
     path : {"vnni", "generic"} or None -- the INT8 GEMM implementation for the "int8" modes.
 
     Returns

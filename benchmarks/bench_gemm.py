@@ -1,0 +1,202 @@
+"""Quantized GEMM / GEMV vs the baselines of the same run (issue 2 speed targets in ``extra_info["targets"]``).
+
+    python benchmarks/report.py -k bench_gemm
+
+* ``int8_gemm N^3``: memwall (packed B, default path: AVX-512 VNNI where present) vs NumPy float32 matmul
+  (target 4.0x) and ``torch._int_mm`` (target 0.9x; skipped with a reason when torch is not installed).
+* ``int8_gemm generic N^3``: the pure-Numba fallback vs NumPy float32 (target 1.0x).
+* ``int8_gemm off-tile S^3``: shapes just off the tile multiples vs the multiple ``T^3`` timed in the same
+  group; the target is 0.8x the *speed* of the multiple, i.e. a time ratio of ``0.8 * (T/S)**3``.
+* ``int4_gemv 4096x4096 cold``: weights cold in DRAM (rotating through copies that together exceed 4x the
+  last-level cache) vs a STREAM triad moving the same number of (STREAM-counted) bytes, also rotating cold
+  (target 0.8x: weight bytes/s >= 0.8 x triad bytes/s), and vs NumPy float32 GEMV (target 5.0x).
+* ``quantized_linear 4096x4096 batch B``: W8A8 and W4A16 through :func:`quantized_linear` vs NumPy float32
+  ``x @ W.T`` (informational: the issue sets no target for these).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memwall.kernels import gemm as G
+from memwall.kernels.membench import _triad_kernel, last_level_cache_bytes
+
+RNG_SEED = 20261128
+ROUNDS = 7
+
+
+def _i8(shape, seed):
+    return np.random.default_rng(seed).integers(-128, 128, size=shape, dtype=np.int16).astype(np.int8)
+
+
+def _f32(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        pytest.skip("torch is not installed (pip install torch==2.13.0 to compare with torch._int_mm)")
+    return torch
+
+
+# ------------------------------------------------------------------------------------------------
+# INT8 GEMM vs numpy float32 and torch._int_mm
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", ["memwall", "numpy", "torch"])
+@pytest.mark.parametrize("size", [1024, 2048])
+def test_bench_int8_gemm(benchmark, size, impl):
+    m = n = k = size
+    benchmark.group = f"int8_gemm {size}^3"
+    benchmark.extra_info.update(impl=impl, ops=2 * m * n * k)
+    if impl == "memwall":
+        a, b = _i8((m, k), 1), _i8((k, n), 2)
+        pb = G.pack_int8(b)
+        benchmark.extra_info.update(targets={"numpy": 4.0, "torch": 0.9}, path=G.active_paths()["int8_gemm"])
+        c = G.int8_gemm(a, pb)
+        assert np.array_equal(c[:64], a[:64].astype(np.int64) @ b.astype(np.int64))
+        fn, args = G.int8_gemm, (a, pb)
+    elif impl == "numpy":
+        x, y = _f32((m, k), 1), _f32((k, n), 2)
+        fn, args = np.matmul, (x, y)
+    else:
+        torch = _torch()
+        ta, tb = torch.from_numpy(_i8((m, k), 1)), torch.from_numpy(_i8((k, n), 2))
+        try:
+            torch._int_mm(ta, tb)
+        except (RuntimeError, NotImplementedError) as exc:  # pragma: no cover - depends on the torch build
+            pytest.skip(f"torch._int_mm unavailable on this build: {exc}")
+        fn, args = torch._int_mm, (ta, tb)
+    fn(*args)
+    benchmark.pedantic(fn, args=args, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["memwall", "numpy"])
+def test_bench_int8_gemm_generic(benchmark, impl):
+    size = 1024
+    benchmark.group = f"int8_gemm generic {size}^3"
+    benchmark.extra_info.update(impl=impl, ops=2 * size**3)
+    if impl == "memwall":
+        a, b = _i8((size, size), 1), G.pack_int8(_i8((size, size), 2))
+        benchmark.extra_info.update(targets={"numpy": 1.0}, path="generic (pure Numba, no intrinsics)")
+
+        def fn(x, y):
+            return G.int8_gemm(x, y, path="generic")
+        args = (a, b)
+    else:
+        fn, args = np.matmul, (_f32((size, size), 1), _f32((size, size), 2))
+    fn(*args)
+    benchmark.pedantic(fn, args=args, rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["memwall", "tile-multiple"])
+@pytest.mark.parametrize("size,multiple", [(1000, 1024), (1023, 1024), (2047, 2048)])
+def test_bench_int8_gemm_off_tile(benchmark, size, multiple, impl):
+    s = size if impl == "memwall" else multiple
+    benchmark.group = f"int8_gemm off-tile {size}^3 vs {multiple}^3"
+    benchmark.extra_info.update(impl=impl, ops=2 * s**3)
+    if impl == "memwall":
+        # 80% of the multiple's ops/s  <=>  t_multiple / t_size >= 0.8 * (multiple / size)**3
+        benchmark.extra_info.update(targets={"tile-multiple": round(0.8 * (multiple / size) ** 3, 4)})
+    a, b = _i8((s, s), 1), G.pack_int8(_i8((s, s), 2))
+    G.int8_gemm(a, b)
+    benchmark.pedantic(G.int8_gemm, args=(a, b), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# INT4 GEMV, weights cold in DRAM
+# ------------------------------------------------------------------------------------------------
+GEMV_N = GEMV_K = 4096
+GEMV_GROUP = 128
+
+
+def _copies(bytes_each: int) -> int:
+    """Enough copies that rotating through them streams from DRAM: together >= 4x the last-level cache."""
+    return max(2, -(-4 * last_level_cache_bytes() // bytes_each))
+
+
+@pytest.fixture(scope="module")
+def int4_weights():
+    w = _f32((GEMV_N, GEMV_K), 7)
+    pw = G.pack_weights(w, bits=4, group_size=GEMV_GROUP)
+    copies = [pw]
+    for _ in range(_copies(pw.nbytes) - 1):
+        copies.append(G.PackedWeights(4, GEMV_N, GEMV_K, GEMV_GROUP, True, pw.scale.copy(),
+                                      pw.zero_point.copy(), q4=pw.q4.copy()))
+    return w, copies
+
+
+class _Rotor:
+    """Calls fn on the next argument set each time (so every call finds its data cold)."""
+
+    def __init__(self, fn, argsets):
+        self.fn, self.argsets, self.i = fn, argsets, 0
+
+    def __call__(self):
+        args = self.argsets[self.i % len(self.argsets)]
+        self.i += 1
+        return self.fn(*args)
+
+
+@pytest.mark.parametrize("impl", ["memwall", "stream-triad", "numpy"])
+def test_bench_int4_gemv_cold(benchmark, int4_weights, impl):
+    from numba import get_num_threads
+
+    w, copies = int4_weights
+    nbytes = copies[0].nbytes  # packed nibbles + group scales: what the GEMV must stream
+    benchmark.group = f"int4_gemv {GEMV_N}x{GEMV_K} g{GEMV_GROUP} cold"
+    x = _f32(GEMV_K, 8)
+    if impl == "memwall":
+        benchmark.extra_info.update(impl=impl, bytes=nbytes, ops=2 * GEMV_N * GEMV_K, copies=len(copies),
+                                    targets={"stream-triad": 0.8, "numpy": 5.0})
+        ref = copies[0].dequantize().astype(np.float64) @ x
+        assert np.abs(G.int4_gemv(x, copies[0]) - ref).max() < 1e-3 * np.abs(ref).max()
+        run = _Rotor(G.int4_gemv, [(x, c) for c in copies])
+    elif impl == "stream-triad":
+        # a triad whose STREAM-counted bytes (24 per element) equal the GEMV's weight bytes, rotating cold
+        n = nbytes // 24
+        sets = [(np.zeros(n), np.ones(n), np.full(n, 2.0), 3.0, get_num_threads())
+                for _ in range(_copies(3 * 8 * n))]
+        benchmark.extra_info.update(impl=impl, bytes=24 * n, copies=len(sets))
+        run = _Rotor(_triad_kernel, sets)
+    else:
+        wf = [w] + [w.copy() for _ in range(_copies(w.nbytes) - 1)]
+        benchmark.extra_info.update(impl=impl, bytes=w.nbytes, ops=2 * GEMV_N * GEMV_K, copies=len(wf))
+        run = _Rotor(np.matmul, [(c, x) for c in wf])
+    for _ in range(3):
+        run()
+    benchmark.pedantic(run, rounds=21, iterations=1, warmup_rounds=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# quantized Linear, batch 1 and 32
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def linear_layer():
+    w = _f32((4096, 4096), 11)
+    return w, {"w8a8": G.pack_weights(w, bits=8), "w4a16": G.pack_weights(w, bits=4, group_size=128)}
+
+
+@pytest.mark.parametrize("impl", ["memwall", "numpy"])
+@pytest.mark.parametrize("mode", ["w8a8", "w4a16"])
+@pytest.mark.parametrize("batch", [1, 32])
+def test_bench_quantized_linear(benchmark, linear_layer, batch, mode, impl):
+    w, packed = linear_layer
+    x = _f32((batch, 4096), 12)
+    benchmark.group = f"quantized_linear 4096x4096 {mode} batch {batch}"
+    benchmark.extra_info.update(impl=impl, ops=2 * batch * w.size)
+    if impl == "memwall":
+        pw = packed[mode]
+        benchmark.extra_info.update(bytes=pw.nbytes)
+
+        def fn():
+            return G.quantized_linear(x, pw)
+    else:
+        benchmark.extra_info.update(bytes=w.nbytes)
+        wt = w.T
+
+        def fn():
+            return x @ wt
+    fn()
+    benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
