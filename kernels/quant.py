@@ -155,6 +155,15 @@ class QuantizedTensor:
             raise TypeError("scale: expected a float32 numpy.ndarray")
         if not isinstance(self.zero_point, np.ndarray) or self.zero_point.dtype != np.int32:
             raise TypeError("zero_point: expected an int32 numpy.ndarray")
+        if self.group_size is not None:
+            g = check_int(self.group_size, "group_size", minimum=1)
+            if self.axis is not None:
+                raise ValueError(f"axis: must be None when group_size is given, got {self.axis!r}")
+            if v.ndim != 2 or v.shape[1] % g:
+                raise ValueError(f"group_size: values must be 2-D with a last axis divisible by {g}, "
+                                 f"got shape {v.shape}")
+        elif self.axis is not None:
+            check_int(self.axis, "axis", minimum=0, maximum=v.ndim - 1)
         want = _scale_shape(v.shape, self.axis, self.group_size)
         if self.scale.shape != want:
             raise ValueError(f"scale: expected shape {want} for values of shape {v.shape}, got {self.scale.shape}")
@@ -453,7 +462,7 @@ def _minmax_units(x: np.ndarray, axis, group_size) -> tuple[np.ndarray, np.ndarr
     return _keys_to_float(klo), _keys_to_float(khi)
 
 
-def _ranges(x, seg, lo, hi, symmetric: bool, signed: bool, method: str, percentile: float):
+def _ranges(seg, lo, hi, symmetric: bool, signed: bool, method: str, percentile: float):
     """Per-unit clipping range (lo, hi) as float64 arrays (lo/hi: the min-max range)."""
     if method != "percentile" or seg.shape[1] == 0:
         return lo, hi
@@ -480,7 +489,8 @@ def _check_layout(x: np.ndarray, axis, group_size):
     if axis is not None:
         axis = check_int(axis, "axis")
         if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
-            raise ValueError(f"axis: expected an axis in [{-x.ndim}, {x.ndim - 1}] for x of shape {x.shape}, got {axis}")
+            raise ValueError(f"axis: expected an axis in [{-x.ndim}, {x.ndim - 1}] for x of shape {x.shape}, "
+                             f"got {axis}")
         axis = axis % x.ndim
     return axis, None
 
@@ -526,7 +536,7 @@ def _compute(x, symmetric, signed, qmin, qmax, fmt, axis, group_size, method, pc
         lo, hi = -mean_abs, mean_abs
     elif method != "minmax":
         seg, _ = _segments(x, axis, group_size)
-        lo, hi = _ranges(x, seg, lo, hi, symmetric, signed, method, pct)
+        lo, hi = _ranges(seg, lo, hi, symmetric, signed, method, pct)
         if method == "mse" and seg.shape[1]:
             best = _mse_best_ratios(seg, lo, hi, qmin, qmax, symmetric, signed, grid)
             lo, hi = lo * best, hi * best
@@ -693,7 +703,8 @@ def dequantize(q, scale=None, zero_point=None, *, axis=None, group_size=None) ->
     """
     if isinstance(q, QuantizedTensor):
         if scale is not None or zero_point is not None or axis is not None or group_size is not None:
-            raise TypeError("dequantize: pass either a QuantizedTensor alone or (q, scale, zero_point, axis/group_size)")
+            raise TypeError("dequantize: pass either a QuantizedTensor alone or "
+                            "(q, scale, zero_point, axis/group_size)")
         qt = q
     else:
         q = as_array(q, "q", dtype=(np.int8, np.uint8))

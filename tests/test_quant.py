@@ -249,7 +249,8 @@ def same_floats(a, b):
 # ================================================================================================
 CONFIGS = [
     dict(bits=8), dict(bits=4), dict(bits=8, symmetric=False), dict(bits=4, symmetric=False),
-    dict(bits=8, signed=False), dict(bits=4, signed=False, symmetric=False), dict(bits=8, signed=False, symmetric=False),
+    dict(bits=8, signed=False), dict(bits=4, signed=False, symmetric=False),
+    dict(bits=8, signed=False, symmetric=False),
     dict(bits="ternary"), dict(bits="binary"),
 ]
 LAYOUTS = [dict(), dict(axis=0), dict(axis=1), dict(axis=-1), dict(group_size=4), dict(group_size=12)]
@@ -452,7 +453,8 @@ def test_dequantize_raw_arrays(rng):
     same_floats(Q.dequantize(q, s1, axis=1), ref_dequantize(q, s1, np.zeros(16, np.int32), axis=1))
     u = rng.integers(0, 256, (5,)).astype(np.uint8)
     same_floats(Q.dequantize(u, np.float32(0.5), np.int32(128)), (u.astype(np.int32) - 128).astype(np.float32) * 0.5)
-    same_floats(Q.dequantize(q[:, ::-1], s1, axis=1), ref_dequantize(q[:, ::-1].copy(), s1, np.zeros(16, np.int32), axis=1))
+    same_floats(Q.dequantize(q[:, ::-1], s1, axis=1),
+                ref_dequantize(q[:, ::-1].copy(), s1, np.zeros(16, np.int32), axis=1))
 
 
 def test_quantized_tensor_contract(rng):
@@ -474,6 +476,10 @@ def test_quantized_tensor_contract(rng):
         Q.QuantizedTensor(qt.values, np.ones((4,), np.float32), np.zeros((4,), np.int32), 4, None, 4)
     with pytest.raises(ValueError, match="scale: expected finite"):
         Q.QuantizedTensor(qt.values, np.full((4, 2), np.nan, np.float32), np.zeros((4, 2), np.int32), 4, None, 4)
+    with pytest.raises(ValueError, match="group_size: values must be 2-D"):
+        Q.QuantizedTensor(qt.values, qt.scale, qt.zero_point, 4, None, 3)
+    with pytest.raises(ValueError, match="axis: expected an integer <= 1"):
+        Q.QuantizedTensor(qt.values, np.ones(4, np.float32), np.zeros(4, np.int32), 8, 2)
     with pytest.raises(TypeError, match="values"):
         Q.QuantizedTensor(qt.values.astype(np.int16), qt.scale, qt.zero_point, 4, None, 4)
 
@@ -737,7 +743,8 @@ BAD = [
     (lambda: Q.quantize(np.zeros(4, np.float32), bits="int2"), ValueError, "bits: expected one of"),
     (lambda: Q.quantize(np.zeros(4, np.float32), bits="ternary", symmetric=False), ValueError, "symmetric"),
     (lambda: Q.quantize(np.zeros(4, np.float32), bits="binary", signed=False), ValueError, "signed"),
-    (lambda: Q.quantize(np.zeros((2, 8), np.float32), group_size=0), ValueError, "group_size: expected an integer >= 1"),
+    (lambda: Q.quantize(np.zeros((2, 8), np.float32), group_size=0), ValueError,
+     "group_size: expected an integer >= 1"),
     (lambda: Q.quantize(np.zeros((2, 8), np.float32), group_size=-4), ValueError, "group_size"),
     (lambda: Q.quantize(np.zeros((2, 8), np.float32), group_size=3), ValueError, "group_size: K=8 .* not divisible"),
     (lambda: Q.quantize(np.zeros((2, 8), np.float32), group_size=2.0), TypeError, "group_size: expected an integer"),
