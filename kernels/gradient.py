@@ -656,7 +656,8 @@ def topk_sparsify(g, k: int | None = None, ratio: float | None = None, method: s
     Returns
     -------
     SparseGradient with indices ascending (int32 while g.size < 2**31), float32 values, the achieved k,
-    ``nbytes`` and ``compression_ratio``.
+    ``nbytes`` and ``compression_ratio``.  (float64 entries beyond the float32 range become +-inf in
+    ``values``; :class:`ErrorFeedback` refuses to send them instead.)
     """
     x = _gradient(g)
     check_choice(method, "method", _METHODS)
@@ -813,6 +814,10 @@ class ErrorFeedback:
             acc = self._scratch
             np.add(self.residual, u, out=acc)
         msg = topk_sparsify(acc, k=k, ratio=ratio, method=method, **kw)  # raises before any state change
+        if not np.isfinite(msg.values).all():
+            bad = int(msg.indices[np.flatnonzero(~np.isfinite(msg.values))[0]])
+            raise ValueError(f"g: the accumulated value at flat index {bad} ({acc.reshape(-1)[bad]}) does not fit "
+                             f"in float32 and cannot be sent; nothing was changed")
         flat = acc.reshape(-1)
         idx = msg.indices
         if self.dtype == np.float32:

@@ -327,6 +327,10 @@ def test_error_feedback_nan_changes_nothing(rng):
         G.ErrorFeedback(4, momentum=1.0)
     ef.reset()
     assert not ef.residual.any() and ef.steps == 0
+    big = G.ErrorFeedback(4, dtype=np.float64)
+    with pytest.raises(ValueError, match="g: the accumulated value at flat index 2 .* does not fit in float32"):
+        big.step(np.array([1.0, 0.0, 1e300, 0.0]), k=1)
+    assert not big.residual.any()
 
 
 # ----------------------------------------------------------------------------------------------------------
