@@ -276,21 +276,23 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def crossover_point(sparsities, speedups) -> float | None:
-    """Smallest sparsity where the speed-up over dense reaches 1, linearly interpolated between the two
-    sweep points that bracket it; None if the format never beats dense in the sweep (0.0 if it always does).
+    """Sparsity from which the format beats dense (speed-up >= 1) for every larger sparsity of the sweep:
+    linear interpolation between the last point below 1 and the next one.  None if the sparsest point is still
+    below 1 (it never beats dense for good); the smallest swept sparsity if it beats dense everywhere.
     """
     s = np.asarray(sparsities, dtype=np.float64)
     r = np.asarray(speedups, dtype=np.float64)
-    order = np.argsort(s)
+    order = np.argsort(s, kind="stable")
     s, r = s[order], r[order]
-    if r.size == 0 or not (r >= 1.0).any():
+    if r.size == 0:
         return None
-    if r[0] >= 1.0:
+    below = np.flatnonzero(r < 1.0)
+    if below.size == 0:
         return float(s[0])
-    for i in range(1, r.size):
-        if r[i] >= 1.0 and r[i - 1] < 1.0:
-            return float(s[i - 1] + (1.0 - r[i - 1]) * (s[i] - s[i - 1]) / (r[i] - r[i - 1]))
-    return None
+    i = int(below[-1])
+    if i == r.size - 1:
+        return None
+    return float(s[i] + (1.0 - r[i]) * (s[i + 1] - s[i]) / (r[i + 1] - r[i]))
 
 
 def crossover_sweep(shape=(4096, 4096), batch: int = 64, sparsities=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),

@@ -292,6 +292,9 @@ def test_crossover_point():
     assert crossover_point([0.3, 0.5], [1.5, 2.0]) == 0.3
     assert crossover_point([0.3, 0.5], [0.5, 0.9]) is None
     assert crossover_point([0.7, 0.3, 0.5], [1.2, 0.5, 0.8]) == pytest.approx(0.6)
+    # noisy sweep: the crossover is where it beats dense for good
+    assert crossover_point([0.3, 0.5, 0.7, 0.9], [1.2, 0.8, 1.1, 1.5]) == pytest.approx(0.5 + 0.2 * 0.2 / 0.3)
+    assert crossover_point([0.3, 0.5, 0.7], [1.2, 1.3, 0.9]) is None
 
 
 def test_crossover_sweep_smoke():
