@@ -503,10 +503,9 @@ def iterative_prune(weights, final_sparsity: float, steps: int, finetune_fn: Cal
 
     Returns
     -------
-    IterativePruneResult
+    IterativePruneResult (``weights`` and ``masks`` are lists, one entry per layer, also for a single array)
     """
-    single = isinstance(weights, np.ndarray)
-    layers = [weights] if single else weights
+    layers = [weights] if isinstance(weights, np.ndarray) else weights
     if not isinstance(layers, (list, tuple)):
         raise TypeError(f"weights: expected an array or a list of arrays, got {type(weights).__name__}")
     ws = [_weights(w, f"weights[{i}]").copy() for i, w in enumerate(layers)]
@@ -556,7 +555,8 @@ def iterative_prune(weights, final_sparsity: float, steps: int, finetune_fn: Cal
             returned = finetune_fn(ws, [mk.copy() for mk in masks], step)
             if returned is not None:
                 if not isinstance(returned, (list, tuple)) or len(returned) != len(ws):
-                    raise ValueError(f"finetune_fn: expected None or a list of {len(ws)} arrays, got {type(returned).__name__}")
+                    raise ValueError(f"finetune_fn: expected None or a list of {len(ws)} arrays, "
+                                     f"got {type(returned).__name__}")
                 ws = [_weights(w, f"finetune_fn result[{i}]").copy() for i, w in enumerate(returned)]
                 for w, mk in zip(ws, masks):
                     if w.shape != mk.shape:
@@ -565,6 +565,4 @@ def iterative_prune(weights, final_sparsity: float, steps: int, finetune_fn: Cal
                 w[~mk] = 0
         result.weights = ws
     result.masks = masks
-    if single:
-        result.weights = ws
     return result
