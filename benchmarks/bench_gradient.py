@@ -4,7 +4,9 @@ Issue targets (same run, medians): exact top-k faster than ``numpy.argpartition`
 sampled top-k several times faster (target 3x); the encoding well under 1 MB (``extra_info["encoded_bytes"]``).
 The threshold selection and the scatter-add (decode) are reported without a target (the issue sets none).
 
-    python benchmarks/report.py -k bench_gradient
+    python benchmarks/report.py -k bench_gradient -- -o "python_files=bench_*.py"
+
+(the `-o python_files=...` is needed while report.py/pytest only collect test_*.py files).
 
 The gradient mixes 160 "layers" with log-normally distributed scales, as a real model's flattened gradient
 does.  The NumPy baseline is ``np.argpartition(np.abs(g), n - k)[n - k:]`` (abs included: top-k is by

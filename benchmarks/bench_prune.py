@@ -1,6 +1,8 @@
 """Pruning masks on a 4096 x 4096 float32 layer vs plain NumPy.
 
-    python benchmarks/report.py -k bench_prune
+    python benchmarks/report.py -k bench_prune -- -o "python_files=bench_*.py"
+
+(the `-o python_files=...` is needed while report.py/pytest only collect test_*.py files).
 
 Baselines are the obvious NumPy code: magnitude by ``np.partition`` of ``|w|`` then a comparison (ties not
 resolved to an exact count, so it does a little less than memwall), N:M by a stable ``argsort`` inside each
