@@ -127,18 +127,19 @@ def _pack_b_kernel(b, nk_layout, out, comp, colsum):  # pragma: no cover - compi
 
 
 @njit(parallel=True, cache=True)
-def _pack_a_kernel(a, out):  # pragma: no cover - compiled
-    """a (M, K) int8 -> panels [mpan][Kp4][MR][4] of a + 128 (uint8); padding stays 0."""
-    m, k = a.shape
-    kp4 = (k + 3) // 4
+def _pack_a_kernel(a32, out32):  # pragma: no cover - compiled
+    """a (M, 4*kp4) int8 seen as int32 words (M, kp4) -> panels [mpan][kp4][MR] of words with every byte
+    offset by +128 (xor 0x80 per byte: int8 -> uint8 + 128); rows past M stay 0."""
+    m, kp4 = a32.shape
     mpan = (m + MR - 1) // MR
+    flip = np.int32(-2139062144)  # 0x80808080
     for ip in prange(mpan):
-        base = ip * kp4 * MR * 4
-        for r in range(MR):
-            i = ip * MR + r
-            if i < m:
-                for kk in range(k):
-                    out[base + (kk >> 2) * MR * 4 + r * 4 + (kk & 3)] = np.uint8(np.int32(a[i, kk]) + 128)
+        base = ip * kp4 * MR
+        rows = min(MR, m - ip * MR)
+        for k4 in range(kp4):
+            o = base + k4 * MR
+            for r in range(rows):
+                out32[o + r] = a32[ip * MR + r, k4] ^ flip
 
 
 class PackedInt8:
@@ -251,35 +252,40 @@ if has_avx512_vnni():
     _mk1 = make_microkernel(1, NV, MR)  # one row of an MR panel: short edges and GEMV-like M
 
     @njit(parallel=True, cache=True)
-    def _vnni_gemm_kernel(ap, bp, comp, m, n, kp4, k4_lo, k4_hi, mb_panels,
+    def _vnni_gemm_kernel(ap, bp, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels,
                           c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk):  # pragma: no cover
         """A @ B over K groups [k4_lo, k4_hi) (comp initialises each column), each MR x NR tile finished in
-        an L1 buffer and then written to c (int32, flat) or, with epi, dequantized into out (float32, flat)."""
+        an L1 buffer and then written to c (int32, flat) or, with epi, dequantized into out (float32, flat).
+
+        A task owns ``mb_panels`` A panels (a row block kept in L2) x ``jc_panels`` B panels; it walks its B
+        panels and, for each, every A panel of its row block (the B panel stays in L1/L2)."""
         mpan = (m + MR - 1) // MR
         npan = (n + NR - 1) // NR
         nmb = (mpan + mb_panels - 1) // mb_panels
-        ntask = nmb * npan
+        njc = (npan + jc_panels - 1) // jc_panels
+        ntask = nmb * njc
         k4n = k4_hi - k4_lo
         for t in prange(ntask):
-            mb = t // npan
-            jp = t - mb * npan
+            mb = t // njc
+            jc = t - mb * njc
             tile = np.empty(MR * NR, dtype=np.int32)
-            b_base = (jp * kp4 + k4_lo) * NR * 4
-            cols = min(NR, n - jp * NR)
-            for ip in range(mb * mb_panels, min(mpan, (mb + 1) * mb_panels)):
-                a_base = (ip * kp4 + k4_lo) * MR * 4
-                rows = min(MR, m - ip * MR)
-                if rows > MR // 2:
-                    for kc in range(0, k4n, KC4):
-                        _mk(ap, a_base + kc * MR * 4, bp, b_base + kc * NR * 4, min(KC4, k4n - kc),
-                            tile, 0, NR, 1 if kc == 0 else 0, comp, jp * NR)
-                else:  # a short edge panel: one row at a time instead of MR rows of padding
-                    for r in range(rows):
+            for jp in range(jc * jc_panels, min(npan, (jc + 1) * jc_panels)):
+                b_base = (jp * kp4 + k4_lo) * NR * 4
+                cols = min(NR, n - jp * NR)
+                for ip in range(mb * mb_panels, min(mpan, (mb + 1) * mb_panels)):
+                    a_base = (ip * kp4 + k4_lo) * MR * 4
+                    rows = min(MR, m - ip * MR)
+                    if rows > MR // 2:
                         for kc in range(0, k4n, KC4):
-                            _mk1(ap, a_base + kc * MR * 4 + 4 * r, bp, b_base + kc * NR * 4, min(KC4, k4n - kc),
-                                 tile, r * NR, NR, 1 if kc == 0 else 0, comp, jp * NR)
-                _store_tile(tile, NR, ip * MR, rows, jp * NR, cols, n, c, out, epi, has_zp,
-                            sa, za, rsa, sb, zb, csb, bias, kk)
+                            _mk(ap, a_base + kc * MR * 4, bp, b_base + kc * NR * 4, min(KC4, k4n - kc),
+                                tile, 0, NR, 1 if kc == 0 else 0, comp, jp * NR)
+                    else:  # a short edge panel: one row at a time instead of MR rows of padding
+                        for r in range(rows):
+                            for kc in range(0, k4n, KC4):
+                                _mk1(ap, a_base + kc * MR * 4 + 4 * r, bp, b_base + kc * NR * 4,
+                                     min(KC4, k4n - kc), tile, r * NR, NR, 1 if kc == 0 else 0, comp, jp * NR)
+                    _store_tile(tile, NR, ip * MR, rows, jp * NR, cols, n, c, out, epi, has_zp,
+                                sa, za, rsa, sb, zb, csb, bias, kk)
 
 
 #: generic path: columns per float32 panel, rows per register block, K per exact float32 partial sum
@@ -360,12 +366,42 @@ class _Epilogue:
             sa, za, rsa, sb, zb, csb, bias, has_zp)
 
 
+#: bytes of packed A a task keeps in L2 (the row block reused across the task's B panels)
+A_BLOCK_BYTES = 256 * 1024
+#: "rows" schedules row blocks sized for L2; "panels" gives each task one B panel and all rows
+SCHEDULE = "rows"
+
+
+def _vnni_schedule(mpan: int, npan: int, k4n: int, threads: int) -> tuple[int, int]:
+    """(A panels per row block, B panels per task): row blocks that fit L2, a task count that is a
+    multiple of the thread count, column chunks when there are too few row blocks."""
+    if SCHEDULE == "panels":
+        nmb = max(1, min(mpan, -(-2 * threads // npan)))
+        return -(-mpan // nmb), 1
+    per_panel = MR * 4 * max(k4n, 1)
+    mb_target = max(1, A_BLOCK_BYTES // per_panel)
+    nmb = -(-mpan // mb_target)
+    nmb = -(-nmb // threads) * threads if nmb >= threads else nmb
+    nmb = min(nmb, mpan)
+    mb_panels = -(-mpan // nmb)
+    nmb = -(-mpan // mb_panels)
+    njc = 1
+    if nmb < 2 * threads:
+        njc = min(npan, -(-2 * threads // nmb))
+    return mb_panels, -(-npan // njc)
+
+
 def _pack_a(a: np.ndarray) -> np.ndarray:
     """A panels for the VNNI kernel (a + 128 as uint8, [M/MR][ceil(K/4)][MR][4])."""
     m, k = a.shape
-    ap = np.zeros(-(-m // MR) * ((k + 3) // 4) * MR * 4, dtype=np.uint8)
+    kp4 = (k + 3) // 4
+    ap = np.zeros(-(-m // MR) * kp4 * MR * 4, dtype=np.uint8)
     if m and k:
-        _pack_a_kernel(a, ap)
+        if k % 4:
+            padded = np.zeros((m, 4 * kp4), dtype=np.int8)
+            padded[:, :k] = a
+            a = padded
+        _pack_a_kernel(a.view(np.int32), ap.view(np.int32))
     return ap
 
 
@@ -396,10 +432,8 @@ def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp:
         mpan = (m + MR - 1) // MR
         if ap is None:
             ap = _pack_a(a)
-        # enough tasks for every thread; as few row blocks as possible (each re-streams its B panel)
-        nmb = max(1, min(mpan, -(-2 * threads // npan)))
-        mb_panels = -(-mpan // nmb)
-        _vnni_gemm_kernel(ap, pb.data, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, c, out, *args)
+        mb_panels, jc_panels = _vnni_schedule(mpan, npan, k4_hi - k4_lo, threads)
+        _vnni_gemm_kernel(ap, pb.data, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, c, out, *args)
     else:
         npg = (n + NRG - 1) // NRG
         nmb = max(1, min(-(-m // RBG), -(-2 * threads // npg)))
