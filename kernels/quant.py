@@ -36,6 +36,19 @@ are computed in float64 and rounded once to float32.
 
 INT4 packing: two values per byte along the last axis, element ``2i`` in the LOW nibble and ``2i+1`` in
 the HIGH nibble, two's-complement nibbles for signed values; an odd length is padded with a 0 nibble.
+
+Calibration: "minmax" (one fused pass that also refuses NaN/Inf), "percentile", and "mse" (the clipping
+ratio of the min-max range, from a grid, that minimizes each unit's squared quantize-dequantize error).
+:func:`quantize_rows_int8` is the fused fast path for dynamic per-token activations (W8A8).
+
+Float formats (:func:`emulate_float`, :func:`float_format_table`): round-to-nearest-even on the float32
+bits, gradual underflow; overflow gives inf (fp16, bf16, tf32, e5m2) or saturates to +-448 (fp8_e4m3, OCP
+E4M3FN "satfinite"; ``saturate=False`` gives NaN instead), as torch 2.13's casts do.
+
+Error metrics (:func:`mse`, :func:`max_abs_error`, :func:`sqnr_db`, :func:`quantization_error`) accumulate
+in float64 over fixed chunks, so results do not depend on the thread count.  Inputs smaller than
+``PARALLEL_MIN_ELEMENTS`` run on the calling thread only; every kernel gives identical results on 1 or N
+threads (each thread owns its output rows/chunks).
 """
 from __future__ import annotations
 
