@@ -651,7 +651,9 @@ class PackedWeights:
     scale : float32 (N,) for 8 bits, (N, K // group_size) for 4 bits.
     zero_point : int32, same shape as ``scale``.
     q8 : int8 (N, K) weights (8 bits) -- read by the weight-only GEMV;
-    q4 : uint8 (N, ceil(K / 2)) two signed nibbles per byte (4 bits; element 2i in the low nibble);
+    q4 : uint8 (N, ceil(K / 2)) two signed nibbles per byte (4 bits; element 2i in the low nibble; the
+        :func:`memwall.kernels.quant.pack_int4` format).  Internally the kernels stream ``q4 ^ 0x88``
+        (offset-binary nibbles ``v + 8`` in [0, 15]: no sign extension in the inner loop);
     int8 : PackedInt8 panels for the VNNI GEMM (8 bits; for 4 bits built on first W4A8 use).
     nbytes : bytes of the packed weights plus scales and zero points (what a GEMV streams).
     """
@@ -660,9 +662,17 @@ class PackedWeights:
         self.bits, self.out_features, self.in_features = bits, n, k
         self.group_size, self.symmetric = group_size, symmetric
         self.scale, self.zero_point = scale, zero_point
-        self.q8, self.q4, self._int8 = q8, q4, int8
+        self.q8, self._int8 = q8, int8
+        self._q4u = None if q4 is None else np.ascontiguousarray(q4 ^ np.uint8(0x88))
         self._group_comp = None
         self._zp_used = bool(zero_point.any())
+        # INT4 kernels subtract (zero_point + 8) * sum(x over the group) once per group
+        self._zp8 = (zero_point.astype(np.float32) + np.float32(8.0)) if bits == 4 else None
+
+    @property
+    def q4(self):
+        """The packed INT4 weights in the documented two's-complement nibble format (None for 8 bits)."""
+        return None if self._q4u is None else self._q4u ^ np.uint8(0x88)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -682,7 +692,7 @@ class PackedWeights:
 
     @property
     def nbytes(self) -> int:
-        w = self.q8 if self.bits == 8 else self.q4
+        w = self.q8 if self.bits == 8 else self._q4u
         zp = self.zero_point.nbytes if self._zp_used else 0
         return int(w.nbytes + self.scale.nbytes + zp)
 
@@ -762,29 +772,25 @@ def pack_weights(w, bits: int = 8, group_size: int | None = None, symmetric: boo
 # weight-only kernels: GEMV (one token, bandwidth-bound) and blocked dequantization for batches
 # ==================================================================================================
 @njit(parallel=True, fastmath=True, cache=True)
-def _int4_gemv_kernel(xe, xo, xgs, q4, scale, zp, has_zp, bias, out, gb):  # pragma: no cover - compiled
-    """out[j] = sum_g scale[j,g] * (sum_{i in g} xe[i]*lo(q4[j,i]) + xo[i]*hi(q4[j,i]) - zp[j,g]*xgs[g]) + bias[j].
+def _int4_gemv_kernel(xe, xo, xgs, q4u, scale, zp8, bias, out, gb):  # pragma: no cover - compiled
+    """out[j] = sum_g scale[j,g] * (sum_{i in g} xe[i]*lo(q4u[j,i]) + xo[i]*hi(q4u[j,i]) - zp8[j,g]*xgs[g]) + bias[j].
 
-    Nibbles are sign-extended in registers ((v ^ 8) - 8) and converted to float32; xe/xo are the even/odd
-    entries of x so that byte i meets x[2i] (low nibble) and x[2i+1] (high nibble).  Rows are owned by one
-    thread each; each row is streamed once (this is a memory-bandwidth kernel)."""
-    n = q4.shape[0]
+    ``q4u`` holds offset-binary nibbles (v + 8 in [0, 15]), so the inner loop only masks, shifts, converts
+    and multiplies; the -8 and the zero point come back once per group through ``zp8 = zero_point + 8`` and
+    the group sums ``xgs`` of x.  xe/xo are the even/odd entries of x so that byte i meets x[2i] (low nibble)
+    and x[2i+1] (high nibble).  Rows are owned by one thread each and streamed once (bandwidth-bound)."""
+    n = q4u.shape[0]
     ngroups = scale.shape[1]
     m15 = np.int32(15)
-    m8 = np.int32(8)
     for j in prange(n):
-        row = q4[j]
+        row = q4u[j]
         tot = np.float32(0.0)
         for g in range(ngroups):
             acc = np.float32(0.0)
             for i in range(g * gb, (g + 1) * gb):
                 b = np.int32(row[i])
-                lo = ((b & m15) ^ m8) - m8
-                hi = ((b >> np.int32(4)) ^ m8) - m8
-                acc += xe[i] * np.float32(lo) + xo[i] * np.float32(hi)
-            if has_zp:
-                acc -= np.float32(zp[j, g]) * xgs[g]
-            tot += scale[j, g] * acc
+                acc += xe[i] * np.float32(b & m15) + xo[i] * np.float32(b >> np.int32(4))
+            tot += scale[j, g] * (acc - zp8[j, g] * xgs[g])
         out[j] = tot + bias[j]
 
 
@@ -807,22 +813,21 @@ _WO_ROWS = 16
 
 
 @njit(inline="always")
-def _dequant4_row(q4row, scale_row, zp_row, gb, k, w):  # pragma: no cover - compiled
-    """float32 weights of one INT4 row (nibbles, group scales, zero points) into w[:k]."""
+def _dequant4_row(q4row, scale_row, zp8_row, gb, k, w):  # pragma: no cover - compiled
+    """float32 weights of one INT4 row (offset-binary nibbles, group scales, zero points + 8) into w."""
     m15 = np.int32(15)
-    m8 = np.int32(8)
     nb = q4row.shape[0]
-    for i in range(nb):
-        b = np.int32(q4row[i])
-        g = i // gb
+    for g in range(nb // gb):
         s = scale_row[g]
-        z = np.float32(zp_row[g])
-        w[2 * i] = (np.float32(((b & m15) ^ m8) - m8) - z) * s
-        w[2 * i + 1] = (np.float32(((b >> np.int32(4)) ^ m8) - m8) - z) * s
+        z = zp8_row[g]
+        for i in range(g * gb, (g + 1) * gb):
+            b = np.int32(q4row[i])
+            w[2 * i] = (np.float32(b & m15) - z) * s
+            w[2 * i + 1] = (np.float32(b >> np.int32(4)) - z) * s
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _weight_only_gemm_kernel(x, bits, q4, q8, scale4, zp4, scale8, zp8, gb, bias, out):  # pragma: no cover
+def _weight_only_gemm_kernel(x, bits, q4u, q8, scale4, zp4, scale8, zp8, gb, bias, out):  # pragma: no cover
     """out (M, N) = x (M, K) @ W^T + bias for M > 1: each task dequantizes its weight rows one at a time
     into a float32 buffer (L1) and takes the dot products with every token, four tokens per pass."""
     m, k = x.shape
@@ -832,7 +837,7 @@ def _weight_only_gemm_kernel(x, bits, q4, q8, scale4, zp4, scale8, zp8, gb, bias
         w = np.zeros(k + 2, dtype=np.float32)
         for j in range(t * _WO_ROWS, min(n, (t + 1) * _WO_ROWS)):
             if bits == 4:
-                _dequant4_row(q4[j], scale4[j], zp4[j], gb, k, w)
+                _dequant4_row(q4u[j], scale4[j], zp4[j], gb, k, w)
             else:
                 s = scale8[j]
                 z = np.float32(zp8[j])
@@ -873,8 +878,8 @@ def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -
     n, k = pw.shape
     out = np.empty((m, n), dtype=np.float32)
     if pw.bits == 4:
-        gb = pw.q4.shape[1] if pw.n_groups == 1 else pw.group_size // 2
-        _weight_only_gemm_kernel(x, 4, pw.q4, _EMPTY_I8_2D, pw.scale, pw.zero_point, _EMPTY_F32, _EMPTY_I32,
+        gb = pw._q4u.shape[1] if pw.n_groups == 1 else pw.group_size // 2
+        _weight_only_gemm_kernel(x, 4, pw._q4u, _EMPTY_I8_2D, pw.scale, pw._zp8, _EMPTY_F32, _EMPTY_I32,
                                  gb, bias_v, out)
     else:
         _weight_only_gemm_kernel(x, 8, _EMPTY_U8_2D, pw.q8, _EMPTY_F32_2D, _EMPTY_I32_2D, pw.scale,
@@ -890,17 +895,16 @@ _EMPTY_I32_2D = np.zeros((1, 1), dtype=np.int32)
 
 def _int4_gemv_raw(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
     k = pw.in_features
-    nb = pw.q4.shape[1]
+    nb = pw._q4u.shape[1]
     xp = np.zeros(2 * nb, dtype=np.float32)
     xp[:k] = x
     xe = np.ascontiguousarray(xp[0::2])
     xo = np.ascontiguousarray(xp[1::2])
     g = pw.group_size
-    xgs = xp[: pw.n_groups * g].reshape(pw.n_groups, g).sum(axis=1, dtype=np.float32) if pw._zp_used \
-        else np.zeros(pw.n_groups, dtype=np.float32)
+    xgs = xp[: pw.n_groups * g].reshape(pw.n_groups, g).sum(axis=1, dtype=np.float32)
     gb = nb if pw.n_groups == 1 else g // 2
     out = np.empty(pw.out_features, dtype=np.float32)
-    _int4_gemv_kernel(xe, xo, xgs, pw.q4, pw.scale, pw.zero_point, pw._zp_used, bias_v, out, gb)
+    _int4_gemv_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, bias_v, out, gb)
     return out
 
 
