@@ -649,7 +649,8 @@ def topk_sparsify(g, k: int | None = None, ratio: float | None = None, method: s
     threshold : float >= 0, only for ``method="threshold"``: send every ``|g| >= threshold``.
     sample_ratio : float in (0, 1], fraction sampled by ``"sampled"`` (at least ``SAMPLE_MIN`` entries, and
         enough that about ``SAMPLE_HITS`` sampled entries pass the threshold, up to ``SAMPLE_MAX``).
-    seed : seed or ``numpy.random.Generator`` for the sample (default 0: reproducible).
+    seed : seed or ``numpy.random.Generator`` for the sample (default 0: reproducible). ``"exact"`` also
+        samples, to guess a threshold, but its result never depends on the seed (only its speed may).
     nan : "raise" | "skip"
         Non-finite gradients: ``ValueError`` naming the first position, or never select those entries.
 
