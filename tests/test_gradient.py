@@ -75,6 +75,13 @@ def test_radix_path_matches_reference(rng, dtype):
             assert thr == np.sort(np.abs(g))[g.size - k]
 
 
+def test_exact_topk_does_not_depend_on_the_seed(rng):
+    g = tie_heavy(rng, 150_000) * rng.standard_normal(150_000).astype(np.float32)
+    expect = ref_topk(g, 1500)
+    for seed in (0, 1, 12345, np.random.default_rng(7)):
+        np.testing.assert_array_equal(topk_sparsify(g, k=1500, seed=seed).indices, expect)
+
+
 def test_exact_topk_falls_back_when_the_sample_misses(rng, monkeypatch):
     g = rng.standard_normal(100_000).astype(np.float32)
     # a sample of huge values puts the guessed threshold above every entry: fewer than k gathered
