@@ -444,7 +444,11 @@ def _quantize_values(w: np.ndarray, comp: Compression):
     return qt.dequantize(), qt
 
 
-def reconstruct(w, comp: Compression) -> dict:
+def _mask_key(comp: Compression):
+    return (comp.format, comp.sparsity, comp.block, comp.n, comp.m)
+
+
+def reconstruct(w, comp: Compression, *, _masks: dict | None = None) -> dict:
     """What ``comp`` stores for the (out, in) float weight ``w``, decompressed.
 
     Returns ``{"w_hat", "mask", "kept_channels", "qt"}``: ``w_hat`` float32 (pruned entries zero), the bool
@@ -455,7 +459,13 @@ def reconstruct(w, comp: Compression) -> dict:
     if w.ndim != 2:
         raise ValueError(f"w: expected a 2-D (out, in) weight, got shape {w.shape}")
     check_shape(int(w.shape[0]), int(w.shape[1]), comp)
-    mask, kept = _mask(w, comp)
+    if _masks is None:
+        mask, kept = _mask(w, comp)
+    else:  # one mask per pattern for all options of one weight (2:4 and 2:4+int8 share theirs)
+        key = _mask_key(comp)
+        if key not in _masks:
+            _masks[key] = _mask(w, comp)
+        mask, kept = _masks[key]
     wm = w if mask is None else np.where(mask, w, np.float32(0))
     w_hat, qt = _quantize_values(wm, comp)
     if mask is not None:
@@ -464,11 +474,14 @@ def reconstruct(w, comp: Compression) -> dict:
 
 
 def _rel_err(w: np.ndarray, w_hat: np.ndarray) -> float:
-    w64 = w.astype(np.float64)
+    """``||w - w_hat||^2 / ||w||^2`` (sums in float64 by NumPy's pairwise summation — not BLAS, whose
+    thread pool stalls on a busy host; 0 for an all-zero w)."""
+    w64 = w.astype(np.float64).ravel()
     den = float(np.square(w64).sum())
     if den == 0.0:
         return 0.0
-    return float(np.square(w64 - w_hat).sum() / den)
+    w64 -= w_hat.ravel()
+    return float(np.square(w64).sum() / den)
 
 
 @lru_cache(maxsize=None)
@@ -486,11 +499,28 @@ def _act_proxy(dtype: str) -> float:
     return _rel_err(x, quant.quantize(x, bits=bits).dequantize())
 
 
-def weight_proxy(w, comp: Compression) -> float:
+#: Proxies already measured: (weight fingerprint, Compression) -> value (bounded; see :func:`weight_proxy`).
+_PROXY_CACHE: dict = {}
+_PROXY_CACHE_MAX = 50000
+
+
+def _fingerprint(w: np.ndarray) -> tuple:
+    return (w.shape, hashlib.blake2b(np.ascontiguousarray(w).view(np.uint8).ravel(), digest_size=16).hexdigest())
+
+
+def weight_proxy(w, comp: Compression, *, _masks: dict | None = None, _fp=None) -> float:
     """Accuracy-loss proxy of storing ``w`` as ``comp``: ``||W - W_hat||^2 / ||W||^2`` plus the activation
-    term of ``comp.acts`` (see the module doc)."""
+    term of ``comp.acts`` (see the module doc).  Results are memoized by a hash of the weight's bytes."""
     w = np.ascontiguousarray(w, dtype=np.float32)
-    return _rel_err(w, reconstruct(w, comp)["w_hat"]) + _act_proxy(comp.acts)
+    key = (_fp if _fp is not None else _fingerprint(w), comp)
+    hit = _PROXY_CACHE.get(key)
+    if hit is not None:
+        return hit
+    val = _rel_err(w, reconstruct(w, comp, _masks=_masks)["w_hat"]) + _act_proxy(comp.acts)
+    if len(_PROXY_CACHE) >= _PROXY_CACHE_MAX:
+        _PROXY_CACHE.clear()
+    _PROXY_CACHE[key] = val
+    return val
 
 
 @lru_cache(maxsize=None)
@@ -541,7 +571,7 @@ def _dp(weights: list, values: list, cap: int, backtrack: bool):
     choices = []
     for wg, vg in zip(weights, values):
         new = np.full(cap + 1, np.inf)
-        ch = np.full(cap + 1, -1, dtype=np.int32) if backtrack else None
+        ch = np.full(cap + 1, -1, dtype=np.int16) if backtrack else None
         for j, (w, v) in enumerate(zip(wg, vg)):
             if w > cap:
                 continue
@@ -623,24 +653,45 @@ def _solve_at(costs, values, cs, vs, keeps, slack, resolution, t0) -> MCKPResult
         wu = [np.ceil(c / unit - 1e-9).astype(np.int64) for c in cs]
         wd = [np.floor(c / unit + 1e-9).astype(np.int64) for c in cs]
         exact = False
+    def backtrack(choices, w, b):
+        pick = []
+        for g in range(len(cs) - 1, -1, -1):
+            j = int(choices[g][b])
+            pick.append(j)
+            b -= int(w[g][j])
+        pick.reverse()
+        return pick
+
+    def true_of(pick):
+        return (math.fsum(float(cs[g][j]) for g, j in enumerate(pick)),
+                math.fsum(float(vs[g][j]) for g, j in enumerate(pick)))
+
     dp, choices = _dp(wu, vs, cap, backtrack=True)
     if not math.isfinite(dp[cap]):  # cannot happen: the cheapest options have zero slack cost
         raise PlanInfeasible("no combination fits after discretization")
-    pick = []
-    b = cap
-    for g in range(len(cs) - 1, -1, -1):
-        j = int(choices[g][b])
-        pick.append(j)
-        b -= int(wu[g][j])
-    pick.reverse()
-    choice = tuple(int(keeps[g][j]) for g, j in enumerate(pick))
+    best = backtrack(choices, wu, cap)
+    lb = None
+    if not exact:
+        # costs rounded down: a relaxation (its optimum bounds the true one from below), and its solutions for
+        # budgets cap, cap-1, ... are candidates too — the first that truly fits is kept if it beats the
+        # rounded-up solution (at cap - groups every one fits, so at most groups + 1 are tried)
+        dpl, chl = _dp(wd, vs, cap, backtrack=True)
+        lb = float(dpl[cap])
+        best_v = true_of(best)[1]
+        for b in range(cap, max(-1, cap - len(cs) - 1), -1):
+            if dpl[b] >= best_v:
+                break
+            cand = backtrack(chl, wd, b)
+            c, v = true_of(cand)
+            if c <= slack * (1 + 1e-12) + 1e-300 and v < best_v:
+                best, best_v = cand, v
+                break
+    choice = tuple(int(keeps[g][j]) for g, j in enumerate(best))
     value = math.fsum(float(np.asarray(values[g], dtype=np.float64).ravel()[j]) for g, j in enumerate(choice))
     cost = math.fsum(float(np.asarray(costs[g], dtype=np.float64).ravel()[j]) for g, j in enumerate(choice))
     if exact:
         lb = value
-    else:
-        dpl, _ = _dp(wd, vs, cap, backtrack=False)
-        lb = float(dpl[cap])
+    lb = min(lb, value)
     return MCKPResult(choice, value, cost, lb, max(0.0, value - lb), exact, cap, time.perf_counter() - t0)
 
 
@@ -794,12 +845,14 @@ def make_plan(model, device, *, speedup: float | None = None, latency: float | N
     proxy = np.full((L, O), np.nan)
     proxy_source = "weights" if wl.weights is not None else "default"
     for i, l in enumerate(layers):
+        if wl.weights is not None:
+            w = np.ascontiguousarray(wl.weights[l.name], dtype=np.float32)
+            fp, masks = _fingerprint(w), {}
         for j, opt in enumerate(all_opts):
             if np.isnan(t[i, j]):
                 continue
             if wl.weights is not None:
-                w = wl.weights[l.name]
-                proxy[i, j] = weight_proxy(w, opt.comp)
+                proxy[i, j] = weight_proxy(w, opt.comp, _masks=masks, _fp=fp)
             else:
                 proxy[i, j] = default_proxy(opt.comp)
         s = sensitivity.get(l.name)
