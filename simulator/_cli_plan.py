@@ -158,29 +158,15 @@ def _apply(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------- comm
-def _backward_from_device(args) -> float:
-    from .analysis import estimate_model
-
-    if not args.model:
-        raise ValueError("--device: needs --model (the simulator estimates the model's forward pass)")
-    est = estimate_model(args.model, args.device, batch=args.batch, seq=args.seq)
-    return 2.0 * est.time_s
-
-
 def _comm(args) -> int:
     from .comm import estimate_comm
 
-    backward = args.backward_s
-    fwd = None
-    if args.device is not None:
-        if backward is not None:
-            raise ValueError("give --backward-s or --device, not both")
-        backward = _backward_from_device(args)
-        fwd = backward / 2.0
+    if args.device is not None and args.model is None:
+        raise ValueError("--device: needs --model (the simulator estimates the model's forward pass)")
     est = estimate_comm(params=args.params, model=args.model, workers=args.workers, nodes=args.nodes,
                         network=args.network, intra=args.intra, sparsity=args.sparsity, grad_dtype=args.grad_dtype,
                         value_dtype=args.value_dtype, algorithm=args.algorithm, nics_per_node=args.nics,
-                        backward_s=backward, forward_s=fwd)
+                        backward_s=args.backward_s, device=args.device, batch=args.batch, seq=args.seq)
     d = est.to_dict()
     if args.json:
         _dump(d)

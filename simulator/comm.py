@@ -486,14 +486,27 @@ class CommEstimate:
 def estimate_comm(*, params: int | None = None, model: str | None = None, workers: int, network,
                   nodes: int = 1, intra=None, sparsity: float = 0.99, grad_dtype: str = "fp32",
                   value_dtype: str | None = None, algorithm: str = "ring", nics_per_node: int = 1,
-                  backward_s: float | None = None, forward_s: float | None = None) -> CommEstimate:
+                  backward_s: float | None = None, forward_s: float | None = None, device=None,
+                  batch: int = 1, seq: int | None = None) -> CommEstimate:
     """Per-step gradient exchange of a model (``model`` zoo name or ``params``) on ``workers`` workers.
 
     Dense: all-reduce (ring / tree / auto) of the gradient in ``grad_dtype``.  Compressed: all-gather of
     the top-k encoding at ``sparsity`` with values in ``value_dtype`` (default: ``grad_dtype``).
     With ``backward_s`` (seconds of backward compute per step; ``forward_s`` defaults to half of it, the
     backward = 2 x forward rule) communication overlaps the backward pass and times are step times.
+    With ``device`` (and a zoo ``model``) the forward time of one worker's pass (``batch`` sequences of
+    ``seq`` tokens) is estimated by the simulator (dense baseline of that device) and ``backward_s`` is twice
+    it.
     """
+    if device is not None:
+        if backward_s is not None:
+            raise ValueError("give backward_s or device, not both")
+        if model is None:
+            raise ValueError("device: estimating the backward pass needs a zoo model, not a parameter count")
+        from .analysis import estimate_model
+
+        forward_s = float(estimate_model(model, device, batch=batch, seq=seq).time_s)
+        backward_s = 2.0 * forward_s
     if (params is None) == (model is None):
         raise ValueError("give exactly one of params (a count) or model (a zoo name)")
     if params is None:

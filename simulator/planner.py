@@ -939,9 +939,9 @@ def make_plan(model, device, *, speedup: float | None = None, latency: float | N
             mask, _ = _mask(np.ascontiguousarray(wl.weights[l.name], dtype=np.float32), opt.comp)
             d["mask"] = {"kept": int(np.count_nonzero(mask)), "sha256": _mask_digest(mask)}
         out_layers.append(d)
-        tot_t += t[i, j]
-        tot_e += e[i, j]
-        tot_b += nb[i, j]
+        tot_t += float(t[i, j])
+        tot_e += float(e[i, j])
+        tot_b += float(nb[i, j])
 
     # options that give no speed-up, with why
     flags = []

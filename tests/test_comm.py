@@ -215,3 +215,17 @@ def test_cli_comm_model_and_errors(capsys):
     assert "split evenly" in capsys.readouterr().err
     assert main(["comm", "--params", "10", "--workers", "2", "--network", "carrier-pigeon"]) == 2
     assert main(["comm", "--model", "no-such-model", "--workers", "2", "--network", "10gbe"]) == 2
+
+
+def test_backward_estimated_by_the_simulator():
+    from memwall.simulator.analysis import estimate_model
+
+    fwd = estimate_model("bert-base", "a100-80gb", batch=8).time_s
+    est = comm.estimate_comm(model="bert-base", workers=8, network="eth10g", device="a100-80gb", batch=8)
+    assert est.forward_s == pytest.approx(fwd) and est.backward_s == pytest.approx(2 * fwd)  # backward = 2 x fwd
+    assert est.time_basis == "step"
+    assert est.dense_time_s == pytest.approx(3 * fwd + max(0.0, est.dense_comm_s - 2 * fwd))
+    with pytest.raises(ValueError, match="zoo model"):
+        comm.estimate_comm(params=10**6, workers=2, network="eth10g", device="a100-80gb")
+    with pytest.raises(ValueError, match="not both"):
+        comm.estimate_comm(model="bert-base", workers=2, network="eth10g", device="a100-80gb", backward_s=1.0)
