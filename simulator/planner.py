@@ -306,6 +306,15 @@ def _find_weight(weights: dict, name: str, hint: str | None = None):
     return tails[0] if len(tails) == 1 else None
 
 
+def _as_2d(w, want: tuple):
+    """A convolution weight (out, in/groups, kh, kw) as the (out, in/groups * kh * kw) matrix of its implicit
+    GEMM when that is the wanted shape; anything else unchanged."""
+    w = np.asarray(w)
+    if w.ndim > 2 and w.shape[0] == want[0] and int(np.prod(w.shape[1:])) == want[1]:
+        return w.reshape(want)
+    return w
+
+
 def _layers_from_weights(weights: dict, tokens: int) -> list[PlanLayer]:
     out = []
     for key, w in weights.items():
@@ -387,8 +396,8 @@ def load_layers(model, *, batch: int = 1, seq: int | None = None, phase: str = "
                 missing.append(l.name)
                 new_layers.append(l)
                 continue
-            w = wdict[key]
-            want = (l.rows * l.count, l.cols) if l.count > 1 else (l.rows, l.cols)
+            want = (l.rows * l.count, l.cols)
+            w = _as_2d(wdict[key], want)
             if w.ndim != 2 or tuple(w.shape) != want:
                 raise ValueError(f"weights: {key} has shape {tuple(w.shape)}, but layer {l.name} needs "
                                  f"{want} (out x in)")
@@ -1072,7 +1081,8 @@ def apply_plan(plan, weights, out) -> dict:
     Format ``memwall-compressed-v1`` (an uncompressed NumPy ``.npz``; for a planned layer named ``L``, whose
     (out, in) weight is ``W``):
 
-    * ``L::values`` — the stored values in the dense (out, in) layout, pruned entries zero: ``int8`` for INT8
+    * ``L::values`` — the stored values in the dense (out, in) layout (a convolution's (out, in/groups, kh, kw)
+      weight flattened to (out, in/groups * kh * kw)), pruned entries zero: ``int8`` for INT8
       weights; for INT4 the ``uint8`` array of :func:`memwall.kernels.quant.pack_int4` (two signed nibbles per
       byte along ``in``, element 2i in the low nibble); ``float16`` for FP16; ``float32`` holding the rounded
       values for fp32 / tf32 / bf16 / fp8 (E4M3);
@@ -1108,9 +1118,9 @@ def apply_plan(plan, weights, out) -> dict:
         key = _find_weight(wdict, name, l.get("weight"))
         if key is None:
             raise ValueError(f"weights: no weight for planned {where}")
-        w = wdict[key]
         rows, cols = l["shape"]
         cnt = int(l.get("count", 1))
+        w = _as_2d(wdict[key], (rows * cnt, cols))
         if getattr(w, "ndim", 0) != 2 or tuple(w.shape) != (rows * cnt, cols):
             raise ValueError(f"weights: {key} has shape {tuple(getattr(w, 'shape', ()))}, the plan says "
                              f"{(rows * cnt, cols)} for {where}")

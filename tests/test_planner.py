@@ -356,6 +356,18 @@ def test_apply_errors_write_nothing(rng, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".memwall-")]  # no temporary left behind
 
 
+def test_conv_weights_are_flattened(rng, tmp_path):
+    layers = [PlanLayer("conv", 32, 8 * 3 * 3, 256, kind="conv")]
+    w4 = rng.laplace(size=(32, 8, 3, 3)).astype(np.float32)
+    plan = planner.make_plan(layers, CPU, latency=1.0, weights={"conv.weight": w4}, pins={"conv": "csr@0.5"})
+    out = tmp_path / "c.npz"
+    planner.apply_plan(plan, {"conv.weight": w4}, out)
+    from memwall.kernels import prune
+
+    z = np.load(out)
+    np.testing.assert_array_equal(z["conv::mask"], prune.magnitude_mask(w4.reshape(32, 72), 0.5))
+
+
 # ------------------------------------------------------------------------------------ CLI
 def test_cli_plan_and_apply(rng, tmp_path, capsys):
     _, path = _checkpoint(rng, tmp_path)
