@@ -16,7 +16,7 @@ from numba import get_num_threads, njit, prange, set_num_threads
 
 from ._validate import check_choice, check_int
 
-__all__ = ["stream_bandwidth", "last_level_cache_bytes", "STREAM_KINDS"]
+__all__ = ["stream_bandwidth", "read_bandwidth", "last_level_cache_bytes", "STREAM_KINDS"]
 
 #: kernels and the bytes STREAM counts per element for each
 STREAM_KINDS = {"copy": 16, "triad": 24}
@@ -104,3 +104,53 @@ def stream_bandwidth(nbytes: int | None = None, kind: str = "triad", threads: in
         if threads is not None:
             set_num_threads(old)
     return STREAM_KINDS[kind] * n / float(np.median(times))
+
+
+@njit(parallel=True, cache=True)
+def _read_kernel(x, chunks, sweeps, out):  # pragma: no cover - compiled
+    n = x.size
+    per = (n + chunks - 1) // chunks
+    for t in prange(chunks):
+        lo = t * per
+        hi = min(n, lo + per)
+        acc = np.uint64(0)
+        for s in range(sweeps):
+            # the xor with the sweep number keeps every sweep a real pass (nothing to hoist)
+            off = np.uint64(s)
+            for i in range(lo, hi):
+                # an unsigned index skips Numba's negative-index wraparound, which would turn the loads
+                # into gathers (vpgatherqq) and measure the gather unit, not the memory
+                acc ^= x[np.uintp(i)] + off
+        out[t] = acc
+
+
+def read_bandwidth(nbytes: int, threads: int | None = None, repeats: int = 5,
+                   min_traffic: int = 256 * 1024**2) -> float:
+    """Median read bandwidth in bytes/s over a working set of ``nbytes`` (all threads together).
+
+    Each thread reads its own contiguous slice, sweeping it repeatedly inside one kernel call until about
+    ``min_traffic`` bytes are read, so small (cache-sized) working sets measure the cache, not the call
+    overhead.  Use a working set of about half a cache level per thread to measure that level.
+    """
+    nbytes = check_int(nbytes, "nbytes", minimum=1024)
+    repeats = check_int(repeats, "repeats", minimum=1)
+    n = max(1, nbytes // 8)
+    sweeps = max(1, -(-check_int(min_traffic, "min_traffic", minimum=1) // (8 * n)))
+    old = get_num_threads()
+    if threads is not None:
+        set_num_threads(check_int(threads, "threads", minimum=1, maximum=old if old else None))
+    try:
+        nthreads = get_num_threads()
+        x = np.arange(n, dtype=np.uint64)
+        out = np.zeros(nthreads, dtype=np.uint64)
+        times = []
+        for r in range(repeats + 1):
+            t0 = time.perf_counter()
+            _read_kernel(x, nthreads, sweeps, out)
+            dt = time.perf_counter() - t0
+            if r:
+                times.append(dt)
+    finally:
+        if threads is not None:
+            set_num_threads(old)
+    return 8.0 * n * sweeps / float(np.median(times))

@@ -120,14 +120,14 @@ def _measure(quick: bool, threads: int, progress, scale: int | None = None) -> d
         for c in caches:
             per_thread = c["bytes"] // 2 if c["instances"] > 1 else c["bytes"] // (2 * threads)
             ws = max(4096, per_thread * threads)
-            m[f"read_bw_{c['name']}"] = membench.read_bandwidth(ws, threads=threads, repeat=rep)
+            m[f"read_bw_{c['name']}"] = membench.read_bandwidth(ws, threads=threads, repeats=rep)
             step(f"read bandwidth {c['name']}")
         dram_ws = max(4 * llc_total, (128 << 20) if s > 1 else (512 << 20))
-        m["read_bw_dram"] = membench.read_bandwidth(dram_ws, threads=threads, repeat=rep)
+        m["read_bw_dram"] = membench.read_bandwidth(dram_ws, threads=threads, repeats=rep)
         step("read bandwidth dram")
-        m["triad_bw_dram"] = membench.triad_bandwidth(dram_ws, threads=threads, repeat=rep)
+        m["triad_bw_dram"] = membench.stream_bandwidth(dram_ws, kind="triad", threads=threads, repeats=rep)
         step("STREAM triad dram")
-        m["read_bw_dram_1thread"] = membench.read_bandwidth(dram_ws, threads=1, repeat=rep)
+        m["read_bw_dram_1thread"] = membench.read_bandwidth(dram_ws, threads=1, repeats=rep)
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         step("read bandwidth dram, 1 thread")
 
