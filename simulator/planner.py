@@ -955,6 +955,8 @@ def make_plan(model, device, *, speedup: float | None = None, latency: float | N
     # options that give no speed-up, with why
     flags = []
     for j in menu_idx:
+        if all_opts[j].comp == base:
+            continue  # the baseline itself
         slow = [i for i in range(L) if not np.isnan(t[i, j]) and t[i, j] >= t[i, 0] * (1 - 1e-9)]
         if not slow:
             continue

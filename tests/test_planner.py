@@ -481,7 +481,7 @@ _CANDIDATES = ("int8", "int8-wo", "int4-g128", "2:4", "2:4+int8", "bsr16x16@0.5"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device,batch,seq", [(GPU, 32, 128), (GPU, 1, 128), ("host", 1, 128)])
+@pytest.mark.parametrize("device,batch,seq", [(GPU, 32, 128), (GPU, 1, 128), (CPU, 1, 128), ("host", 1, 128)])
 def test_minilm_plan_beats_uniform_at_same_time(device, batch, seq):
     """The issue's real check: on all-MiniLM-L6-v2's real weights, the plan keeps the sentence embeddings
     closer to FP32 (cosine) than uniform compression with the same predicted time."""
