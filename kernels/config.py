@@ -32,3 +32,11 @@ INT32_MAX = 2**31 - 1
 FLOAT32_RTOL = 1e-4
 #: Absolute tolerance (scaled by sqrt(K) * max|a| * max|b| in tests) for float32 reductions.
 FLOAT32_ATOL = 1e-5
+
+# --- sparse x dense products (memwall.kernels.spmm) ------------------------------------------------------
+#: Bytes of X (rows of the dense operand) one reduction panel of the CSR / N:M kernels covers (~half of L1d).
+SPMM_PANEL_BYTES = 16384
+#: Output rows a thread owns at a time in the panelled CSR / N:M kernels.
+SPMM_ROW_CHUNK = 16
+#: Fewest stored values per row a panel should hold on average (sparser rows get taller panels).
+SPMM_PANEL_MIN_NNZ = 24

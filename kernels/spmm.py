@@ -24,6 +24,7 @@ order of every element is fixed, so results are identical for any thread count.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import time
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from . import _spmm_kernels as _k
 from ._validate import as_array, check_choice, check_int, check_positive
-from .config import INT32_MAX, SPMM_PANEL_BYTES, SPMM_ROW_CHUNK
+from .config import INT32_MAX, SPMM_PANEL_BYTES, SPMM_PANEL_MIN_NNZ, SPMM_ROW_CHUNK
 from .formats import BSRMatrix, CSRMatrix, NMSparseMatrix
 
 __all__ = ["spmm", "spmm_t", "spmv", "gemv_skip_zeros", "SkipZerosResult", "crossover_sweep",
@@ -147,7 +148,7 @@ def spmm(A, X, *, x_scale=None) -> np.ndarray:
     if out.size == 0:
         return out
     if isinstance(A, CSRMatrix):
-        P, R = _blocking(X.shape[1], 1)
+        P, R = _blocking(X.shape[1], 1, A.density)
         _k.csr_mm(A.indptr, A.indices, data, scales, X, P, R, out)
     elif isinstance(A, BSRMatrix):
         _k.bsr_mm(A.indptr, A.indices, data, scales, A.blocksize[0], A.blocksize[1], X, out)
@@ -157,10 +158,15 @@ def spmm(A, X, *, x_scale=None) -> np.ndarray:
     return out
 
 
-def _blocking(batch: int, multiple: int) -> tuple[int, int]:
-    """Panel height P (rows of X, a multiple of ``multiple``, about SPMM_PANEL_BYTES of X) and rows per chunk."""
-    P = max(multiple, (SPMM_PANEL_BYTES // (4 * max(batch, 1))) // multiple * multiple)
-    return P, SPMM_ROW_CHUNK
+def _blocking(batch: int, multiple: int, density: float = 1.0) -> tuple[int, int]:
+    """Panel height P (rows of X, a multiple of ``multiple``) and rows per chunk.
+
+    P covers about SPMM_PANEL_BYTES of X (so the gathered rows stay in L1), but at least enough columns that
+    a row holds ~SPMM_PANEL_MIN_NNZ stored values per panel (very sparse rows: per-panel overhead dominates)."""
+    P = (SPMM_PANEL_BYTES // (4 * max(batch, 1))) // multiple * multiple
+    if density > 0:
+        P = max(P, int(math.ceil(SPMM_PANEL_MIN_NNZ / density / multiple)) * multiple)
+    return max(P, multiple), SPMM_ROW_CHUNK
 
 
 def _run_int8(A, Xq, xs, out) -> None:
