@@ -154,6 +154,7 @@ class _Tables:
                     self.ct[wi, ai] = _D[compute_dtype(dev, w, a)]
                 except ValueError as exc:
                     self.ct_err[(wi, ai)] = str(exc)
+        self.ct_f = self.ct.ravel()
         tens = dev.units.get("tensor")
         vec = dev.units["vector"]
         self.t_dense = np.array([(tens.dense.get(d, 0.0) if tens else 0.0) for d in DTYPES])
@@ -189,6 +190,9 @@ class _Tables:
                 else:
                     self.conv_base[x, c] = 1.0
                     self.float_conv[x, c] = 1.0
+        self.conv_base_f = self.conv_base.ravel()
+        self.int_conv_f = self.int_conv.ravel()
+        self.float_conv_f = self.float_conv.ravel()
         lv = dev.memory_levels
         self.nlev = len(lv)
         self.cap = np.array([x.capacity_bytes for x in lv])
@@ -299,7 +303,7 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     # --- dtypes -------------------------------------------------------------------------------------
     w_eff = _sel(wop, w, a)
     fmt = fmt * wop  # the dense format (code 0) for activation x activation products
-    c = T.ct[w_eff, a]
+    c = T.ct_f[w_eff * len(DTYPES) + a]
     if (c < 0).any():
         i = int(np.flatnonzero(np.broadcast_to(c, np.broadcast(c, w_eff, a).shape) < 0)[0])
         raise ValueError(T.ct_err[(int(np.broadcast_to(w_eff, np.shape(c)).flat[i]),
@@ -348,7 +352,8 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     work = useful
     nm_sparse = np.zeros((), dtype=bool)
     if any_nm:
-        nm_compat = (((nmm == 2) | (nmm == 4)) & (2 * nmn <= nmm)) | ((nmm % 4 == 0) & (nmn <= 2) & (nmm > 0))
+        q4 = nmm * 0.25
+        nm_compat = (((nmm == 2) | (nmm == 4)) & (2 * nmn <= nmm)) | ((q4 == np.floor(q4)) & (nmn <= 2) & (nmm > 0))
         nm_sparse = is_nm & nm_compat & (ts > 0)
         use_tensor = use_tensor | nm_sparse
         peak = _sel(nm_sparse, ts * T.f_nm, peak)
@@ -374,9 +379,10 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     # vector work besides the main product
     reuse_w = np.maximum(1.0, np.ceil(m / T.t_blk))
     reuse_a = np.maximum(1.0, np.ceil(n_out / T.t_blk))
-    deq_per = T.conv_base[w_eff, c] + zp * T.int_conv[w_eff, c] + (group > 0) * T.float_conv[w_eff, c]
+    wc = w_eff * len(DTYPES) + c  # flat (stored dtype, compute dtype) index: 1-D takes are cheaper
+    deq_per = T.conv_base_f[wc] + zp * T.int_conv_f[wc] + (group > 0) * T.float_conv_f[wc]
     deq_ops = _sel(wop, kept1, n * k) * count * reuse_w * deq_per
-    conv_ops = m * k * count * reuse_a * T.conv_base[a, c]
+    conv_ops = m * k * count * reuse_a * T.conv_base_f[a * len(DTYPES) + c]
     quant_ops = qact * (4.0 * m * k * count)
     extra = deq_ops + conv_ops + quant_ops
     if any_nm:  # decompressing a non-2:4 N:M weight to dense
