@@ -408,3 +408,18 @@ def test_csr_break_even_note():
     assert any("break-even 66.7%" in x for x in low.notes) and low.speedup < 1
     high = estimate(A100, op, Compression.parse("fp16", format="csr", sparsity=0.8))
     assert not any("break-even" in x for x in high.notes) and high.speedup > 1
+
+
+def test_vector_path_with_per_config_operands_and_warmth(rng):
+    N = 64
+    m = rng.integers(1, 512, N)
+    wop = rng.random(N) < 0.5
+    warm = rng.random(N) < 0.5
+    cnt = rng.integers(1, 4, N)
+    out = estimate_gemm_arrays(A100, m, 1024, 2048, count=cnt, weights="int4", group_size=128,
+                               weight_operand=wop, warm=warm)
+    for i in range(N):
+        op = GemmOp("x", int(m[i]), 1024, 2048, count=int(cnt[i]), weight_operand=bool(wop[i]))
+        e = estimate(A100, op, Compression.parse("int4", group=128), warm=bool(warm[i]))
+        assert out["time_s"][i] == pytest.approx(e.time_s, rel=1e-12)
+        assert out["dram_bytes"][i] == e.dram_bytes
