@@ -231,6 +231,9 @@ def test_malformed_toml(tmp_path):
     p.write_text("id = \n[power")
     with pytest.raises(DeviceError, match="broken.toml.*malformed TOML"):
         load_device(str(p))
+    p.write_bytes(b"id = \"\xff\xfe\"\n")
+    with pytest.raises(DeviceError, match="malformed TOML"):
+        load_device(str(p))
 
 
 def test_energy_defaults_follow_the_horowitz_rule():

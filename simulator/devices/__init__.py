@@ -407,7 +407,7 @@ def _read_toml(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DeviceError(f"{path}: malformed TOML: {exc}") from None
     except OSError as exc:
         raise DeviceError(f"{path}: cannot read ({exc})") from None
