@@ -43,6 +43,8 @@ __all__ = [
     "index_itemsize",
     "prune_count",
     "activation_itemsize",
+    "check_shape",
+    "INT_DTYPES",
 ]
 
 #: Weight / activation dtypes a compression config may use.
