@@ -111,7 +111,7 @@ def _measure(quick: bool, threads: int, progress, scale: int | None = None) -> d
     rep = 3 if quick or s > 1 else 7
     caches = detect_caches()
     llc_total = max(c["bytes"] * c["instances"] for c in caches)
-    step = _Steps(len(caches) + 11, progress)
+    step = _Steps(len(caches) + 12, progress)
     rng = np.random.default_rng(0)
     m: dict = {}
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
