@@ -94,6 +94,7 @@ def register(sub) -> None:
     p.add_argument("--sparsity", type=float, default=0.99, metavar="S", help="fraction of gradient entries dropped")
     p.add_argument("--grad-dtype", default="fp32", help="dtype of the dense gradient (default fp32)")
     p.add_argument("--value-dtype", help="dtype of the top-k values (default: the gradient's)")
+    p.add_argument("--encoding", default="pairs", help="pairs (index, value; default) | bitmap (1 bit per entry)")
     p.add_argument("--algorithm", default="ring", help="ring | tree | auto (dense all-reduce)")
     p.add_argument("--nics", type=int, default=1, help="network links per node (default 1)")
     p.add_argument("--backward-s", type=float, metavar="S",
@@ -166,7 +167,8 @@ def _comm(args) -> int:
     est = estimate_comm(params=args.params, model=args.model, workers=args.workers, nodes=args.nodes,
                         network=args.network, intra=args.intra, sparsity=args.sparsity, grad_dtype=args.grad_dtype,
                         value_dtype=args.value_dtype, algorithm=args.algorithm, nics_per_node=args.nics,
-                        backward_s=args.backward_s, device=args.device, batch=args.batch, seq=args.seq)
+                        backward_s=args.backward_s, device=args.device, batch=args.batch, seq=args.seq,
+                        encoding=args.encoding)
     d = est.to_dict()
     if args.json:
         _dump(d)
@@ -178,7 +180,8 @@ def _comm(args) -> int:
           "sent per worker")
     print(f"  top-k all-gather @{d['sparsity']:g}: {d['compressed_comm_s'] * 1e3:10.4g} ms, "
           f"{d['compressed_bytes_per_worker'] / 1e6:10.4g} MB sent per worker (k = {d['encoding']['k']:,}, "
-          f"{d['encoding']['index_bytes']}-byte indices)")
+          + (f"{d['encoding']['index_bytes']}-byte indices)" if d['encoding']['encoding'] == "pairs"
+             else "bitmap of positions)"))
     basis = "step" if d["time_basis"] == "step" else "communication"
     print(f"  {basis} time dense {d['dense_time_s'] * 1e3:.4g} ms vs compressed {d['compressed_time_s'] * 1e3:.4g} ms:"
           f" speedup {d['speedup']:.3g}x")

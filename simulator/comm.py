@@ -54,6 +54,7 @@ __all__ = [
     "Network",
     "ALIASES",
     "VALUE_BYTES",
+    "ENCODINGS",
     "CommEstimate",
     "list_networks",
     "load_network",
@@ -202,20 +203,40 @@ def _check_workers(workers, nodes):
     return workers, nodes
 
 
-def topk_bytes(params: int, sparsity: float, value_dtype: str = "fp32") -> dict:
+#: Encodings of a top-k gradient: (index, value) pairs, or a bitmap of kept positions plus the values.
+ENCODINGS = ("pairs", "bitmap")
+
+
+def _encoded_bytes(params: int, k: float, value_dtype: str, encoding: str) -> tuple[float, float, int]:
+    """(value bytes, position bytes, index width) of k kept entries out of params."""
+    vals = k * VALUE_BYTES[value_dtype]
+    if encoding == "bitmap":
+        return vals, float(math.ceil(params / 8)), 0
+    ib = index_bytes(params)
+    return vals, k * ib, ib
+
+
+def topk_bytes(params: int, sparsity: float, value_dtype: str = "fp32", encoding: str = "pairs") -> dict:
     """Bytes of one worker's top-k encoding of a ``params``-entry gradient at ``sparsity`` (fraction
     dropped): ``k = floor((1 - sparsity) * params)`` (at least 1; the rule of
-    ``memwall.kernels.gradient.topk_sparsify(ratio=1 - sparsity)``) pairs of (index, value).
+    ``memwall.kernels.gradient.topk_sparsify(ratio=1 - sparsity)``) kept entries.
 
-    Returns ``{"k", "values", "indices", "total", "index_bytes"}``.
+    ``encoding``: ``"pairs"`` — k (index, value) pairs, the wire format of :mod:`memwall.kernels.gradient`
+    (int32 indices below 2**31 entries, else int64); ``"bitmap"`` — one bit per gradient entry
+    (``ceil(params / 8)`` bytes) plus the k values in position order: smaller once more than 1/32 of the
+    entries are kept (fp32 values, int32 indices).
+
+    Returns ``{"k", "values", "indices", "total", "index_bytes", "encoding"}`` (``indices`` holds the
+    bitmap's bytes for ``"bitmap"``, and ``index_bytes`` is 0 there).
     """
     params = _check_params(params)
     sparsity = check_fraction(sparsity, "sparsity")
     check_choice(value_dtype, "value_dtype", tuple(VALUE_BYTES))
+    check_choice(encoding, "encoding", ENCODINGS)
     k = max(1, min(params, math.floor((1.0 - sparsity) * params + _RATIO_EPS)))
-    ib = index_bytes(params)
-    vals = k * VALUE_BYTES[value_dtype]
-    return {"k": k, "values": vals, "indices": k * ib, "total": vals + k * ib, "index_bytes": ib}
+    vals, pos, ib = _encoded_bytes(params, k, value_dtype, encoding)
+    return {"k": k, "values": int(vals), "indices": int(pos), "total": int(vals + pos), "index_bytes": ib,
+            "encoding": encoding}
 
 
 def allreduce_bytes_per_worker(nbytes: float, workers: int) -> float:
@@ -362,9 +383,10 @@ def dense_exchange(params: int, workers: int, network, *, nodes: int = 1, intra=
 
 
 def sparse_exchange(params: int, workers: int, network, *, sparsity: float, nodes: int = 1, intra=None,
-                    value_dtype: str = "fp32", nics_per_node: int = 1) -> dict:
-    """All-gather of each worker's top-k (index, value) encoding: time, bytes and the encoding sizes."""
-    enc = topk_bytes(params, sparsity, value_dtype)
+                    value_dtype: str = "fp32", nics_per_node: int = 1, encoding: str = "pairs") -> dict:
+    """All-gather of each worker's top-k encoding (see :func:`topk_bytes`): time, bytes and the encoding
+    sizes."""
+    enc = topk_bytes(params, sparsity, value_dtype, encoding)
     return _sparse_from_bytes(enc["total"], workers, network, nodes=nodes, intra=intra,
                               nics_per_node=nics_per_node) | {"encoding": enc}
 
@@ -381,7 +403,7 @@ def _sparse_from_bytes(e, workers, network, *, nodes, intra, nics_per_node):
 
 def crossover_sparsity(params: int, workers: int, network, *, nodes: int = 1, intra=None,
                        grad_dtype: str = "fp32", value_dtype: str = "fp32", algorithm: str = "ring",
-                       nics_per_node: int = 1) -> float | None:
+                       nics_per_node: int = 1, encoding: str = "pairs") -> float | None:
     """Smallest sparsity at which the top-k all-gather is faster than the dense all-reduce.
 
     0.0 when sparse wins even undropped; ``None`` when it never wins (even k = 1 is slower, which happens
@@ -393,11 +415,12 @@ def crossover_sparsity(params: int, workers: int, network, *, nodes: int = 1, in
     params = _check_params(params)
     dense_t = dense_exchange(params, workers, network, nodes=nodes, intra=intra, grad_dtype=grad_dtype,
                              algorithm=algorithm, nics_per_node=nics_per_node)["time_s"]
-    vb = VALUE_BYTES[check_choice(value_dtype, "value_dtype", tuple(VALUE_BYTES))]
-    pair = vb + index_bytes(params)
+    check_choice(value_dtype, "value_dtype", tuple(VALUE_BYTES))
+    check_choice(encoding, "encoding", ENCODINGS)
 
     def sparse_t(density):
-        return _sparse_from_bytes(density * params * pair, workers, network, nodes=nodes, intra=intra,
+        e = sum(_encoded_bytes(params, density * params, value_dtype, encoding)[:2])
+        return _sparse_from_bytes(e, workers, network, nodes=nodes, intra=intra,
                                   nics_per_node=nics_per_node)["time_s"]
 
     if workers == 1:
@@ -486,6 +509,7 @@ class CommEstimate:
 def estimate_comm(*, params: int | None = None, model: str | None = None, workers: int, network,
                   nodes: int = 1, intra=None, sparsity: float = 0.99, grad_dtype: str = "fp32",
                   value_dtype: str | None = None, algorithm: str = "ring", nics_per_node: int = 1,
+                  encoding: str = "pairs",
                   backward_s: float | None = None, forward_s: float | None = None, device=None,
                   batch: int = 1, seq: int | None = None) -> CommEstimate:
     """Per-step gradient exchange of a model (``model`` zoo name or ``params``) on ``workers`` workers.
@@ -519,9 +543,10 @@ def estimate_comm(*, params: int | None = None, model: str | None = None, worker
     dense = dense_exchange(params, workers, net, nodes=nodes, intra=intra, grad_dtype=grad_dtype,
                            algorithm=algorithm, nics_per_node=nics_per_node)
     sparse = sparse_exchange(params, workers, net, sparsity=sparsity, nodes=nodes, intra=intra,
-                             value_dtype=value_dtype, nics_per_node=nics_per_node)
+                             value_dtype=value_dtype, nics_per_node=nics_per_node, encoding=encoding)
     cross = crossover_sparsity(params, workers, net, nodes=nodes, intra=intra, grad_dtype=grad_dtype,
-                               value_dtype=value_dtype, algorithm=algorithm, nics_per_node=nics_per_node)
+                               value_dtype=value_dtype, algorithm=algorithm, nics_per_node=nics_per_node,
+                               encoding=encoding)
     notes = []
     if backward_s is not None:
         backward_s = float(backward_s)

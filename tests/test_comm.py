@@ -229,3 +229,17 @@ def test_backward_estimated_by_the_simulator():
         comm.estimate_comm(params=10**6, workers=2, network="eth10g", device="a100-80gb")
     with pytest.raises(ValueError, match="not both"):
         comm.estimate_comm(model="bert-base", workers=2, network="eth10g", device="a100-80gb", backward_s=1.0)
+
+
+def test_bitmap_encoding():
+    enc = comm.topk_bytes(1000, 0.9, "fp32", encoding="bitmap")
+    assert enc["k"] == 100 and enc["indices"] == 125 and enc["total"] == 125 + 400 and enc["index_bytes"] == 0
+    # bitmap beats pairs once more than 1/32 of fp32/int32 entries are kept
+    assert comm.topk_bytes(3200, 0.5, encoding="bitmap")["total"] < comm.topk_bytes(3200, 0.5)["total"]
+    assert comm.topk_bytes(3200, 0.999, encoding="bitmap")["total"] > comm.topk_bytes(3200, 0.999)["total"]
+    # at moderate sparsity the bitmap moves the crossover down (sparse pays earlier)
+    a = comm.crossover_sparsity(10**7, 4, "eth10g")
+    b = comm.crossover_sparsity(10**7, 4, "eth10g", encoding="bitmap")
+    assert b < a
+    with pytest.raises(ValueError, match="encoding"):
+        comm.topk_bytes(10, 0.5, encoding="rle")
