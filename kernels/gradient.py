@@ -11,8 +11,10 @@ Selection methods (:func:`topk_sparsify`)
                      top 12 key bits per chunk, then a gather of the buckets at and above the k-th -- with
                      the same answer.
     ``"sampled"``    Deep Gradient Compression style: the threshold is estimated as the matching quantile of
-                     ``|g|`` on a seeded random sample, then every entry with ``|g| >= threshold`` is sent; the
-                     achieved ``k`` (``SparseGradient.k``) is close to, not equal to, the requested one.
+                     ``|g|`` on a seeded random sample (stratified: one random run of up to 256 consecutive
+                     entries from each of equal strata, 1% of the entries by default), then every entry with
+                     ``|g| >= threshold`` is sent in one pass; the achieved ``k`` (``SparseGradient.k``) is
+                     close to, not equal to, the requested one.
     ``"threshold"``  every entry with ``|g| >= threshold`` (``threshold=`` given).
 
 Encoding

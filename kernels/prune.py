@@ -13,6 +13,11 @@ Deterministic ties
     decides N:M groups and top-k gradient selection (:mod:`memwall.kernels.gradient`), so the masks are
     reproducible bit for bit and identical for any thread count.
 
+Speed
+    Magnitude masks share the selection machinery of :mod:`memwall.kernels.gradient`: a sample brackets the
+    threshold, one parallel pass counts/gathers around it, a branch-free pass writes the mask (radix-select
+    fallback when the bracket misses).  N:M and block scores are parallel Numba loops over rows / block rows.
+
 Accuracy proxy
     :func:`mask_stats` reports the achieved sparsity and the fraction of the squared weight magnitude
     (``sum w**2``) that a mask removes; the planner uses the latter as a cheap stand-in for accuracy loss.
