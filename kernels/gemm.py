@@ -219,30 +219,38 @@ def _pack_checked(b: np.ndarray, k: int, n: int, nk: bool) -> PackedInt8:
 # ==================================================================================================
 @njit(inline="always")
 def _store_tile(tile, ldt, r0, rows, c0, cols, n, c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk):
-    """Write the int32 tile rows [r0, r0+rows) x cols [c0, c0+cols): raw (epi=0) or dequantized to float32."""
+    """Write the int32 tile rows [r0, r0+rows) x cols [c0, c0+cols): raw (epi=0) or dequantized to float32.
+    (Offsets are unsigned so that Numba emits no negative-index wraparound and the loops vectorize.)"""
+    uc0 = np.uint64(c0)
     if epi == 0:
         for r in range(rows):
-            off = (r0 + r) * n + c0
+            off = np.uint64((r0 + r) * n + c0)
+            toff = np.uint64(r * ldt)
             for jj in range(cols):
-                c[off + jj] = tile[r * ldt + jj]
+                u = np.uint64(jj)
+                c[off + u] = tile[toff + u]
     elif has_zp == 0:
         for r in range(rows):
-            off = (r0 + r) * n + c0
+            off = np.uint64((r0 + r) * n + c0)
+            toff = np.uint64(r * ldt)
             s_a = sa[r0 + r]
             for jj in range(cols):
-                out[off + jj] = np.float32(tile[r * ldt + jj]) * (s_a * sb[c0 + jj]) + bias[c0 + jj]
+                u = np.uint64(jj)
+                out[off + u] = np.float32(tile[toff + u]) * (s_a * sb[uc0 + u]) + bias[uc0 + u]
     else:
         for r in range(rows):
             i = r0 + r
-            off = i * n + c0
+            off = np.uint64(i * n + c0)
+            toff = np.uint64(r * ldt)
             s_a = sa[i]
             z_a = np.int64(za[i])
             r_a = np.int64(rsa[i])
             for jj in range(cols):
-                j = c0 + jj
+                u = np.uint64(jj)
+                j = uc0 + u
                 z_b = np.int64(zb[j])
-                v = np.int64(tile[r * ldt + jj]) - z_a * csb[j] - z_b * r_a + kk * z_a * z_b
-                out[off + jj] = np.float32(v) * (s_a * sb[j]) + bias[j]
+                v = np.int64(tile[toff + u]) - z_a * csb[j] - z_b * r_a + kk * z_a * z_b
+                out[off + u] = np.float32(v) * (s_a * sb[j]) + bias[j]
 
 
 if has_avx512_vnni():
@@ -775,21 +783,22 @@ def pack_weights(w, bits: int = 8, group_size: int | None = None, symmetric: boo
 def _int4_gemv_kernel(xe, xo, xgs, q4u, scale, zp8, bias, out, gb):  # pragma: no cover - compiled
     """out[j] = sum_g scale[j,g] * (sum_{i in g} xe[i]*lo(q4u[j,i]) + xo[i]*hi(q4u[j,i]) - zp8[j,g]*xgs[g]) + bias[j].
 
-    ``q4u`` holds offset-binary nibbles (v + 8 in [0, 15]), so the inner loop only masks, shifts, converts
-    and multiplies; the -8 and the zero point come back once per group through ``zp8 = zero_point + 8`` and
+    ``q4u`` holds offset-binary nibbles (v + 8 in [0, 15]), so the inner loop only converts the byte, splits
+    it exactly in float32 (hi = floor(b / 16), lo = b - 16 hi) and multiplies; the -8 and the zero point come back once per group through ``zp8 = zero_point + 8`` and
     the group sums ``xgs`` of x.  xe/xo are the even/odd entries of x so that byte i meets x[2i] (low nibble)
     and x[2i+1] (high nibble).  Rows are owned by one thread each and streamed once (bandwidth-bound)."""
     n = q4u.shape[0]
     ngroups = scale.shape[1]
-    m15 = np.int32(15)
     for j in prange(n):
         row = q4u[j]
         tot = np.float32(0.0)
         for g in range(ngroups):
             acc = np.float32(0.0)
             for i in range(g * gb, (g + 1) * gb):
-                b = np.int32(row[i])
-                acc += xe[i] * np.float32(b & m15) + xo[i] * np.float32(b >> np.int32(4))
+                u = np.uint64(i)  # unsigned index: no negative-index wraparound select (keeps the loop vectorized)
+                bf = np.float32(row[u])  # both nibbles split in float32 lanes (integer ops would widen to int64)
+                hi = np.floor(bf * np.float32(0.0625))
+                acc += xe[u] * (bf - np.float32(16.0) * hi) + xo[u] * hi
             tot += scale[j, g] * (acc - zp8[j, g] * xgs[g])
         out[j] = tot + bias[j]
 
@@ -815,15 +824,16 @@ _WO_ROWS = 16
 @njit(inline="always")
 def _dequant4_row(q4row, scale_row, zp8_row, gb, k, w):  # pragma: no cover - compiled
     """float32 weights of one INT4 row (offset-binary nibbles, group scales, zero points + 8) into w."""
-    m15 = np.int32(15)
     nb = q4row.shape[0]
     for g in range(nb // gb):
         s = scale_row[g]
         z = zp8_row[g]
         for i in range(g * gb, (g + 1) * gb):
-            b = np.int32(q4row[i])
-            w[2 * i] = (np.float32(b & m15) - z) * s
-            w[2 * i + 1] = (np.float32(b >> np.int32(4)) - z) * s
+            u = np.uint64(i)
+            bf = np.float32(q4row[u])
+            hi = np.floor(bf * np.float32(0.0625))
+            w[np.uint64(2) * u] = (bf - np.float32(16.0) * hi - z) * s
+            w[np.uint64(2) * u + np.uint64(1)] = (hi - z) * s
 
 
 @njit(parallel=True, fastmath=True, cache=True)
