@@ -549,7 +549,9 @@ class Variant:
     prune: ``None``, ``"magnitude"`` (unstructured, per layer), ``"nm"`` (N:M along K) or ``"block"``
     (``block`` r x c, L1 score); ``sparsity`` the fraction pruned.  weights / acts: "fp32", "int8" or
     "int4"; ``group`` the INT4 group along K (weight-only); ``format``: how the kernels store the weights,
-    spelled as :meth:`memwall.simulator.compression.Compression.parse` reads it.
+    spelled as :meth:`memwall.simulator.compression.Compression.parse` reads it.  ``method``: "rtn"
+    (round to nearest, min-max scales) or "gptq" (GPTQ error compensation with the Hessian of calibration
+    text disjoint from the evaluation sentences, see :func:`gptq_quantize`); ``symmetric``: zero points or not.
     """
 
     name: str
@@ -563,6 +565,8 @@ class Variant:
     block: tuple[int, int] | None = None
     n: int | None = None
     m: int | None = None
+    method: str = "rtn"
+    symmetric: bool = True
 
     def compression(self, gpu: bool = False):
         """The simulator's :class:`~memwall.simulator.compression.Compression` for this variant.
@@ -576,15 +580,23 @@ class Variant:
 
         scale_dtype = "fp16" if gpu else "fp32"
         return Compression.parse(weights=f(self.weights), acts=f(self.acts), group=self.group, format=self.format,
-                                 sparsity=self.sparsity, scale_dtype=scale_dtype)
+                                 sparsity=self.sparsity, scale_dtype=scale_dtype,
+                                 zero_points=not self.symmetric and self.weights in ("int8", "int4"))
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("fp32", "FP32 dense (NumPy/BLAS) — the baseline"),
     Variant("int8", "INT8 W8A8: per-channel weights, dynamic per-token activations", weights="int8", acts="int8"),
-    Variant("int4-g32", "INT4 weight-only, group 32 along K, float32 activations", weights="int4", group=32),
-    Variant("int4-g64", "INT4 weight-only, group 64 along K, float32 activations", weights="int4", group=64),
-    Variant("int4-g128", "INT4 weight-only, group 128 along K, float32 activations", weights="int4", group=128),
+    Variant("int4-g32", "INT4 weight-only, group 32 along K, asymmetric, GPTQ; float32 activations",
+            weights="int4", group=32, method="gptq", symmetric=False),
+    Variant("int4-g64", "INT4 weight-only, group 64 along K, asymmetric, GPTQ; float32 activations",
+            weights="int4", group=64, method="gptq", symmetric=False),
+    Variant("int4-g128", "INT4 weight-only, group 128 along K, asymmetric, GPTQ; float32 activations",
+            weights="int4", group=128, method="gptq", symmetric=False),
+    Variant("int4-g32-rtn", "INT4 weight-only, group 32, symmetric round-to-nearest (no calibration)",
+            weights="int4", group=32),
+    Variant("int4-g128-rtn", "INT4 weight-only, group 128, symmetric round-to-nearest (no calibration)",
+            weights="int4", group=128),
     Variant("csr50", "50% unstructured magnitude pruning per layer, CSR float32", prune="magnitude",
             sparsity=0.5, format="csr"),
     Variant("nm24", "2:4 magnitude pruning along K, N:M float32", prune="nm", sparsity=0.5, format="nm:2:4",
@@ -642,7 +654,7 @@ class _NumpyFallbackLinear:
         return y
 
 
-def _fallback_linear(variant: Variant, w: np.ndarray, b: np.ndarray) -> _NumpyFallbackLinear:
+def _fallback_linear(variant: Variant, w: np.ndarray, b: np.ndarray, hessian=None) -> _NumpyFallbackLinear:
     from ..kernels import quant
 
     if variant.weights == "int8":
@@ -651,7 +663,12 @@ def _fallback_linear(variant: Variant, w: np.ndarray, b: np.ndarray) -> _NumpyFa
             return _NumpyFallbackLinear(qt.values.astype(np.float32), b, w_scale=qt.scale, act_int8=True)
         return _NumpyFallbackLinear(qt.dequantize(), b)
     if variant.weights == "int4":
-        qt = quant.quantize(w, bits=4, symmetric=True, group_size=variant.group)
+        if hessian is not None:
+            q, sc, zp = gptq_quantize(w, hessian, group_size=variant.group, symmetric=variant.symmetric)
+            g = variant.group
+            deq = ((q.astype(np.float32).reshape(w.shape[0], -1, g) - zp[:, :, None]) * sc[:, :, None])
+            return _NumpyFallbackLinear(deq.reshape(w.shape), b)
+        qt = quant.quantize(w, bits=4, symmetric=variant.symmetric, group_size=variant.group)
         return _NumpyFallbackLinear(qt.dequantize(), b)
     return _NumpyFallbackLinear(w, b)
 
@@ -660,7 +677,7 @@ class Int8Linear:
     """INT8 W8A8: per-output-channel symmetric INT8 weights packed once for the VNNI GEMM; activations
     quantized per token on every call; one fused dequantizing GEMM (+ bias)."""
 
-    path = "memwall.kernels int8_gemm_dequant (W8A8)"
+    path = "memwall.kernels quantized_linear (W8A8)"
 
     def __init__(self, w: np.ndarray, bias: np.ndarray):
         from ..kernels import gemm
@@ -671,11 +688,25 @@ class Int8Linear:
 
     def __call__(self, x: np.ndarray, *, add_bias: bool = True) -> np.ndarray:
         from ..kernels import gemm
-        from ..kernels.quant import quantize_rows_int8
 
-        xq, xs = quantize_rows_int8(x)
-        return gemm.int8_gemm_dequant(xq, self.packed.int8, xs, self.packed.scale,
-                                      bias=self.bias if add_bias else None)
+        return gemm.quantized_linear(x, self.packed, self.bias if add_bias else None, act_quant="int8")
+
+
+class Int4Linear:
+    """INT4 weight-only: packed nibbles with group scales (and zero points), float32 activations, through
+    :func:`memwall.kernels.quantized_linear` (``act_quant="none"``)."""
+
+    path = "memwall.kernels quantized_linear (INT4 weight-only)"
+
+    def __init__(self, packed, bias: np.ndarray):
+        self.packed = packed
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        self.weight_nbytes = int(packed.nbytes)
+
+    def __call__(self, x: np.ndarray, *, add_bias: bool = True) -> np.ndarray:
+        from ..kernels import gemm
+
+        return gemm.quantized_linear(x, self.packed, self.bias if add_bias else None, act_quant="none")
 
 
 class SparseLinear:
@@ -705,13 +736,23 @@ class SparseLinear:
         return y
 
 
-def _kernel_linear(variant: Variant, w: np.ndarray, mask: np.ndarray | None, b: np.ndarray):
+def _kernel_linear(variant: Variant, w: np.ndarray, mask: np.ndarray | None, b: np.ndarray, hessian=None):
     """The kernels-backed Linear of ``variant`` for the fused weight ``w`` (pruned entries already zero),
     or None when the kernel it needs is not available in this build."""
     try:
         if variant.prune is None:
             if variant.weights == "int8" and variant.acts == "int8":
                 return Int8Linear(w, b)
+            if variant.weights == "int4" and variant.acts == "fp32":
+                from ..kernels import gemm
+
+                if hessian is not None:
+                    q, sc, zp = gptq_quantize(w, hessian, group_size=variant.group, symmetric=variant.symmetric)
+                    packed = gemm.pack_quantized(q, sc, None if variant.symmetric else zp, bits=4,
+                                                 group_size=variant.group)
+                else:
+                    packed = gemm.pack_weights(w, bits=4, group_size=variant.group, symmetric=variant.symmetric)
+                return Int4Linear(packed, b)
             return None
         from ..kernels import formats
 
@@ -727,6 +768,242 @@ def _kernel_linear(variant: Variant, w: np.ndarray, mask: np.ndarray | None, b: 
         return SparseLinear(mat, b, act_int8=variant.acts == "int8")
     except (ImportError, AttributeError):
         return None
+
+
+#: Calibration text for GPTQ (sentences and a few paragraphs, about 2,500 tokens).  Written for memwall and
+#: disjoint from ``data/sentences.txt`` (the evaluation set), so INT4 quality is never fitted to the
+#: sentences it is judged on.
+CALIBRATION_SENTENCES = (
+    "The committee met on Tuesday to discuss the budget for next year.",
+    "A small boat drifted slowly towards the rocky shore.",
+    "Please remember to water the plants while I am away.",
+    "The museum's new wing was designed by a local architect.",
+    "He spent the afternoon repairing an old radio in the garage.",
+    "Most of the snow had melted by the end of March.",
+    "The software engineer fixed a memory leak in the image viewer.",
+    "She bought a second-hand piano and started taking lessons.",
+    "The river divides the town into an old quarter and a new one.",
+    "Our team finished the season in third place.",
+    "Inflation has made groceries noticeably more expensive this year.",
+    "The nurse checked his temperature every four hours.",
+    "A flock of geese flew south in a long uneven line.",
+    "The students built a robot that can sort coloured blocks.",
+    "Why did the meeting start so late this morning?",
+    "The recipe calls for two cups of flour and a teaspoon of yeast.",
+    "Heavy traffic delayed the ambulance on its way to the hospital.",
+    "The author signed copies of her book after the reading.",
+    "Satellite images show the ice sheet retreating each summer.",
+    "He apologised for the mistake and offered to pay for the damage.",
+    "The hotel lobby was decorated with paper lanterns.",
+    "Farmers in the region grow olives, grapes and almonds.",
+    "A loud alarm went off in the middle of the night.",
+    "The judge postponed the trial until the new evidence was examined.",
+    "Children were flying kites on the hill behind the school.",
+    "The network outage affected thousands of customers for several hours.",
+    "I would rather walk than wait another half hour for the bus.",
+    "The violinist tuned her instrument before the rehearsal.",
+    "Sales of electric bicycles doubled in the last two years.",
+    "The path through the forest was muddy after the storm.",
+    "The mechanic said the brakes needed to be replaced soon.",
+    "Astronomers observed a comet passing close to the Sun.",
+    "The city council approved a plan for more bicycle lanes.",
+    "My neighbour keeps bees and sells the honey at the market.",
+    "The documentary followed a family of wolves through one winter.",
+    "The bakery opens at six and the bread is still warm at seven.",
+    "Several passengers complained about the lack of information at the station.",
+    "The old bridge was replaced by a modern steel structure.",
+    "She translated the letter from Portuguese into English.",
+    "The company plans to hire fifty new engineers next spring.",
+    "Low clouds hid the top of the mountain all day.",
+    "He keeps his stamp collection in a leather album.",
+    "The vaccine must be stored at a very low temperature.",
+    "The quiz show asked questions about geography and history.",
+    "A thin layer of dust covered the books in the attic.",
+    "The factory switched to solar power to cut its costs.",
+    "They celebrated the anniversary with a picnic by the lake.",
+    "The security guard locked the gates at ten o'clock.",
+    # longer passages: GPTQ needs more calibration tokens than the 1536 inputs of the widest layer
+    "When the first settlers arrived in the valley, they found a wide river, dense oak forests and soil that "
+    "was heavy with clay. They cleared the land slowly, building houses from timber and stone, and within a "
+    "generation the settlement had a mill, a church and a weekly market. Trade along the river brought salt, "
+    "iron tools and news from distant towns, and by the end of the century the village had become a busy "
+    "market town with its own school and a bridge that still stands today.",
+    "Modern processors spend much of their time waiting for data. A single access to main memory can take "
+    "hundreds of clock cycles, during which the arithmetic units sit idle. Caches hide part of this delay by "
+    "keeping recently used data close to the cores, and programs that reuse data in small blocks run far "
+    "faster than programs that stream through large arrays once. Compression helps for the same reason: "
+    "fewer bytes to move means less time spent waiting, as long as decoding them is cheap.",
+    "To make a simple vegetable stew, chop two onions, three carrots and a few potatoes into rough pieces. "
+    "Fry the onions in olive oil until soft, then add the carrots, potatoes, a tin of tomatoes and enough "
+    "stock to cover everything. Season with salt, pepper and a bay leaf, and let the pot simmer gently for "
+    "about forty minutes. A handful of spinach stirred in at the end adds colour, and the stew keeps well "
+    "in the fridge for several days.",
+    "The match began badly for the home side, who conceded a goal in the fourth minute after a careless pass "
+    "in midfield. For the rest of the first half they struggled to keep possession, and the visiting "
+    "goalkeeper hardly had a save to make. After the break the coach changed the formation, brought on two "
+    "young wingers and told his players to press higher. The equaliser came from a corner, and the winning "
+    "goal, a long shot that dipped under the crossbar, arrived in the final minute of added time.",
+    "Sleep is not simply a period of rest. While we sleep, the brain sorts and stores memories, the body "
+    "repairs tissue and regulates hormones, and the immune system strengthens its defences. Adults who sleep "
+    "less than six hours a night over long periods are more likely to develop heart disease, diabetes and "
+    "depression. Doctors recommend regular bedtimes, a dark and quiet bedroom, and avoiding screens and "
+    "caffeine in the hours before going to bed.",
+    "The letter arrived on a grey Monday morning, in an envelope covered with foreign stamps. Maria did not "
+    "recognise the handwriting, and for a while she simply held it, turning it over in her hands. Inside was "
+    "a single page, written in careful English, from a man who claimed to have known her grandfather during "
+    "the war. He wrote that he had something that belonged to the family and asked whether she would be "
+    "willing to meet him in Lisbon in the spring.",
+    "Renting a flat in a large city has become a serious problem for young people. Rents have risen much "
+    "faster than wages over the past decade, and many tenants now spend more than half of their income on "
+    "housing. Some cities have responded with rent controls, others with programmes to build more social "
+    "housing, and a few have tried to limit short-term holiday lettings. Economists disagree about which "
+    "measures work best, but most agree that the shortage of homes lies at the root of the problem.",
+    "Please read these instructions before using the appliance for the first time. Place the machine on a "
+    "flat, stable surface away from water and heat sources. Fill the tank with cold water up to the marked "
+    "line and make sure the lid is closed properly. Press the power button once to switch on, and wait until "
+    "the green light stops flashing. If the red warning light comes on, unplug the machine, let it cool "
+    "down and contact customer service.",
+    "Coral reefs cover less than one percent of the ocean floor, yet they are home to about a quarter of all "
+    "marine species. Reefs protect coastlines from storms, support fisheries and attract millions of "
+    "visitors every year. Rising sea temperatures cause corals to expel the algae that live in their "
+    "tissues, a process known as bleaching, and repeated bleaching events can kill entire reefs. Scientists "
+    "are testing ways to breed more heat-tolerant corals, but cutting emissions remains essential.",
+    "Learning to program is a little like learning a musical instrument. At first every step feels slow and "
+    "awkward, and even simple tasks require a lot of attention. With practice, common patterns become "
+    "automatic, and you start to think about the structure of a whole program rather than individual lines. "
+    "Reading other people's code, writing small projects that you care about, and asking for feedback are "
+    "the fastest ways to improve.",
+    "The negotiations lasted almost three weeks. Delegates from both countries met every day in a hotel "
+    "outside the capital, while journalists waited in the lobby for any sign of progress. The main "
+    "disagreements concerned fishing rights, the pace of tariff reductions and the protection of local "
+    "farmers. In the end both sides made concessions, and the agreement was signed late on a Friday evening, "
+    "although several parliaments still have to approve it.",
+    "On our last day in the mountains we woke before dawn and climbed the ridge behind the hut. The air was "
+    "cold and completely still, and the stars were still visible when we reached the top. Slowly the sky "
+    "in the east turned pink, then gold, and the peaks around us caught the light one after another. We "
+    "drank tea from a flask, took far too many photographs and walked back down in time for breakfast.",
+    "Customer reviews can make or break a small business. A restaurant that receives a few bad reviews in a "
+    "row may lose a large share of its bookings, even if the complaints were about a single busy evening. "
+    "Many owners now reply to every review, thanking people for positive comments and apologising for "
+    "problems. Experts advise staying polite, avoiding arguments in public, and offering to resolve "
+    "complaints privately by phone or email.",
+    "The telescope was built on a remote mountain where the air is thin and dry and the nights are almost "
+    "always clear. Its main mirror is more than eight metres across and is polished to an accuracy of a few "
+    "millionths of a millimetre. Astronomers from around the world apply for observing time, and only a "
+    "small fraction of the proposals are accepted. Recent observations have revealed planets orbiting "
+    "nearby stars and galaxies formed less than a billion years after the Big Bang.",
+    "Grandfather kept a small workshop at the bottom of the garden, full of tools that nobody else was "
+    "allowed to touch. On rainy afternoons he would let me sit on an upturned crate and watch him work. He "
+    "made bird boxes, repaired chairs for the neighbours and once built an entire rocking horse for my "
+    "cousin's birthday. He rarely spoke while he worked, but when he did, it was usually to explain why a "
+    "joint had to be cut exactly so.",
+    "Public libraries offer much more than books. Many lend laptops and tablets, run language classes and "
+    "coding clubs, and provide a warm, quiet place to study for people who have nowhere else to go. During "
+    "economic downturns visitor numbers usually rise, as people use the computers to look for work and fill "
+    "in forms. Despite this, library budgets have been cut in many countries, and some branches have been "
+    "forced to reduce their opening hours or close altogether.",
+)
+
+
+class _Recorder:
+    """Wraps a Linear: accumulates ``sum x^T x`` (float64) over the rows flagged in ``rows``."""
+
+    def __init__(self, lin):
+        self.lin = lin
+        self.bias = lin.bias
+        self.rows = None
+        self.H = None
+
+    def __call__(self, x, *, add_bias: bool = True):
+        xr = x if self.rows is None else x[self.rows]
+        xr = xr.astype(np.float64)
+        h = xr.T @ xr
+        self.H = h if self.H is None else self.H + h
+        return self.lin(x, add_bias=add_bias)
+
+
+def calibration_hessians(encoder: Encoder, sentences: Sequence[str] | None = None, *,
+                         batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+    """Per layer and Linear slot, ``H = sum over calibration tokens of x x^T`` (float64, (in, in)) of the
+    slot's input in the FP32 forward (padding tokens excluded).  Default text: :data:`CALIBRATION_SENTENCES`."""
+    sentences = list(CALIBRATION_SENTENCES if sentences is None else sentences)
+    if not sentences:
+        raise ValueError("sentences: need at least one calibration sentence")
+    recs = [{slot: _Recorder(DenseLinear(*encoder.slot_weights(i, slot))) for slot in LINEAR_SLOTS}
+            for i in range(encoder.config.num_layers)]
+    probe = Encoder(encoder.config, encoder.weights, encoder.tokenizer, max_seq_length=encoder.max_seq_length,
+                    linears=recs)
+    for s in range(0, len(sentences), batch_size):
+        ids, mask = probe.tokenize(sentences[s : s + batch_size])
+        rows = mask.reshape(-1).astype(bool)
+        for layer in recs:
+            for r in layer.values():
+                r.rows = rows
+        probe.forward(ids, mask)
+    return [{slot: r.H for slot, r in layer.items()} for layer in recs]
+
+
+def gptq_quantize(w: np.ndarray, hessian: np.ndarray, *, group_size: int = 128, symmetric: bool = False,
+                  damp: float = 0.01, block: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """INT4 GPTQ (Frantar et al., 2023) of one Linear weight ``w`` (out, in) with input Hessian ``hessian``.
+
+    Columns are quantized left to right; each column's rounding error is spread over the columns not yet
+    quantized through the Cholesky factor of ``H^-1`` (``H`` dampened by ``damp`` x its mean diagonal),
+    in blocks of ``block`` columns.  Each group of ``group_size`` columns gets its scale (and zero point)
+    from min-max of the *updated* weights when its first column is reached.
+
+    Returns ``(values int8 in [-8, 7], scale float32 (out, in/g), zero_point int32 (out, in/g))`` with
+    ``w ≈ (values - zero_point) * scale`` (zero points all 0 when ``symmetric``; values then in [-7, 7]).
+    """
+    W = np.array(w, dtype=np.float64)
+    n, k = W.shape
+    g = int(group_size)
+    if k % g:
+        raise ValueError(f"group_size: {g} does not divide in_features={k}")
+    H = np.array(hessian, dtype=np.float64)
+    if H.shape != (k, k):
+        raise ValueError(f"hessian: expected shape ({k}, {k}), got {H.shape}")
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H[np.diag_indices(k)] += damp * np.mean(np.diag(H))
+    Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper triangular
+    q_out = np.empty((n, k), dtype=np.int8)
+    s_out = np.empty((n, k // g), dtype=np.float32)
+    z_out = np.zeros((n, k // g), dtype=np.int32)
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    s = z = None
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        W1 = W[:, i1:i2].copy()
+        E = np.zeros_like(W1)
+        Hb = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % g == 0:
+                grp = np.concatenate([W1[:, i:], W[:, i2:]], axis=1)[:, :g]
+                if symmetric:
+                    s = np.maximum((np.abs(grp).max(axis=1) / 7.0).astype(np.float32), tiny)
+                    z = np.zeros(n, dtype=np.int32)
+                else:
+                    lo = np.minimum(grp.min(axis=1), 0.0)
+                    hi = np.maximum(grp.max(axis=1), 0.0)
+                    s = np.maximum(((hi - lo) / 15.0).astype(np.float32), tiny)
+                    z = (np.clip(np.rint(-lo / s), 0, 15) - 8).astype(np.int32)  # signed grid [-8, 7]
+                s_out[:, col // g] = s
+                z_out[:, col // g] = z
+            wcol = W1[:, i]
+            if symmetric:
+                q = np.clip(np.rint(wcol / s), -7, 7)
+            else:
+                q = np.clip(np.rint(wcol / s) + z, -8, 7)
+            q_out[:, col] = q.astype(np.int8)
+            deq = (q - z) * s.astype(np.float64)
+            err = (wcol - deq) / Hb[i, i]
+            W1[:, i:] -= np.outer(err, Hb[i, i:])
+            E[:, i] = err
+        W[:, i2:] -= E @ Hinv[i1:i2, i2:]
+    return q_out, s_out, z_out
 
 
 def compress_encoder(encoder: Encoder, variant: Variant | str, *, allow_fallback: bool = True) -> Encoder:
@@ -746,10 +1023,12 @@ def compress_encoder(encoder: Encoder, variant: Variant | str, *, allow_fallback
     if variant.name == "fp32" and variant.prune is None and variant.weights == "fp32":
         return Encoder(encoder.config, encoder.weights, encoder.tokenizer, max_seq_length=encoder.max_seq_length,
                        model_dir=encoder.model_dir, variant=variant.name)
+    hessians = calibration_hessians(encoder) if variant.method == "gptq" else None
     linears = []
     for i in range(encoder.config.num_layers):
         layer = {}
         for slot in LINEAR_SLOTS:
+            hess = None if hessians is None else hessians[i][slot]
             parts = encoder.original_linears(i, slot)
             masks = [_prune_mask(variant, w) for w, _ in parts]
             w = np.concatenate([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
@@ -757,11 +1036,11 @@ def compress_encoder(encoder: Encoder, variant: Variant | str, *, allow_fallback
             mask = None if masks[0] is None else (np.concatenate(masks) if len(masks) > 1 else masks[0])
             if mask is not None:
                 w = np.where(mask, w, np.float32(0.0))
-            lin = _kernel_linear(variant, w, mask, b)
+            lin = _kernel_linear(variant, w, mask, b, hess)
             if lin is None:
                 if not allow_fallback:
                     raise ImportError(f"variant {variant.name}: the memwall.kernels path it needs is not available")
-                lin = _fallback_linear(variant, w, b)
+                lin = _fallback_linear(variant, w, b, hess)
             layer[slot] = lin
         linears.append(layer)
     return Encoder(encoder.config, encoder.weights, encoder.tokenizer, max_seq_length=encoder.max_seq_length,
