@@ -182,3 +182,97 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
 
     mk.__name__ = f"vnni_mk_{mr}x{nr}_a{a_rows}"
     return mk
+
+
+_F32 = ir.FloatType()
+_V16F = ir.VectorType(_F32, 16)
+_V16B = ir.VectorType(_I8, 16)
+
+
+@intrinsic
+def int4_dot(typingctx, q, q_off, xe, xo, start, count):
+    """``sum_{i < count} xe[start+i] * lo(q[q_off+i]) + xo[start+i] * hi(q[q_off+i])`` for offset-binary
+    nibble bytes (lo = b & 15, hi = b >> 4), 16 bytes per step in zmm registers (explicit <16 x float> IR:
+    Numba's auto-vectorizer stops at 256-bit vectors on this CPU).  ``count`` must be a multiple of 16."""
+    if not all(isinstance(t, types.Integer) for t in (q_off, start, count)):
+        return None
+    sig = types.float32(q, q_off, xe, xo, start, count)
+
+    def codegen(context, builder, signature, args):
+        q_v, q_off_v, xe_v, xo_v, start_v, count_v = args
+        st = signature.args
+        q_off_v = context.cast(builder, q_off_v, st[1], types.int64)
+        start_v = context.cast(builder, start_v, st[4], types.int64)
+        count_v = context.cast(builder, count_v, st[5], types.int64)
+        qd = builder.gep(builder.bitcast(context.make_array(st[0])(context, builder, q_v).data, _I8.as_pointer()),
+                         [q_off_v])
+        xed = builder.gep(builder.bitcast(context.make_array(st[2])(context, builder, xe_v).data,
+                                          _F32.as_pointer()), [start_v])
+        xod = builder.gep(builder.bitcast(context.make_array(st[3])(context, builder, xo_v).data,
+                                          _F32.as_pointer()), [start_v])
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]),
+                                             "llvm.fma.v16f32")
+        pre = builder.basic_block
+        header = builder.append_basic_block("i4_header")
+        body = builder.append_basic_block("i4_body")
+        done = builder.append_basic_block("i4_done")
+        zero = ir.Constant(_V16F, [0.0] * 16)
+        builder.branch(header)
+        builder.position_at_end(header)
+        i = builder.phi(_I64)
+        a0 = builder.phi(_V16F)
+        a1 = builder.phi(_V16F)
+        i.add_incoming(ir.Constant(_I64, 0), pre)
+        a0.add_incoming(zero, pre)
+        a1.add_incoming(zero, pre)
+        builder.cbranch(builder.icmp_signed("<", i, count_v), body, done)
+        builder.position_at_end(body)
+        b = builder.load(builder.bitcast(builder.gep(qd, [i]), _V16B.as_pointer()), align=1)
+        b32 = builder.zext(b, _V16)
+        lo = builder.uitofp(builder.and_(b32, ir.Constant(_V16, [15] * 16)), _V16F)
+        hi = builder.uitofp(builder.lshr(b32, ir.Constant(_V16, [4] * 16)), _V16F)
+        xev = builder.load(builder.bitcast(builder.gep(xed, [i]), _V16F.as_pointer()), align=4)
+        xov = builder.load(builder.bitcast(builder.gep(xod, [i]), _V16F.as_pointer()), align=4)
+        n0 = builder.call(fma, [xev, lo, a0])
+        n1 = builder.call(fma, [xov, hi, a1])
+        i_next = builder.add(i, ir.Constant(_I64, 16))
+        end = builder.basic_block
+        builder.branch(header)
+        i.add_incoming(i_next, end)
+        a0.add_incoming(n0, end)
+        a1.add_incoming(n1, end)
+        builder.position_at_end(done)
+        acc = builder.fadd(a0, a1)
+        # horizontal sum: halve 16 -> 8 -> 4 -> 2 -> 1
+        width = 16
+        while width > 1:
+            half = width // 2
+            lo_h = builder.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
+            hi_h = builder.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
+            acc = builder.fadd(lo_h, hi_h)
+            width = half
+        return builder.extract_element(acc, ir.Constant(_I32, 0))
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, off):
+    """Software prefetch (read, keep in all cache levels) of ``arr.ravel()[off]``'s cache line."""
+    if not isinstance(off, types.Integer):
+        return None
+    sig = types.void(arr, off)
+
+    def codegen(context, builder, signature, args):
+        arr_v, off_v = args
+        st = signature.args
+        off_v = context.cast(builder, off_v, st[1], types.int64)
+        ary = context.make_array(st[0])(context, builder, arr_v)
+        itemsize = context.get_abi_sizeof(context.get_data_type(st[0].dtype))
+        p = builder.gep(builder.bitcast(ary.data, _I8.as_pointer()), [builder.mul(off_v, ir.Constant(_I64, itemsize))])
+        pf = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
+        builder.call(pf, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
