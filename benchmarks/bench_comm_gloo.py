@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import socket
 import sys
 import time
@@ -124,12 +125,14 @@ def measure(world_sizes=WORLD_SIZES, dense_sizes=DENSE_SIZES, topk_sizes=TOPK_SI
     for world in world_sizes:
         q = ctx.Queue()
         port = _free_port()
-        procs = [ctx.Process(target=_worker, args=(r, world, port, q, tuple(dense_sizes), tuple(topk_sizes), rounds, budget_s),
-                             daemon=True) for r in range(world)]
+        args = (world, port, q, tuple(dense_sizes), tuple(topk_sizes), rounds, budget_s)
+        procs = [ctx.Process(target=_worker, args=(r, *args), daemon=True) for r in range(world)]
         for pr in procs:
             pr.start()
         try:
             cases += q.get(timeout=max(1.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RuntimeError(f"gloo benchmark: p={world} did not finish within the {TIMEOUT_S:g} s bound") from None
         finally:
             for pr in procs:
                 pr.join(timeout=10)

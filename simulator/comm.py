@@ -8,14 +8,11 @@ where bytes are reduced (summed) by the receiving worker.
 
 With ``p`` workers and a gradient of ``n`` bytes:
 
-=====================================  ==============================================================  =====================================
-collective                             time                                                            bytes sent per worker
-=====================================  ==============================================================  =====================================
-ring all-reduce                        ``2 (p-1) alpha + 2 (p-1)/p n / beta + (p-1)/p n gamma``         ``2 (p-1)/p n``
-tree all-reduce (binary, reduce +      ``2 ceil(log2 p) (alpha + n / beta) + ceil(log2 p) n gamma``     ``<= 2 n`` (interior nodes)
-broadcast, whole message per hop)
-ring all-gather (``e`` bytes each)     ``(p-1) (alpha + e / beta)``                                     ``(p-1) e``
-=====================================  ==============================================================  =====================================
+* ring all-reduce: ``2 (p-1) alpha + 2 (p-1)/p n / beta + (p-1)/p n gamma``; each worker sends
+  ``2 (p-1)/p n`` bytes (reduce-scatter, then all-gather);
+* tree all-reduce (binary tree, reduce then broadcast, the whole message per hop):
+  ``2 ceil(log2 p) (alpha + n / beta) + ceil(log2 p) n gamma``; interior workers send up to ``2 n``;
+* ring all-gather of ``e`` bytes from each worker: ``(p-1) (alpha + e / beta)``; each sends ``(p-1) e``.
 
 Sparsified gradients are exchanged as top-k (index, value) pairs with an all-gather (each worker contributes
 its own ``k`` pairs; sums are formed locally after the gather).  The encoding matches
