@@ -1078,7 +1078,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def apply_plan(plan, weights, out) -> dict:
-    """Apply a plan to real weights and write the compressed weights to ``out`` (a ``.npz`` file).
+    """Apply a plan to real weights and write the compressed weights to ``out`` (``.npz``, or ``.safetensors``).
 
     Format ``memwall-compressed-v1`` (an uncompressed NumPy ``.npz``; for a planned layer named ``L``, whose
     (out, in) weight is ``W``):
@@ -1095,6 +1095,9 @@ def apply_plan(plan, weights, out) -> dict:
     * every other array of the input checkpoint under its own name, unchanged;
     * ``__format__`` (the string above) and ``__plan__`` (the plan JSON), as 0-d unicode arrays.
 
+    ``out`` may also end in ``.safetensors`` (needs the ``safetensors`` package): the same tensors, with
+    ``__format__`` and ``__plan__`` in the file's metadata.
+
     Checks before anything is written: the plan is well formed, every planned layer has a weight of the planned
     shape, each mask keeps exactly the planned count, and — when the plan was made on these weights — equals
     the planned mask (SHA-256).  The file is written to a temporary file in the same directory and renamed
@@ -1108,8 +1111,14 @@ def apply_plan(plan, weights, out) -> dict:
     plan = read_plan(plan)
     wdict = load_weights(weights) if not isinstance(weights, dict) else dict(weights)
     out = Path(out)
-    if out.suffix != ".npz":
-        raise ValueError(f"out: expected a path ending in .npz, got {out}")
+    if out.suffix not in (".npz", ".safetensors"):
+        raise ValueError(f"out: expected a path ending in .npz or .safetensors, got {out}")
+    if out.suffix == ".safetensors":
+        try:
+            from safetensors.numpy import save as st_save
+        except ImportError:
+            raise ValueError("out: writing .safetensors needs the safetensors package (pip install "
+                             "'memwall[e2e]'); or write .npz") from None
     arrays: dict[str, np.ndarray] = {}
     used = set()
     summary = []
@@ -1165,7 +1174,12 @@ def apply_plan(plan, weights, out) -> dict:
             if "::" in k or k.startswith("__"):
                 raise ValueError(f"weights: key {k!r} clashes with the compressed format's names")
             arrays[k] = np.asarray(v)
-    arrays["__format__"] = np.array(COMPRESSED_FORMAT)
-    arrays["__plan__"] = np.array(json.dumps(plan))
-    _atomic_write(out, lambda fh: np.savez(fh, **arrays))
+    if out.suffix == ".safetensors":
+        blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                       metadata={"__format__": COMPRESSED_FORMAT, "__plan__": json.dumps(plan)})
+        _atomic_write(out, lambda fh: fh.write(blob))
+    else:
+        arrays["__format__"] = np.array(COMPRESSED_FORMAT)
+        arrays["__plan__"] = np.array(json.dumps(plan))
+        _atomic_write(out, lambda fh: np.savez(fh, **arrays))
     return {"path": str(out), "layers": summary, "bytes": out.stat().st_size, "format": COMPRESSED_FORMAT}

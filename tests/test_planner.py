@@ -368,6 +368,28 @@ def test_conv_weights_are_flattened(rng, tmp_path):
     np.testing.assert_array_equal(z["conv::mask"], prune.magnitude_mask(w4.reshape(32, 72), 0.5))
 
 
+def test_apply_safetensors_in_and_out(rng, tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    w = {"fc1.weight": rng.laplace(size=(64, 128)).astype(np.float32),
+         "fc1.bias": rng.standard_normal(64).astype(np.float32)}
+    src = tmp_path / "model.safetensors"
+    st.save_file(w, str(src))
+    plan = planner.make_plan(str(tmp_path), CPU, latency=1.0, tokens=4, pins={"fc1": "2:4+int8"})
+    out = tmp_path / "out.safetensors"
+    planner.apply_plan(plan, str(tmp_path), out)
+    from safetensors import safe_open
+
+    from memwall.kernels import prune
+
+    with safe_open(str(out), framework="numpy") as f:
+        meta = f.metadata()
+        mask = f.get_tensor("fc1::mask")
+        bias = f.get_tensor("fc1.bias")
+    assert meta["__format__"] == planner.COMPRESSED_FORMAT and json.loads(meta["__plan__"])["layers"]
+    np.testing.assert_array_equal(mask, prune.nm_mask(w["fc1.weight"], 2, 4))
+    np.testing.assert_array_equal(bias, w["fc1.bias"])
+
+
 # ------------------------------------------------------------------------------------ CLI
 def test_cli_plan_and_apply(rng, tmp_path, capsys):
     _, path = _checkpoint(rng, tmp_path)
