@@ -35,6 +35,12 @@ Pipeline
    against the budget, and the options that give no speed-up on this device with the reason.
 
 Applying (:func:`apply_plan`) writes the compressed weights in the format documented at :func:`apply_plan`.
+
+Limits of the model, stated so that nobody mistakes the proxy for accuracy: the proxy is a per-layer weight
+error, summed — it does not know that some layers matter more than others (give a sensitivity table for
+that, e.g. from a held-out loss); the activation term is a constant per format; channel pruning is costed
+on the pruned layer only (the next layer's input shrinks too in a real network, which the plan does not
+credit); and the costs are the roofline model's, not measurements.
 """
 from __future__ import annotations
 
