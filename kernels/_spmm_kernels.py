@@ -269,31 +269,34 @@ def bsr_mm_int8(indptr, indices, data, w_scales, r, c, Xq, x_scales, out):  # pr
 # buffer owned by the thread, then the same axpy loop as CSR)
 # ================================================================================================
 @njit(fastmath=True)
-def _nm_decode_row(meta, row_off, nmeta, kr, n, m, bits, cols):  # pragma: no cover - compiled
-    """cols[t] = (t // n) * m + position of kept value t (little-endian bit stream, ``bits`` per value)."""
+def _nm_decode(meta, row_off, nmeta, t0, t1, n, m, bits, cols):  # pragma: no cover - compiled
+    """cols[t - t0] = (t // n) * m + position of kept value t, for t in [t0, t1) with t0 a multiple of n
+    (little-endian bit stream, ``bits`` per value)."""
     mask = (1 << bits) - 1
+    g0 = t0 // n
     if bits == 0:
-        for t in range(kr):
-            cols[t] = (t // n) * m
+        for t in range(t0, t1):
+            cols[t - t0] = (t // n) * m
         return
     if 8 % bits == 0:  # 1, 2, 4 or 8 bits: no value straddles a byte (2:4, 1:4, N:16 ...)
-        G = kr // n
-        for g in range(G):
+        for g in range(g0, (t1 + n - 1) // n):
             base = g * m
             for q in range(n):
-                bp = (g * n + q) * bits
-                cols[g * n + q] = base + ((np.int32(meta[row_off + (bp >> 3)]) >> (bp & 7)) & mask)
+                t = g * n + q
+                if t < t1:
+                    bp = t * bits
+                    cols[t - t0] = base + ((np.int32(meta[row_off + (bp >> 3)]) >> (bp & 7)) & mask)
         return
     q = 0
-    base = 0
-    bitpos = 0
-    for t in range(kr):
+    base = g0 * m
+    bitpos = t0 * bits
+    for t in range(t0, t1):
         byte = bitpos >> 3
         sh = bitpos & 7
         w = np.int32(meta[row_off + byte]) >> sh
         if sh + bits > 8 and byte + 1 < nmeta:
             w = w | (np.int32(meta[row_off + byte + 1]) << (8 - sh))
-        cols[t] = base + (w & mask)
+        cols[t - t0] = base + (w & mask)
         bitpos += bits
         q += 1
         if q == n:
@@ -301,10 +304,16 @@ def _nm_decode_row(meta, row_off, nmeta, kr, n, m, bits, cols):  # pragma: no co
             base += m
 
 
+@njit(fastmath=True)
+def _nm_decode_row(meta, row_off, nmeta, kr, n, m, bits, cols):  # pragma: no cover - compiled
+    _nm_decode(meta, row_off, nmeta, 0, kr, n, m, bits, cols)
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, R, out):  # pragma: no cover - compiled
     """Same blocking as csr_mm: chunks of R rows, panels of P columns (P a multiple of m, so a panel holds
-    exactly P/m*n kept values of each row); the columns of a chunk are decoded once into thread-owned scratch."""
+    exactly P/m*n kept values of each row).  The columns of one (row, panel) are decoded right before use
+    into a small thread-owned buffer (a whole-chunk buffer has rows kr*4 bytes apart: L1 set conflicts)."""
     rows = out.shape[0]
     B = X.shape[1]
     K = X.shape[0]
@@ -314,24 +323,23 @@ def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, R, out):  # pragma: n
     for ch in prange(nch):
         r0 = ch * R
         r1 = min(rows, r0 + R)
-        cols = np.empty((R, kr), np.int32)
+        cols = np.empty(per, np.int32)
         for i in range(r0, r1):
-            _nm_decode_row(meta, i * nmeta, nmeta, kr, n, m, bits, cols[i - r0])
             for b in range(B):
                 out[i, b] = 0.0
         for k0 in range(0, K, P):
             t0 = k0 // m * n
             t1 = min(kr, t0 + per)
             for i in range(r0, r1):
+                _nm_decode(meta, i * nmeta, nmeta, t0, t1, n, m, bits, cols)
                 s = scales[i] if has_scales else np.float32(1.0)
-                ci = i - r0
                 voff = i * kr
                 t = t0
                 while t + 4 <= t1:
-                    x0 = cols[ci, t]
-                    x1 = cols[ci, t + 1]
-                    x2 = cols[ci, t + 2]
-                    x3 = cols[ci, t + 3]
+                    x0 = cols[t - t0]
+                    x1 = cols[t - t0 + 1]
+                    x2 = cols[t - t0 + 2]
+                    x3 = cols[t - t0 + 3]
                     v0 = _f32(data[voff + t]) * s
                     v1 = _f32(data[voff + t + 1]) * s
                     v2 = _f32(data[voff + t + 2]) * s
@@ -340,7 +348,7 @@ def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, R, out):  # pragma: n
                         out[i, b] += (v0 * X[x0, b] + v1 * X[x1, b]) + (v2 * X[x2, b] + v3 * X[x3, b])
                     t += 4
                 while t < t1:
-                    x0 = cols[ci, t]
+                    x0 = cols[t - t0]
                     v0 = _f32(data[voff + t]) * s
                     for b in range(B):
                         out[i, b] += v0 * X[x0, b]
