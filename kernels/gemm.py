@@ -50,8 +50,9 @@ MR = 12
 NV = 2
 #: columns of a packed B panel
 NR = 16 * NV
-#: largest number of K groups of 4 handled by one micro-kernel call (the C tile stays in L1 between calls)
-KC4 = 1024
+#: K groups of 4 per micro-kernel call: the B chunk (KC4 * 4 * NR bytes = 16 KiB) stays in L1 while the
+#: row block's A panels stream past it
+KC4 = 128
 
 _PATHS = ("vnni", "generic")
 
@@ -261,13 +262,14 @@ if has_avx512_vnni():
     _mk1 = make_microkernel(1, NV, MR)  # one row of an MR panel: short edges and GEMV-like M
 
     @njit(parallel=True, cache=True)
-    def _vnni_gemm_kernel(ap, bp, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels,
+    def _vnni_gemm_kernel(ap, bp, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, kc4,
                           c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk):  # pragma: no cover
-        """A @ B over K groups [k4_lo, k4_hi) (comp initialises each column), each MR x NR tile finished in
-        an L1 buffer and then written to c (int32, flat) or, with epi, dequantized into out (float32, flat).
+        """A @ B over K groups [k4_lo, k4_hi) (comp initialises each column); int32 tiles accumulate in a
+        per-task buffer and are then written to c (int32, flat) or, with epi, dequantized into out.
 
-        A task owns ``mb_panels`` A panels (a row block kept in L2) x ``jc_panels`` B panels; it walks its B
-        panels and, for each, every A panel of its row block (the B panel stays in L1/L2)."""
+        A task owns ``mb_panels`` A panels (a row block kept in L2) x ``jc_panels`` B panels.  For each of
+        its B panels it walks K in chunks of ``kc4`` groups of 4 (the B chunk, kc4 * 4 * NR bytes, stays
+        in L1) and, per chunk, every A panel of its row block."""
         mpan = (m + MR - 1) // MR
         npan = (n + NR - 1) // NR
         nmb = (mpan + mb_panels - 1) // mb_panels
@@ -277,24 +279,28 @@ if has_avx512_vnni():
         for t in prange(ntask):
             mb = t // njc
             jc = t - mb * njc
-            tile = np.empty(MR * NR, dtype=np.int32)
+            ip0 = mb * mb_panels
+            ip1 = min(mpan, ip0 + mb_panels)
+            cbuf = np.empty((ip1 - ip0) * MR * NR, dtype=np.int32)
             for jp in range(jc * jc_panels, min(npan, (jc + 1) * jc_panels)):
                 b_base = (jp * kp4 + k4_lo) * NR * 4
                 cols = min(NR, n - jp * NR)
-                for ip in range(mb * mb_panels, min(mpan, (mb + 1) * mb_panels)):
-                    a_base = (ip * kp4 + k4_lo) * MR * 4
-                    rows = min(MR, m - ip * MR)
-                    if rows > MR // 2:
-                        for kc in range(0, k4n, KC4):
-                            _mk(ap, a_base + kc * MR * 4, bp, b_base + kc * NR * 4, min(KC4, k4n - kc),
-                                tile, 0, NR, 1 if kc == 0 else 0, comp, jp * NR)
-                    else:  # a short edge panel: one row at a time instead of MR rows of padding
-                        for r in range(rows):
-                            for kc in range(0, k4n, KC4):
-                                _mk1(ap, a_base + kc * MR * 4 + 4 * r, bp, b_base + kc * NR * 4,
-                                     min(KC4, k4n - kc), tile, r * NR, NR, 1 if kc == 0 else 0, comp, jp * NR)
-                    _store_tile(tile, NR, ip * MR, rows, jp * NR, cols, n, c, out, epi, has_zp,
-                                sa, za, rsa, sb, zb, csb, bias, kk)
+                for kc in range(0, k4n, kc4):
+                    kn = min(kc4, k4n - kc)
+                    first = 1 if kc == 0 else 0
+                    for ip in range(ip0, ip1):
+                        a_base = (ip * kp4 + k4_lo + kc) * MR * 4
+                        t_off = (ip - ip0) * MR * NR
+                        rows = min(MR, m - ip * MR)
+                        if rows > MR // 2:
+                            _mk(ap, a_base, bp, b_base + kc * NR * 4, kn, cbuf, t_off, NR, first, comp, jp * NR)
+                        else:  # a short edge panel: one row at a time instead of MR rows of padding
+                            for r in range(rows):
+                                _mk1(ap, a_base + 4 * r, bp, b_base + kc * NR * 4, kn, cbuf, t_off + r * NR, NR,
+                                     first, comp, jp * NR)
+                for ip in range(ip0, ip1):
+                    _store_tile(cbuf[(ip - ip0) * MR * NR:], NR, ip * MR, min(MR, m - ip * MR), jp * NR, cols, n,
+                                c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
 
 
 #: generic path: columns per float32 panel, rows per register block, K per exact float32 partial sum
@@ -442,7 +448,7 @@ def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp:
         if ap is None:
             ap = _pack_a(a)
         mb_panels, jc_panels = _vnni_schedule(mpan, npan, k4_hi - k4_lo, threads)
-        _vnni_gemm_kernel(ap, pb.data, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, c, out, *args)
+        _vnni_gemm_kernel(ap, pb.data, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, KC4, c, out, *args)
     else:
         npg = (n + NRG - 1) // NRG
         nmb = max(1, min(-(-m // RBG), -(-2 * threads // npg)))
