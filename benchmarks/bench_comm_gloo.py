@@ -37,9 +37,12 @@ DENSE_SIZES = (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 21, 1 << 22)
 #: Top-k pairs per worker for the all-gather.
 TOPK_SIZES = (1 << 8, 1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 19)
 WORLD_SIZES = (2, 4)
-TIMEOUT_S = 100.0
-#: Interleaved rounds over all cases; each case keeps its fastest sample.
-ROUNDS = 7
+TIMEOUT_S = 110.0
+#: Interleaved rounds over all cases (at least ROUNDS, more while ROUND_S seconds per world size have not
+#: passed, at most MAX_ROUNDS); each case keeps its fastest sample.
+ROUNDS = 5
+ROUND_S = 20.0
+MAX_ROUNDS = 40
 #: Target duration of one sample (back-to-back calls of one case).
 SAMPLE_S = 0.015
 TARGET_REL_ERR = 0.25
@@ -71,10 +74,12 @@ def _sample(fn, reps, dist, torch) -> float:
     return float(t.item())
 
 
-def _worker(rank: int, world: int, port: int, queue, dense_sizes, topk_sizes, rounds: int, budget_s: float) -> None:
-    """Time every case ``rounds`` times, interleaved (round-robin over the cases), and keep each case's
-    fastest sample: on a shared host other processes only ever add time, and interleaving spreads a burst
-    of foreign load over all cases instead of ruining one."""
+def _worker(rank: int, world: int, port: int, queue, dense_sizes, topk_sizes, rounds: int, budget_s: float,
+            round_s: float, max_rounds: int) -> None:
+    """Time every case in interleaved rounds (round-robin over the cases) — at least ``rounds``, more while
+    ``round_s`` seconds have not passed, at most ``max_rounds`` — and keep each case's fastest sample: on a
+    shared host other processes only ever add time, and interleaving spreads a burst of foreign load over
+    all cases instead of ruining one."""
     import warnings
 
     import torch
@@ -104,9 +109,17 @@ def _worker(rank: int, world: int, port: int, queue, dense_sizes, topk_sizes, ro
             one = _sample(fn, 1, dist, torch)
             reps.append(int(min(50, max(1, budget_s // max(one, 1e-6)))))
         best = [math.inf] * len(cases)
-        for _ in range(rounds):
+        t_end = time.monotonic() + round_s
+        done = 0
+        while True:
             for i, (_, fn) in enumerate(cases):
                 best[i] = min(best[i], _sample(fn, reps[i], dist, torch))
+            done += 1
+            # rank 0 decides whether another round fits in the time bound; every rank follows
+            go = torch.tensor([1 if (done < rounds or time.monotonic() < t_end) and done < max_rounds else 0])
+            dist.broadcast(go, src=0)
+            if not int(go.item()):
+                break
     finally:
         dist.barrier()
         dist.destroy_process_group()
@@ -115,7 +128,7 @@ def _worker(rank: int, world: int, port: int, queue, dense_sizes, topk_sizes, ro
 
 
 def measure(world_sizes=WORLD_SIZES, dense_sizes=DENSE_SIZES, topk_sizes=TOPK_SIZES, rounds: int = ROUNDS,
-            budget_s: float = SAMPLE_S) -> list[dict]:
+            budget_s: float = SAMPLE_S, round_s: float = ROUND_S, max_rounds: int = MAX_ROUNDS) -> list[dict]:
     """Spawn the workers for each world size; return the measured cases."""
     import torch.multiprocessing as mp
 
@@ -125,7 +138,7 @@ def measure(world_sizes=WORLD_SIZES, dense_sizes=DENSE_SIZES, topk_sizes=TOPK_SI
     for world in world_sizes:
         q = ctx.Queue()
         port = _free_port()
-        args = (world, port, q, tuple(dense_sizes), tuple(topk_sizes), rounds, budget_s)
+        args = (world, port, q, tuple(dense_sizes), tuple(topk_sizes), rounds, budget_s, round_s, max_rounds)
         procs = [ctx.Process(target=_worker, args=(r, *args), daemon=True) for r in range(world)]
         for pr in procs:
             pr.start()
