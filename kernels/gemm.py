@@ -382,7 +382,7 @@ class _Epilogue:
 
 
 #: bytes of packed A a task keeps in L2 (the row block reused across the task's B panels)
-A_BLOCK_BYTES = 256 * 1024
+A_BLOCK_BYTES = 512 * 1024
 #: "rows" schedules row blocks sized for L2; "panels" gives each task one B panel and all rows
 SCHEDULE = "rows"
 
