@@ -19,8 +19,6 @@ into chunks whose int32 partial sums cannot overflow, add the chunks in int64 an
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import get_num_threads, njit, prange
 
@@ -91,12 +89,12 @@ def active_paths() -> dict[str, str]:
     """Which implementation each kernel family uses by default on this host (for ``memwall info``)."""
     vnni = _DEFAULT_PATH == "vnni"
     return {
-        "int8_gemm": "avx512-vnni (vpdpbusd micro-kernel)" if vnni else "generic (pure Numba)",
-        "int8_gemm_dequant": "avx512-vnni + fused epilogue" if vnni else "generic + fused epilogue",
-        "int4_gemv": ("zmm IR dot (16 lanes), 4 rows/task, prefetch" if vnni else "numba (ymm auto-vectorized)")
+        "int8_gemm": "avx512-vnni (vpdpbusd 12x32 micro-kernel)" if vnni else "generic (pure Numba, float32-exact)",
+        "int8_epi": "fused dequant epilogue on the L1 tile",
+        "int4_gemv": ("zmm IR dot, 4 rows/task + prefetch" if vnni else "numba (auto-vectorized)")
         + ", nibbles dequantized in registers",
-        "int4_gemm": "numba (panel dequant to float32)",
-        "isa_request": config.requested_isa(),
+        "int4_gemm": "weight rows dequantized in L1, dot with every token (W4A16); W4A8 on the int8 path",
+        "isa": config.requested_isa(),
     }
 
 
