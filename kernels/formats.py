@@ -271,7 +271,8 @@ class CSRMatrix(_SparseBase):
     indptr : 1-D int32/int64 (rows + 1,), ``indptr[0] == 0``, ``indptr[-1] == nnz``, non-decreasing
     shape : (rows, cols)
     scales : float32 (rows,), required for (and only for) int8 data: value = float32(q) * scales[row]
-    check : run the full O(nnz) scan (default True; our own converters pass False)
+    check : run the full O(nnz) scan (default True; our own converters pass False).  ``check=False`` trusts
+        the arrays completely (the kernels run without bounds checks): use it only for arrays known valid.
 
     Index arrays are stored in the dtype of the byte model (:func:`index_dtype`), converted if needed.
     """
@@ -389,7 +390,7 @@ class BSRMatrix(_SparseBase):
     indptr : int32/int64 (rows/r + 1,)
     shape : (rows, cols)
     scales : float32 (nb,), one per stored block, required for (and only for) int8 data
-    check : full scan (default True)
+    check : full scan (default True); ``check=False`` only for arrays known valid (no bounds checks later)
     """
 
     format = "bsr"
@@ -572,7 +573,8 @@ class NMSparseMatrix(_SparseBase):
     shape : (rows, cols), ``m | cols``
     n, m : 1 <= n <= m
     scales : float32 (rows,), required for (and only for) int8 data
-    check : full scan of the metadata (positions < m and distinct within each group, padding bits 0)
+    check : full scan of the metadata (positions < m and distinct within each group, padding bits 0) and the
+        values; ``check=False`` only for arrays known valid (the kernels trust every position)
 
     A group with fewer than ``n`` nonzeros stores explicit zeros at unused positions.
     """
