@@ -68,13 +68,13 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="emit the plan as one JSON object")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("apply", help="apply a plan to weights and write the compressed weights (.npz)",
+    p = sub.add_parser("apply", help="apply a plan to weights and write the compressed weights (.npz or .safetensors)",
                        description="Apply a plan (from memwall plan --out) to real weights (.npz, .safetensors or "
                                    "a directory) and write masks, quantized values and scales to an .npz "
                                    "(format memwall-compressed-v1, see memwall.simulator.planner.apply_plan).")
     p.add_argument("plan", metavar="PLAN")
     p.add_argument("weights", metavar="WEIGHTS")
-    p.add_argument("--out", required=True, metavar="PATH", help="output .npz (written atomically)")
+    p.add_argument("--out", required=True, metavar="PATH", help="output .npz or .safetensors (written atomically)")
     p.add_argument("--json", action="store_true", help="emit the summary as JSON")
     p.set_defaults(func=_apply)
 
