@@ -256,13 +256,18 @@ def int4_dot(typingctx, q, q_off, xe, xo, start, count):
     return sig, codegen
 
 
-@intrinsic
-def prefetch(typingctx, arr, off):
-    """Software prefetch (read, keep in all cache levels) of ``arr.ravel()[off]``'s cache line."""
-    if not isinstance(off, types.Integer):
-        return None
-    sig = types.void(arr, off)
+def _make_prefetch(locality: int, doc: str):
+    @intrinsic
+    def pf_intrinsic(typingctx, arr, off):
+        if not isinstance(off, types.Integer):
+            return None
+        return types.void(arr, off), _prefetch_codegen(locality)
 
+    pf_intrinsic.__doc__ = doc
+    return pf_intrinsic
+
+
+def _prefetch_codegen(locality: int):
     def codegen(context, builder, signature, args):
         arr_v, off_v = args
         st = signature.args
@@ -272,7 +277,11 @@ def prefetch(typingctx, arr, off):
         p = builder.gep(builder.bitcast(ary.data, _I8.as_pointer()), [builder.mul(off_v, ir.Constant(_I64, itemsize))])
         pf = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
-        builder.call(pf, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        builder.call(pf, [p, ir.Constant(_I32, 0), ir.Constant(_I32, locality), ir.Constant(_I32, 1)])
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+prefetch = _make_prefetch(3, "Software prefetch (read, all cache levels: prefetcht0) of ``arr.ravel()[off]``.")
+prefetch_l2 = _make_prefetch(2, "Software prefetch (read, L2 and below: prefetcht1) of ``arr.ravel()[off]``.")

@@ -254,7 +254,7 @@ def _store_tile(tile, ldt, r0, rows, c0, cols, n, c, out, epi, has_zp, sa, za, r
 
 
 if has_avx512_vnni():
-    from ._vnni import make_microkernel
+    from ._vnni import make_microkernel, prefetch_l2
 
     _mk = make_microkernel(MR, NV)
     _mk1 = make_microkernel(1, NV, MR)  # one row of an MR panel: short edges and GEMV-like M
@@ -286,7 +286,23 @@ if has_avx512_vnni():
                 for kc in range(0, k4n, kc4):
                     kn = min(kc4, k4n - kc)
                     first = 1 if kc == 0 else 0
+                    # the next B chunk (this panel's next K chunk, or the next panel's first) is fetched into L2
+                    # a few lines per A panel, so its first pass does not wait on DRAM
+                    if kc + kc4 < k4n:
+                        nxt = b_base + (kc + kc4) * NR * 4
+                        nxt_bytes = min(kc4, k4n - kc - kc4) * NR * 4
+                    elif jp + 1 < min(npan, (jc + 1) * jc_panels):
+                        nxt = ((jp + 1) * kp4 + k4_lo) * NR * 4
+                        nxt_bytes = min(kc4, k4n) * NR * 4
+                    else:
+                        nxt = 0
+                        nxt_bytes = 0
+                    lines = (nxt_bytes + 63) // 64
+                    per_ip = (lines + (ip1 - ip0) - 1) // (ip1 - ip0)
                     for ip in range(ip0, ip1):
+                        l0 = (ip - ip0) * per_ip
+                        for ln in range(l0, min(lines, l0 + per_ip)):
+                            prefetch_l2(bp, nxt + ln * 64)
                         a_base = (ip * kp4 + k4_lo + kc) * MR * 4
                         t_off = (ip - ip0) * MR * NR
                         rows = min(MR, m - ip * MR)
