@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per timed sentence, padded (default 128)")
     p.add_argument("--threads", type=int, default=2, help="threads for Numba and BLAS (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds, median reported (default 5)")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N shipped sentences (quick runs)")
     p.add_argument("--no-timing", action="store_true", help="skip the timing (quality and predictions only)")
     p.add_argument("--device", default="host", metavar="NAME|PATH",
                    help="simulator profile of this machine (default: the calibrated 'host' profile)")
@@ -58,7 +59,12 @@ def _e2e(args) -> int:
     if args.variants:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     progress = None if args.json else (lambda msg: print(f"[e2e] {msg}", file=sys.stderr, flush=True))
-    rep = e2e.run_e2e(model_dir, variants=variants, batch=args.batch, seq_len=args.seq_len, threads=args.threads,
+    sentences = None
+    if args.limit is not None:
+        if args.limit < 2:
+            raise ValueError(f"--limit: expected an integer >= 2, got {args.limit}")
+        sentences = e2e.load_sentences()[: args.limit]
+    rep = e2e.run_e2e(model_dir, variants=variants, sentences=sentences, batch=args.batch, seq_len=args.seq_len, threads=args.threads,
                       repeats=args.repeats, timing=not args.no_timing, host_device=args.device,
                       progress=progress)
     if args.json:

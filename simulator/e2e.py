@@ -916,8 +916,7 @@ class _Recorder:
 
     def __call__(self, x, *, add_bias: bool = True):
         xr = x if self.rows is None else x[self.rows]
-        xr = xr.astype(np.float64)
-        h = xr.T @ xr
+        h = (xr.T @ xr).astype(np.float64)  # float32 product per batch, float64 sum over batches
         self.H = h if self.H is None else self.H + h
         return self.lin(x, add_bias=add_bias)
 
@@ -941,6 +940,18 @@ def calibration_hessians(encoder: Encoder, sentences: Sequence[str] | None = Non
                 r.rows = rows
         probe.forward(ids, mask)
     return [{slot: r.H for slot, r in layer.items()} for layer in recs]
+
+
+def _upper_cholesky_of_inverse(H: np.ndarray) -> np.ndarray:
+    """Upper-triangular ``U`` with ``H^-1 = U^T U``, from one Cholesky factorisation.
+
+    With ``J`` the reversal permutation and ``J H J = L L^T``: ``H^-1 = (J L^-1 J)^T (J L^-1 J)`` and
+    ``J L^-1 J`` is upper triangular with a positive diagonal, hence the Cholesky factor itself."""
+    from scipy.linalg import solve_triangular
+
+    L = np.linalg.cholesky(H[::-1, ::-1])
+    Linv = solve_triangular(L, np.eye(H.shape[0]), lower=True)
+    return np.ascontiguousarray(Linv[::-1, ::-1])
 
 
 def gptq_quantize(w: np.ndarray, hessian: np.ndarray, *, group_size: int = 128, symmetric: bool = False,
@@ -967,7 +978,8 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, *, group_size: int = 128, 
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H[np.diag_indices(k)] += damp * np.mean(np.diag(H))
-    Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper triangular
+    Hinv = _upper_cholesky_of_inverse(H)
+    block = max(g, (block // g) * g)  # groups never straddle a block
     q_out = np.empty((n, k), dtype=np.int8)
     s_out = np.empty((n, k // g), dtype=np.float32)
     z_out = np.zeros((n, k // g), dtype=np.int32)
@@ -981,7 +993,7 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, *, group_size: int = 128, 
         for i in range(i2 - i1):
             col = i1 + i
             if col % g == 0:
-                grp = np.concatenate([W1[:, i:], W[:, i2:]], axis=1)[:, :g]
+                grp = W1[:, i : i + g]
                 if symmetric:
                     s = np.maximum((np.abs(grp).max(axis=1) / 7.0).astype(np.float32), tiny)
                     z = np.zeros(n, dtype=np.int32)
@@ -1023,7 +1035,11 @@ def compress_encoder(encoder: Encoder, variant: Variant | str, *, allow_fallback
     if variant.name == "fp32" and variant.prune is None and variant.weights == "fp32":
         return Encoder(encoder.config, encoder.weights, encoder.tokenizer, max_seq_length=encoder.max_seq_length,
                        model_dir=encoder.model_dir, variant=variant.name)
-    hessians = calibration_hessians(encoder) if variant.method == "gptq" else None
+    hessians = None
+    if variant.method == "gptq":
+        if getattr(encoder, "_hessians", None) is None:  # one calibration pass serves every GPTQ variant
+            encoder._hessians = calibration_hessians(encoder)
+        hessians = encoder._hessians
     linears = []
     for i in range(encoder.config.num_layers):
         layer = {}
