@@ -126,22 +126,6 @@ def _pack_b_kernel(b, nk_layout, out, comp, colsum):  # pragma: no cover - compi
                 colsum[j] = s
 
 
-@njit(parallel=True, cache=True)
-def _pack_a_kernel(a32, out32):  # pragma: no cover - compiled
-    """a (M, 4*kp4) int8 seen as int32 words (M, kp4) -> panels [mpan][kp4][MR] of words with every byte
-    offset by +128 (xor 0x80 per byte: int8 -> uint8 + 128); rows past M stay 0."""
-    m, kp4 = a32.shape
-    mpan = (m + MR - 1) // MR
-    flip = np.int32(-2139062144)  # 0x80808080
-    for ip in prange(mpan):
-        base = ip * kp4 * MR
-        rows = min(MR, m - ip * MR)
-        for k4 in range(kp4):
-            o = base + k4 * MR
-            for r in range(rows):
-                out32[o + r] = a32[ip * MR + r, k4] ^ flip
-
-
 class PackedInt8:
     """INT8 weights ``b`` (K, N) packed once into NR-column panels for :func:`int8_gemm`.
 
@@ -260,26 +244,38 @@ if has_avx512_vnni():
     _mk1 = make_microkernel(1, NV, MR)  # one row of an MR panel: short edges and GEMV-like M
 
     @njit(parallel=True, cache=True)
-    def _vnni_gemm_kernel(ap, bp, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, kc4,
+    def _vnni_gemm_kernel(a32, bp, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, kc4,
                           c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk):  # pragma: no cover
         """A @ B over K groups [k4_lo, k4_hi) (comp initialises each column); int32 tiles accumulate in a
         per-task buffer and are then written to c (int32, flat) or, with epi, dequantized into out.
 
-        A task owns ``mb_panels`` A panels (a row block kept in L2) x ``jc_panels`` B panels.  For each of
-        its B panels it walks K in chunks of ``kc4`` groups of 4 (the B chunk, kc4 * 4 * NR bytes, stays
-        in L1) and, per chunk, every A panel of its row block."""
+        a32 is A (M, 4*kp4 int8, zero padded) seen as int32 words.  A task owns ``mb_panels`` A panels (a
+        row block) x ``jc_panels`` B panels.  It first packs its row block (+128 per byte, [panel][k4][MR]
+        words) into a buffer that then stays in its L2, and for each of its B panels walks K in chunks of
+        ``kc4`` groups of 4 (the B chunk, kc4 * 4 * NR bytes, stays in L1) and, per chunk, every A panel."""
         mpan = (m + MR - 1) // MR
         npan = (n + NR - 1) // NR
         nmb = (mpan + mb_panels - 1) // mb_panels
         njc = (npan + jc_panels - 1) // jc_panels
         ntask = nmb * njc
         k4n = k4_hi - k4_lo
+        flip = np.int32(-2139062144)  # 0x80808080: int8 -> uint8 + 128 in every byte
         for t in prange(ntask):
             mb = t // njc
             jc = t - mb * njc
             ip0 = mb * mb_panels
             ip1 = min(mpan, ip0 + mb_panels)
             cbuf = np.empty((ip1 - ip0) * MR * NR, dtype=np.int32)
+            abuf = np.empty((ip1 - ip0) * k4n * MR * 4, dtype=np.uint8)
+            ab32 = abuf.view(np.int32)
+            for ip in range(ip0, ip1):
+                rows = min(MR, m - ip * MR)
+                for k4 in range(k4n):
+                    o = ((ip - ip0) * k4n + k4) * MR
+                    for r in range(rows):
+                        ab32[o + r] = a32[ip * MR + r, k4_lo + k4] ^ flip
+                    for r in range(rows, MR):
+                        ab32[o + r] = 0
             for jp in range(jc * jc_panels, min(npan, (jc + 1) * jc_panels)):
                 b_base = (jp * kp4 + k4_lo) * NR * 4
                 cols = min(NR, n - jp * NR)
@@ -303,14 +299,14 @@ if has_avx512_vnni():
                         l0 = (ip - ip0) * per_ip
                         for ln in range(l0, min(lines, l0 + per_ip)):
                             prefetch_l2(bp, nxt + ln * 64)
-                        a_base = (ip * kp4 + k4_lo + kc) * MR * 4
+                        a_base = ((ip - ip0) * k4n + kc) * MR * 4
                         t_off = (ip - ip0) * MR * NR
                         rows = min(MR, m - ip * MR)
                         if rows > MR // 2:
-                            _mk(ap, a_base, bp, b_base + kc * NR * 4, kn, cbuf, t_off, NR, first, comp, jp * NR)
+                            _mk(abuf, a_base, bp, b_base + kc * NR * 4, kn, cbuf, t_off, NR, first, comp, jp * NR)
                         else:  # a short edge panel: one row at a time instead of MR rows of padding
                             for r in range(rows):
-                                _mk1(ap, a_base + 4 * r, bp, b_base + kc * NR * 4, kn, cbuf, t_off + r * NR, NR,
+                                _mk1(abuf, a_base + 4 * r, bp, b_base + kc * NR * 4, kn, cbuf, t_off + r * NR, NR,
                                      first, comp, jp * NR)
                 for ip in range(ip0, ip1):
                     _store_tile(cbuf[(ip - ip0) * MR * NR:], NR, ip * MR, min(MR, m - ip * MR), jp * NR, cols, n,
@@ -420,22 +416,18 @@ def _vnni_schedule(mpan: int, npan: int, k4n: int, threads: int) -> tuple[int, i
     return mb_panels, -(-npan // njc)
 
 
-def _pack_a(a: np.ndarray) -> np.ndarray:
-    """A panels for the VNNI kernel (a + 128 as uint8, [M/MR][ceil(K/4)][MR][4])."""
+def _a_words(a: np.ndarray) -> np.ndarray:
+    """A (M, K) int8 as int32 words (M, ceil(K/4)), zero padded to a multiple of 4 columns."""
     m, k = a.shape
-    kp4 = (k + 3) // 4
-    ap = np.zeros(-(-m // MR) * kp4 * MR * 4, dtype=np.uint8)
-    if m and k:
-        if k % 4:
-            padded = np.zeros((m, 4 * kp4), dtype=np.int8)
-            padded[:, :k] = a
-            a = padded
-        _pack_a_kernel(a.view(np.int32), ap.view(np.int32))
-    return ap
+    if k % 4:
+        padded = np.zeros((m, k + 4 - k % 4), dtype=np.int8)
+        padded[:, :k] = a
+        a = padded
+    return a.view(np.int32)
 
 
 def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp: np.ndarray,
-         epi: _Epilogue | None = None, ap: np.ndarray | None = None) -> np.ndarray:
+         epi: _Epilogue | None = None) -> np.ndarray:
     """a (M, K) times the packed panels over K groups [k4_lo, k4_hi): int32 (exact mod 2**32), or float32
     through the dequantizing epilogue when ``epi`` is given."""
     m = a.shape[0]
@@ -454,15 +446,14 @@ def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp:
     if k4_hi <= k4_lo:  # K == 0: every sum is empty
         a = np.zeros((m, 4), dtype=np.int8)
         pb = _pack_checked(np.zeros((4, n), dtype=np.int8), 4, n, False)
-        kp4, k4_lo, k4_hi, comp, ap = 1, 0, 1, pb.comp, None
+        kp4, k4_lo, k4_hi, comp = 1, 0, 1, pb.comp
     threads = max(1, get_num_threads())
     npan = (n + NR - 1) // NR
     if path == "vnni":
         mpan = (m + MR - 1) // MR
-        if ap is None:
-            ap = _pack_a(a)
         mb_panels, jc_panels = _vnni_schedule(mpan, npan, k4_hi - k4_lo, threads)
-        _vnni_gemm_kernel(ap, pb.data, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, KC4, c, out, *args)
+        _vnni_gemm_kernel(_a_words(a), pb.data, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, KC4,
+                          c, out, *args)
     else:
         npg = (n + NRG - 1) // NRG
         nmb = max(1, min(-(-m // RBG), -(-2 * threads // npg)))
@@ -644,7 +635,7 @@ def int8_gemm_dequant(a, b, a_scale, b_scale, *, a_zero_point=None, b_zero_point
     return _dequant_product(a, pb, p, sa, za, sb, zb, bias_v)
 
 
-def _dequant_product(a, pb, path, sa, za, sb, zb, bias_v, ap=None) -> np.ndarray:
+def _dequant_product(a, pb, path, sa, za, sb, zb, bias_v) -> np.ndarray:
     m, k = a.shape
     has_zp = bool(za.any() or zb.any())
     rsa = a.sum(axis=1, dtype=np.int64) if has_zp else _EMPTY_I64
@@ -655,7 +646,7 @@ def _dequant_product(a, pb, path, sa, za, sb, zb, bias_v, ap=None) -> np.ndarray
         bound = k * int(np.abs(a.astype(np.int16)).max()) * pb.max_abs
     if bound <= config.INT32_MAX:
         epi = _Epilogue(sa, za, rsa, sb, zb, csb, bias_v, has_zp)
-        return _run(a, pb, path, 0, kp4, pb.comp, epi, ap=ap)
+        return _run(a, pb, path, 0, kp4, pb.comp, epi)
     # exact int64 product (K split into safe chunks), epilogue in NumPy
     c = _gemm_exact(a, pb, path).astype(np.int64)
     if has_zp:
@@ -1068,11 +1059,10 @@ def _w4a8(x2: np.ndarray, pw: PackedWeights, bias_v: np.ndarray, path: str) -> n
         for gi in range(pw.n_groups):
             _chunk_colsum_kernel(pb.data, n, kp4, gi * g // 4, (gi + 1) * g // 4, comps[gi])
         pw._group_comp = comps
-    ap = _pack_a(xq) if path == "vnni" else None
     acc = np.zeros((m, n), dtype=np.float32)
     xs = xq.reshape(m, pw.n_groups, g).sum(axis=2, dtype=np.int64) if pw._zp_used else None
     for gi in range(pw.n_groups):
-        cg = _run(xq, pb, path, gi * g // 4, (gi + 1) * g // 4, pw._group_comp[gi], ap=ap)
+        cg = _run(xq, pb, path, gi * g // 4, (gi + 1) * g // 4, pw._group_comp[gi])
         if xs is not None:
             cg = cg - pw.zero_point[None, :, gi] * xs[:, gi:gi + 1]
         acc += cg.astype(np.float32) * pw.scale[None, :, gi]
