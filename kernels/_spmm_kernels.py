@@ -362,12 +362,14 @@ def _nm_decode_row(meta, row_off, nmeta, kr, n, m, bits, cols):  # pragma: no co
 def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, R, out):  # pragma: no cover - compiled
     """Same blocking as csr_mm: chunks of R rows, panels of P columns (P a multiple of m, so a panel holds
     exactly P/m*n kept values of each row).  The columns of one (row, panel) are decoded right before use
-    into a small thread-owned buffer (a whole-chunk buffer has rows kr*4 bytes apart: L1 set conflicts)."""
+    into a small thread-owned buffer."""
     rows = out.shape[0]
     B = X.shape[1]
     K = X.shape[0]
     has_scales = scales.shape[0] > 0
     per = P // m * n
+    mask = (1 << bits) - 1
+    fast = bits > 0 and 8 % max(bits, 1) == 0  # 1, 2, 4 or 8 bits: no value straddles a byte
     nch = (rows + R - 1) // R
     for ch in prange(nch):
         r0 = ch * R
@@ -380,7 +382,47 @@ def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, R, out):  # pragma: n
             t0 = k0 // m * n
             t1 = min(kr, t0 + per)
             for i in range(r0, r1):
-                _nm_decode(meta, i * nmeta, nmeta, t0, t1, n, m, bits, cols)
+                # Decode this (row, panel) inline: a helper taking the arrays costs reference-count atomics per
+                # call (on `meta`'s cache line, shared by the threads), which cost more than the decode itself.
+                row_off = i * nmeta
+                t24 = t0
+                if n == 2 and m == 4:  # 2:4: one metadata byte = 2 groups = 4 columns, no divisions
+                    while t24 + 4 <= t1:
+                        byte = np.int32(meta[row_off + (t24 >> 2)])
+                        base = t24 * 2
+                        cols[t24 - t0] = base + (byte & 3)
+                        cols[t24 - t0 + 1] = base + ((byte >> 2) & 3)
+                        cols[t24 - t0 + 2] = base + 4 + ((byte >> 4) & 3)
+                        cols[t24 - t0 + 3] = base + 4 + ((byte >> 6) & 3)
+                        t24 += 4
+                if t24 == t1:
+                    pass
+                elif bits == 0:
+                    for g in range(t24 // n, t1 // n):
+                        for q in range(n):
+                            cols[g * n + q - t0] = g * m
+                elif fast:
+                    for g in range(t24 // n, t1 // n):
+                        base = g * m
+                        for q in range(n):
+                            bp = (g * n + q) * bits
+                            cols[g * n + q - t0] = base + ((np.int32(meta[row_off + (bp >> 3)]) >> (bp & 7)) & mask)
+                else:
+                    q = 0
+                    base = (t24 // n) * m
+                    bitpos = t24 * bits
+                    for t in range(t24, t1):
+                        byte = bitpos >> 3
+                        sh = bitpos & 7
+                        w = np.int32(meta[row_off + byte]) >> sh
+                        if sh + bits > 8 and byte + 1 < nmeta:
+                            w = w | (np.int32(meta[row_off + byte + 1]) << (8 - sh))
+                        cols[t - t0] = base + (w & mask)
+                        bitpos += bits
+                        q += 1
+                        if q == n:
+                            q = 0
+                            base += m
                 s = scales[i] if has_scales else np.float32(1.0)
                 voff = i * kr
                 t = t0
