@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from numba import config as numba_config
 from numba import get_num_threads, njit, prange, set_num_threads
 
 from ._validate import check_choice, check_int
@@ -83,7 +84,7 @@ def stream_bandwidth(nbytes: int | None = None, kind: str = "triad", threads: in
     n = max(1, nbytes // (8 * narr))
     old = get_num_threads()
     if threads is not None:
-        set_num_threads(check_int(threads, "threads", minimum=1, maximum=old if old else None))
+        set_num_threads(check_int(threads, "threads", minimum=1, maximum=numba_config.NUMBA_NUM_THREADS))
     try:
         nthreads = get_num_threads()
         a = np.zeros(n)
@@ -138,7 +139,7 @@ def read_bandwidth(nbytes: int, threads: int | None = None, repeats: int = 5,
     sweeps = max(1, -(-check_int(min_traffic, "min_traffic", minimum=1) // (8 * n)))
     old = get_num_threads()
     if threads is not None:
-        set_num_threads(check_int(threads, "threads", minimum=1, maximum=old if old else None))
+        set_num_threads(check_int(threads, "threads", minimum=1, maximum=numba_config.NUMBA_NUM_THREADS))
     try:
         nthreads = get_num_threads()
         x = np.arange(n, dtype=np.uint64)
