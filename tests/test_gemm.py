@@ -367,6 +367,9 @@ def test_stream_bandwidth_small():
         stream_bandwidth(1 << 20, kind="scale")
     with pytest.raises(ValueError, match="nbytes"):
         stream_bandwidth(10)
+    assert stream_bandwidth(1 << 20, kind="triad", threads=1, repeats=1) > 0
+    with pytest.raises(ValueError, match="threads"):
+        stream_bandwidth(1 << 20, threads=0)
 
 
 def test_isa_env_selects_default_path(monkeypatch):
