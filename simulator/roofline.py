@@ -958,11 +958,16 @@ def _gemm_batch(dev, T, gemms, comp: Compression, warm: bool):
     for g in gemms:
         if g.weight_operand:
             check_shape(g.n, g.k, comp)
-    m = np.array([g.m for g in gemms], dtype=np.float64)
-    n = np.array([g.n for g in gemms], dtype=np.float64)
-    k = np.array([g.k for g in gemms], dtype=np.float64)
-    cnt = np.array([g.count for g in gemms], dtype=np.float64)
-    wop = np.array([g.weight_operand for g in gemms], dtype=bool)
+    if len(gemms) == 1:  # NumPy scalars: the same formulas, without per-call array overhead
+        g = gemms[0]
+        m, n, k, cnt = (np.float64(g.m), np.float64(g.n), np.float64(g.k), np.float64(g.count))
+        wop = np.bool_(g.weight_operand)
+    else:
+        m = np.array([g.m for g in gemms], dtype=np.float64)
+        n = np.array([g.n for g in gemms], dtype=np.float64)
+        k = np.array([g.k for g in gemms], dtype=np.float64)
+        cnt = np.array([g.count for g in gemms], dtype=np.float64)
+        wop = np.array([g.weight_operand for g in gemms], dtype=bool)
     sp = 1.0 - comp.n / comp.m if comp.format == "nm" else comp.sparsity
     br, bc = comp.block or (0, 0)
     return _gemm_core(T, m=m, n=n, k=k, count=cnt, w=np.int64(_D[comp.weights]), a=np.int64(_D[comp.acts]),
@@ -1019,15 +1024,20 @@ def estimate_ops(device, ops: Sequence, comp=None, *, warm: bool = False, baseli
             bcore = core if c == base else _memory_batch(dev, T, sel, base, warm)
         pub = _public(dev, T, core)
         for jj, i in enumerate(idx):
-            results[i] = _record(dev, T, ops[i], c, core, pub, jj, float(bcore["time_s"][jj]), warm)
+            results[i] = _record(dev, T, ops[i], c, core, pub, jj, float(_at(bcore["time_s"], jj)), warm)
     return results
+
+
+def _at(val, j):
+    """Element ``j`` of a per-op output, or the value itself when the batch held one op (scalars)."""
+    return val[j] if np.ndim(val) else val
 
 
 def _record(dev, T, op, comp, core, pub, j, base_time, warm) -> Estimate:
     L = T.nlev
-    row = {key: (val[j] if isinstance(val, np.ndarray) and val.ndim else val) for key, val in core.items()}
-    row["bound"] = str(pub["bound"][j])
-    row["arithmetic_intensity"] = float(pub["arithmetic_intensity"][j])
+    row = {key: _at(val, j) for key, val in core.items()}
+    row["bound"] = str(_at(pub["bound"], j))
+    row["arithmetic_intensity"] = float(_at(pub["arithmetic_intensity"], j))
     row["_warm"] = warm
     row.setdefault("nm_sparse", False)
     row.setdefault("dequant_ops", 0.0)
