@@ -447,6 +447,52 @@ def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, R, out):  # pragma: n
 
 
 @njit(parallel=True, fastmath=True, cache=True)
+def nm24_mm(data, meta, scales, X, P, R, out):  # pragma: no cover - compiled
+    """2:4 special case of nm_mm: data (rows, kr) and meta (rows, kr/4) 2-D; the four columns of one metadata
+    byte (two groups) are decoded in registers right beside their multiply-adds (no buffer, no divisions)."""
+    rows = out.shape[0]
+    B = X.shape[1]
+    K = X.shape[0]
+    kr = data.shape[1]
+    has_scales = scales.shape[0] > 0
+    per = P // 2
+    nch = (rows + R - 1) // R
+    for ch in prange(nch):
+        r0 = ch * R
+        r1 = min(rows, r0 + R)
+        for i in range(r0, r1):
+            for b in range(B):
+                out[i, b] = 0.0
+        for k0 in range(0, K, P):
+            t0 = k0 // 2
+            t1 = min(kr, t0 + per)
+            for i in range(r0, r1):
+                s = scales[i] if has_scales else np.float32(1.0)
+                t = t0
+                while t + 4 <= t1:
+                    byte = np.int32(meta[i, t >> 2])
+                    base = t * 2
+                    x0 = base + (byte & 3)
+                    x1 = base + ((byte >> 2) & 3)
+                    x2 = base + 4 + ((byte >> 4) & 3)
+                    x3 = base + 4 + ((byte >> 6) & 3)
+                    v0 = _f32(data[i, t]) * s
+                    v1 = _f32(data[i, t + 1]) * s
+                    v2 = _f32(data[i, t + 2]) * s
+                    v3 = _f32(data[i, t + 3]) * s
+                    for b in range(B):
+                        out[i, b] += (v0 * X[x0, b] + v1 * X[x1, b]) + (v2 * X[x2, b] + v3 * X[x3, b])
+                    t += 4
+                while t < t1:
+                    byte = np.int32(meta[i, t >> 2])
+                    x0 = (t >> 1) * 4 + ((byte >> ((t & 3) * 2)) & 3)
+                    v0 = _f32(data[i, t]) * s
+                    for b in range(B):
+                        out[i, b] += v0 * X[x0, b]
+                    t += 1
+
+
+@njit(parallel=True, fastmath=True, cache=True)
 def nm_mv(data, meta, nmeta, kr, n, m, bits, scales, x, out):  # pragma: no cover - compiled
     rows = out.shape[0]
     has_scales = scales.shape[0] > 0

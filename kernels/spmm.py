@@ -154,6 +154,10 @@ def spmm(A, X, *, x_scale=None) -> np.ndarray:
         _k.bsr_mm(A.indptr, A.indices, data, scales, A.blocksize[0], A.blocksize[1], X, out)
     else:
         P, R = _blocking(X.shape[1], A.m)
+        if A.n == 2 and A.m == 4:
+            d2 = A.data.view(np.uint16) if A.data.dtype == np.float16 else A.data
+            _k.nm24_mm(d2, A.metadata, scales, X, P, R, out)
+            return out
         _k.nm_mm(data, A.metadata.reshape(-1), A.metadata.shape[1], A.kr, A.n, A.m, A.bits, scales, X, P, R, out)
     return out
 
