@@ -315,7 +315,7 @@ if has_avx512_vnni():
 
 #: generic path: columns per float32 panel, rows per register block, K per exact float32 partial sum
 NRG = 64
-RBG = 4
+RBG = 4  # the full-block branch of _generic_gemm_kernel is written out for 4 rows
 #: |partial sum| <= KCG * 128 * 128 = 2**24: every float32 partial sum of INT8 products is an exact integer
 KCG = 1024
 
@@ -361,6 +361,29 @@ def _generic_gemm_kernel(af, bf, m, n, kp, k_lo, k_hi, mb_rows,
                     b1 = bf[p + NRG:p + 2 * NRG]
                     b2 = bf[p + 2 * NRG:p + 3 * NRG]
                     b3 = bf[p + 3 * NRG:p + 4 * NRG]
+                    if rows == 4:  # full block: each B value loaded once for the 4 rows, A in registers
+                        r0 = af[i0]
+                        r1 = af[i0 + 1]
+                        r2 = af[i0 + 2]
+                        r3 = af[i0 + 3]
+                        a00, a01, a02, a03 = r0[k0], r0[k0 + 1], r0[k0 + 2], r0[k0 + 3]
+                        a10, a11, a12, a13 = r1[k0], r1[k0 + 1], r1[k0 + 2], r1[k0 + 3]
+                        a20, a21, a22, a23 = r2[k0], r2[k0 + 1], r2[k0 + 2], r2[k0 + 3]
+                        a30, a31, a32, a33 = r3[k0], r3[k0 + 1], r3[k0 + 2], r3[k0 + 3]
+                        f0 = facc[0]
+                        f1 = facc[1]
+                        f2 = facc[2]
+                        f3 = facc[3]
+                        for jj in range(NRG):
+                            v0 = b0[jj]
+                            v1 = b1[jj]
+                            v2 = b2[jj]
+                            v3 = b3[jj]
+                            f0[jj] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+                            f1[jj] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+                            f2[jj] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
+                            f3[jj] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+                        continue
                     for r in range(rows):
                         ar = af[i0 + r]
                         a0 = ar[k0]
