@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from memwall.kernels import config
 from memwall.kernels import gemm as G
-from memwall.kernels.membench import last_level_cache_bytes, stream_bandwidth
+from memwall.kernels.membench import last_level_cache_bytes, read_bandwidth, stream_bandwidth
 from memwall.kernels.quant import quantize_rows_int8
 
 PATHS = G.available_paths()
@@ -370,6 +370,9 @@ def test_stream_bandwidth_small():
     assert stream_bandwidth(1 << 20, kind="triad", threads=1, repeats=1) > 0
     with pytest.raises(ValueError, match="threads"):
         stream_bandwidth(1 << 20, threads=0)
+    assert read_bandwidth(1 << 16, threads=1, repeats=2) > 0
+    with pytest.raises(ValueError, match="nbytes"):
+        read_bandwidth(100)
 
 
 def test_isa_env_selects_default_path(monkeypatch):
