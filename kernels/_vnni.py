@@ -285,3 +285,40 @@ def _prefetch_codegen(locality: int):
 
 prefetch = _make_prefetch(3, "Software prefetch (read, all cache levels: prefetcht0) of ``arr.ravel()[off]``.")
 prefetch_l2 = _make_prefetch(2, "Software prefetch (read, L2 and below: prefetcht1) of ``arr.ravel()[off]``.")
+
+
+@intrinsic
+def store_nt16(typingctx, dst, dst_off, src, src_off):
+    """Copy 16 four-byte elements ``src[src_off:src_off+16]`` to ``dst[dst_off:dst_off+16]`` with one
+    non-temporal 64-byte store (no read-for-ownership of the destination line, no cache pollution).  The
+    destination address must be 64-byte aligned (the caller checks); both arrays have 4-byte elements."""
+    if not (isinstance(dst_off, types.Integer) and isinstance(src_off, types.Integer)):
+        return None
+    sig = types.void(dst, dst_off, src, src_off)
+
+    def codegen(context, builder, signature, args):
+        dst_v, dst_off_v, src_v, src_off_v = args
+        st = signature.args
+        dst_off_v = context.cast(builder, dst_off_v, st[1], types.int64)
+        src_off_v = context.cast(builder, src_off_v, st[3], types.int64)
+        dp = builder.bitcast(context.make_array(st[0])(context, builder, dst_v).data, _I32.as_pointer())
+        sp = builder.bitcast(context.make_array(st[2])(context, builder, src_v).data, _I32.as_pointer())
+        val = builder.load(builder.bitcast(builder.gep(sp, [src_off_v]), _V16.as_pointer()), align=4)
+        store = builder.store(val, builder.bitcast(builder.gep(dp, [dst_off_v]), _V16.as_pointer()), align=64)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def sfence(typingctx):
+    """Order the preceding non-temporal stores before later stores (``sfence``)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -238,13 +238,13 @@ def _store_tile(tile, ldt, r0, rows, c0, cols, n, c, out, epi, has_zp, sa, za, r
 
 
 if has_avx512_vnni():
-    from ._vnni import make_microkernel, prefetch_l2
+    from ._vnni import make_microkernel, prefetch_l2, sfence, store_nt16
 
     _mk = make_microkernel(MR, NV)
     _mk1 = make_microkernel(1, NV, MR)  # one row of an MR panel: short edges and GEMV-like M
 
     @njit(parallel=True, cache=True)
-    def _vnni_gemm_kernel(a32, bp, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, kc4,
+    def _vnni_gemm_kernel(a32, bp, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, kc4, nt,
                           c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk):  # pragma: no cover
         """A @ B over K groups [k4_lo, k4_hi) (comp initialises each column); int32 tiles accumulate in a
         per-task buffer and are then written to c (int32, flat) or, with epi, dequantized into out.
@@ -252,7 +252,8 @@ if has_avx512_vnni():
         a32 is A (M, 4*kp4 int8, zero padded) seen as int32 words.  A task owns ``mb_panels`` A panels (a
         row block) x ``jc_panels`` B panels.  It first packs its row block (+128 per byte, [panel][k4][MR]
         words) into a buffer that then stays in its L2, and for each of its B panels walks K in chunks of
-        ``kc4`` groups of 4 (the B chunk, kc4 * 4 * NR bytes, stays in L1) and, per chunk, every A panel."""
+        ``kc4`` groups of 4 (the B chunk, kc4 * 4 * NR bytes, stays in L1) and, per chunk, every A panel.
+        With ``nt`` (c 64-byte aligned, n % 16 == 0) full int32 tiles go to c with non-temporal stores."""
         mpan = (m + MR - 1) // MR
         npan = (n + NR - 1) // NR
         nmb = (mpan + mb_panels - 1) // mb_panels
@@ -309,8 +310,18 @@ if has_avx512_vnni():
                                 _mk1(abuf, a_base + 4 * r, bp, b_base + kc * NR * 4, kn, cbuf, t_off + r * NR, NR,
                                      first, comp, jp * NR)
                 for ip in range(ip0, ip1):
-                    _store_tile(cbuf[(ip - ip0) * MR * NR:], NR, ip * MR, min(MR, m - ip * MR), jp * NR, cols, n,
-                                c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
+                    rows = min(MR, m - ip * MR)
+                    if nt and epi == 0 and cols == NR:
+                        for r in range(rows):
+                            d = (ip * MR + r) * n + jp * NR
+                            s_ = (ip - ip0) * MR * NR + r * NR
+                            for v in range(NV):
+                                store_nt16(c, d + 16 * v, cbuf, s_ + 16 * v)
+                    else:
+                        _store_tile(cbuf[(ip - ip0) * MR * NR:], NR, ip * MR, rows, jp * NR, cols, n,
+                                    c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
+            if nt:
+                sfence()
 
 
 #: generic path: columns per float32 panel, rows per register block, K per exact float32 partial sum
@@ -439,6 +450,18 @@ def _vnni_schedule(mpan: int, npan: int, k4n: int, threads: int) -> tuple[int, i
     return mb_panels, -(-npan // njc)
 
 
+#: write full int32 output tiles with non-temporal stores (when the rows are 64-byte aligned)
+NT_STORES = True
+
+
+def _aligned_empty(size: int, dtype) -> np.ndarray:
+    """np.empty(size, dtype) whose data starts on a 64-byte boundary (a view into a slightly larger buffer)."""
+    itemsize = np.dtype(dtype).itemsize
+    buf = np.empty(size + 64 // itemsize, dtype=dtype)
+    skip = (-buf.ctypes.data % 64) // itemsize
+    return buf[skip:skip + size]
+
+
 def _a_words(a: np.ndarray) -> np.ndarray:
     """A (M, K) int8 as int32 words (M, ceil(K/4)), zero padded to a multiple of 4 columns."""
     m, k = a.shape
@@ -457,7 +480,7 @@ def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp:
     n = pb.n
     kp4 = (pb.k + 3) // 4
     if epi is None:
-        c, out = np.empty(m * n, dtype=np.int32), _EMPTY_F32
+        c, out = _aligned_empty(m * n, np.int32), _EMPTY_F32
         res = c
         args = (0, 0, _EMPTY_F32, _EMPTY_I32, _EMPTY_I64, _EMPTY_F32, _EMPTY_I32, _EMPTY_I64, _EMPTY_F32, 0)
     else:
@@ -475,7 +498,8 @@ def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp:
     if path == "vnni":
         mpan = (m + MR - 1) // MR
         mb_panels, jc_panels = _vnni_schedule(mpan, npan, k4_hi - k4_lo, threads)
-        _vnni_gemm_kernel(_a_words(a), pb.data, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, KC4,
+        nt = int(NT_STORES and n % 16 == 0 and c.ctypes.data % 64 == 0)
+        _vnni_gemm_kernel(_a_words(a), pb.data, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, KC4, nt,
                           c, out, *args)
     else:
         npg = (n + NRG - 1) // NRG
