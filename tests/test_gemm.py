@@ -130,6 +130,16 @@ def test_paths_agree_and_threads_identical(path, rng):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("n", [G.NR, 96, 4 * G.NR + 16])
+def test_aligned_output_widths(path, n, rng):
+    # widths that are multiples of 16 take the non-temporal store path for full tiles
+    a, b = rand_i8(rng, (2 * G.MR + 5, 300)), rand_i8(rng, (300, n))
+    c = G.int8_gemm(a, b, path=path)
+    assert c.flags.c_contiguous and c.dtype == np.int32
+    np.testing.assert_array_equal(c, ref_int_gemm(a, b))
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_noncontiguous_inputs_are_copied(path, rng):
     a_big, b_big = rand_i8(rng, (20, 60)), rand_i8(rng, (60, 40))
     a = a_big[::-1, ::2]  # negative and non-unit strides
