@@ -168,6 +168,8 @@ class QuantizedTensor:
             raise TypeError("scale: expected a float32 numpy.ndarray")
         if not isinstance(self.zero_point, np.ndarray) or self.zero_point.dtype != np.int32:
             raise TypeError("zero_point: expected an int32 numpy.ndarray")
+        if isinstance(self.bits, (bool, np.bool_)) or self.bits not in (8, 4, 2, 1):
+            raise ValueError(f"bits: expected 8, 4, 2 (ternary) or 1 (binary), got {self.bits!r}")
         if self.group_size is not None:
             g = check_int(self.group_size, "group_size", minimum=1)
             if self.axis is not None:
@@ -508,11 +510,23 @@ def _check_layout(x: np.ndarray, axis, group_size):
     return axis, None
 
 
+def _refuse_complex(x, name) -> None:
+    """Complex input would be cast to real (imaginary part silently dropped): a TypeError instead."""
+    if not isinstance(x, np.ndarray) and not isinstance(x, (str, bytes)):
+        try:
+            x = np.asarray(x)
+        except Exception:  # noqa: BLE001 - as_array reports it, naming the argument
+            return
+    if isinstance(x, np.ndarray) and x.dtype.kind == "c":
+        raise TypeError(f"{name}: expected real numbers, got dtype {x.dtype.name}")
+
+
 def _float_input(x, name, ndim=None) -> np.ndarray:
     """A C-contiguous float32 array from a float ndarray (float16/64 converted) or an array-like of numbers;
     integer/bool ndarrays are a TypeError (they are already quantized or not data)."""
     if isinstance(x, np.ndarray) and x.dtype.kind != "f":
         raise TypeError(f"{name}: expected a float array (float32; float16/float64 are converted), got {x.dtype.name}")
+    _refuse_complex(x, name)
     x = as_array(x, name, dtype=(np.float32, np.float64, np.float16), ndim=ndim, allow_convert=True)
     if x.dtype != np.float32:
         x = x.astype(np.float32, order="C")  # (np.ascontiguousarray would turn 0-d into 1-d)
@@ -601,12 +615,14 @@ def _quant3_kernel(x, scale, zp, qmin, qmax, binary, out):
         c = t - a * c_n
         s = scale[c]
         z = np.float32(zp[c])
+        xr = x[a, c]  # 1-D row views: with x[a, c, b] LLVM vectorized over the signed a/c index (gathers)
+        orow = out[a, c]
         if binary:
             for b in range(b_n):
-                out[a, c, b] = 1 if x[a, c, b] >= 0 else -1
+                orow[b] = 1 if xr[b] >= 0 else -1
         else:
             for b in range(b_n):
-                out[a, c, b] = _quant_one(x[a, c, b], s, z, qmin_f, qmax_f)
+                orow[b] = _quant_one(xr[b], s, z, qmin_f, qmax_f)
 
 
 @njit(parallel=True, cache=True)
@@ -1064,6 +1080,8 @@ def _err_partials(x, y, part_sq, part_max, part_sig):
 
 
 def _pair(x, y, xname="x", yname="y"):
+    _refuse_complex(x, xname)
+    _refuse_complex(y, yname)
     x = as_array(x, xname, dtype=(np.float32, np.float64, np.float16), allow_convert=True)
     y = as_array(y, yname, dtype=(np.float32, np.float64, np.float16), allow_convert=True)
     if x.shape != y.shape:
