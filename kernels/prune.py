@@ -63,10 +63,13 @@ _SCORES = ("l1", "l2", "max")
 # validation helpers
 # ----------------------------------------------------------------------------------------------------------
 def _weights(w, name: str = "w", ndim=None, finite: bool = True) -> np.ndarray:
-    """A float32/float64 C-contiguous array (float16 and integer weights become float32); finite (checked
+    """A float32/float64 C-contiguous array (float16, bool, int8/int16 weights become float32, wider integers
+    float64); finite (checked
     here unless ``finite=False``: the caller's selection pass then detects NaN/Inf itself)."""
     if isinstance(w, np.ndarray) and w.dtype not in (np.float32, np.float64):
-        if w.dtype == np.float16 or np.issubdtype(w.dtype, np.integer) or w.dtype == np.bool_:
+        if np.issubdtype(w.dtype, np.integer) and w.dtype.itemsize >= 4:
+            w = w.astype(np.float64)  # float32 would merge integers above 2**24 (ties -> a wrong ranking)
+        elif w.dtype == np.float16 or np.issubdtype(w.dtype, np.integer) or w.dtype == np.bool_:
             w = w.astype(np.float32)
         else:
             raise TypeError(f"{name}: expected a real (float or integer) array, got dtype {w.dtype.name}")
@@ -411,6 +414,9 @@ def mask_stats(w, mask) -> MaskStats:
     kept = int(np.count_nonzero(mask))
     sq = np.square(w, dtype=np.float64)
     total = float(sq.sum())
+    if not math.isfinite(total):  # |w| near the float64 limit: the ratio is scale-free, so rescale first
+        sq = np.square(w / np.abs(w).max(), dtype=np.float64)
+        total = float(sq.sum())
     removed = float(sq[~mask].sum()) if size else 0.0
     return MaskStats(size=size, kept=kept, pruned=size - kept,
                      sparsity=(size - kept) / size if size else 0.0,
