@@ -754,8 +754,15 @@ def accumulate_into(dense, indices, values) -> np.ndarray:
     if not dense.flags.c_contiguous or not dense.flags.writeable:
         raise ValueError("dense: expected a C-contiguous, writeable array (it is updated in place)")
     idx, vals = _sparse_args(indices, values, dense.size)
+    with np.errstate(over="ignore"):  # overflow is reported below, naming the value
+        cast = vals.astype(dense.dtype, copy=False)
+    if cast is not vals:
+        lost = np.isfinite(vals) & ~np.isfinite(cast)
+        if lost.any():
+            bad = int(np.flatnonzero(lost)[0])
+            raise ValueError(f"values: {vals[bad]} at position {bad} overflows dense's dtype {dense.dtype.name}")
     if idx.size:
-        _accumulate_kernel(dense.reshape(-1), idx, vals.astype(dense.dtype, copy=False))
+        _accumulate_kernel(dense.reshape(-1), idx, cast)
     return dense
 
 
@@ -781,7 +788,10 @@ class ErrorFeedback:
 
     def __init__(self, shape, *, dtype=np.float32, momentum: float | None = None):
         _, self.shape = _size_arg(shape)
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError as exc:
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from exc
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype.name}")
         self.momentum = None if momentum is None else check_fraction(momentum, "momentum", include_high=False)
