@@ -44,7 +44,8 @@ def as_array(
     if dtype is not None:
         accepted = tuple(np.dtype(d) for d in (dtype if isinstance(dtype, (tuple, list)) else (dtype,)))
         if x.dtype not in accepted:
-            if allow_convert and (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            # complex is numeric to NumPy, but casting it to a real dtype drops the imaginary part silently
+            if allow_convert and x.dtype.kind in "biuf":
                 x = x.astype(accepted[0])
             else:
                 raise TypeError(f"{name}: expected dtype {_dtype_names(accepted)}, got {x.dtype.name}")

@@ -65,3 +65,10 @@ def test_scalar_checks():
         v.check_positive(np.array([np.nan]), "scale")
     with pytest.raises(ValueError, match=r"q: expected values in \[-8, 7\], found 9 at index \(1, 0\)"):
         v.check_range(np.array([[1, 2], [9, 0]]), "q", -8, 7)
+
+
+def test_as_array_refuses_complex_even_when_converting():
+    with pytest.raises(TypeError, match="s: expected dtype float32, got complex64"):
+        v.as_array(np.ones(3, np.complex64), "s", dtype=np.float32, allow_convert=True)
+    out = v.as_array(np.ones(3, np.float64), "s", dtype=np.float32, allow_convert=True)
+    assert out.dtype == np.float32
