@@ -21,8 +21,10 @@ Conventions shared by all kernels
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 # 2**(e - 25) for the float16 exponent field e (e = 0: subnormals, 2**-24 per mantissa unit; e = 31: inf).
 _H2F = np.array([2.0 ** (max(e, 1) - 25) for e in range(31)] + [np.inf], dtype=np.float32)
@@ -52,54 +54,459 @@ def _f32_impl(v):
 
 
 # ================================================================================================
-# CSR.  X (cols, B) and out (rows, B) are indexed 2-D (X[j, b]): no array views in the inner loops (a view
-# costs reference-count traffic on a cache line both threads share), and the wraparound check of the row
-# index stays outside the vectorized batch loop.
+# Register-blocked micro-kernels, emitted as LLVM IR (numba.extending.intrinsic + llvmlite; the same technique
+# as kernels/_vnni.py).  Plain Numba loops keep the running output row in memory (LLVM cannot prove that
+# ``out`` and ``X`` do not alias), stop at 256-bit vectors on this CPU and re-check aliasing before every
+# short batch loop.  These micro-kernels hold a tile of float32 accumulators in vector registers
+# (``<16 x float>``: one zmm each with AVX-512, legalised to narrower vectors on other CPUs), walk the stored
+# values with explicit ``llvm.fma`` calls and store the tile once.
+#
+# Shared contract: arrays are C-contiguous and addressed through flat element offsets; a tile covers 16*nv
+# consecutive columns of X / out (the wrapper pads the batch to a multiple of 16 columns and aligns X and out
+# to 64 bytes, so a vector never straddles two cache lines); every accumulator sums its terms in a fixed
+# order, so the result does not depend on the thread count.
 # ================================================================================================
-@njit(parallel=True, fastmath=True, cache=True)
-def csr_mm(indptr, indices, data, scales, X, P, R, out):  # pragma: no cover - compiled
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_VF = ir.VectorType(_F32, 16)
+_ZERO_VF = ir.Constant(_VF, [0.0] * 16)
+_SPLAT0 = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
+
+
+class _Emit:
+    """Small IR helpers bound to one builder."""
+
+    def __init__(self, context, builder, signature, args):
+        self.context, self.b, self.st, self.args = context, builder, signature.args, args
+        self.fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF, _VF, _VF]),
+                                                  "llvm.fma.v16f32")
+
+    def i64(self, k):
+        """Argument k as int64."""
+        return self.context.cast(self.b, self.args[k], self.st[k], types.int64)
+
+    def f32(self, k):
+        return self.context.cast(self.b, self.args[k], self.st[k], types.float32)
+
+    def ptr(self, k, off=None):
+        """Element pointer of array argument k (plus an int64 element offset)."""
+        p = self.context.make_array(self.st[k])(self.context, self.b, self.args[k]).data
+        return p if off is None else self.b.gep(p, [off])
+
+    def c64(self, v):
+        return ir.Constant(_I64, v)
+
+    def load_index(self, ptr, q):
+        """An int32/int64 (or uint8 metadata) element as int64."""
+        v = self.b.load(self.b.gep(ptr, [q]))
+        return v if v.type.width == 64 else self.b.sext(v, _I64)
+
+    def value(self, ptr, q, dtype, scale=None):
+        """A stored weight as float32: float32 as is, float16 bit patterns (uint16) widened exactly (vcvtph2ps),
+        int8 converted and multiplied by its scale (``float32(q) * scale``, as ``to_dense`` computes)."""
+        v = self.b.load(self.b.gep(ptr, [q]))
+        if dtype == types.uint16:
+            v = self.b.fpext(self.b.bitcast(v, ir.HalfType()), _F32)
+        elif dtype == types.int8:
+            v = self.b.sitofp(v, _F32)
+        if scale is not None:
+            v = self.b.fmul(v, scale)
+        return v
+
+    def splat(self, s):
+        vec = self.b.insert_element(ir.Constant(_VF, ir.Undefined), s, ir.Constant(_I32, 0))
+        return self.b.shuffle_vector(vec, ir.Constant(_VF, ir.Undefined), _SPLAT0)
+
+    def vload(self, fptr, off):
+        return self.b.load(self.b.bitcast(self.b.gep(fptr, [off]), _VF.as_pointer()), align=4)
+
+    def vstore(self, val, fptr, off):
+        self.b.store(val, self.b.bitcast(self.b.gep(fptr, [off]), _VF.as_pointer()), align=4)
+
+    def axpy(self, acc, w, xp, row_off, nv):
+        """acc[j] += w * X[row_off + 16 j] for j < nv (w already splatted)."""
+        return [self.b.call(self.fma, [w, self.vload(xp, self.b.add(row_off, self.c64(16 * j))), acc[j]])
+                for j in range(nv)]
+
+    def phis(self, n):
+        return [self.b.phi(_VF) for _ in range(n)]
+
+    def start_tile(self, init, op, offs):
+        """Accumulators starting at 0 (init != 0) or at the stored tile ``op[offs[k]]``; returns them."""
+        b = self.b
+        bb_load = b.append_basic_block("tile_load")
+        bb_zero = b.append_basic_block("tile_zero")
+        bb_pre = b.append_basic_block("tile_pre")
+        b.cbranch(b.icmp_signed("!=", init, self.c64(0)), bb_zero, bb_load)
+        b.position_at_end(bb_load)
+        loaded = [self.vload(op, o) for o in offs]
+        b.branch(bb_pre)
+        b.position_at_end(bb_zero)
+        b.branch(bb_pre)
+        b.position_at_end(bb_pre)
+        start = self.phis(len(offs))
+        for s, v in zip(start, loaded):
+            s.add_incoming(v, bb_load)
+            s.add_incoming(_ZERO_VF, bb_zero)
+        return start
+
+
+def _make_csr_row(nv):
+    """``csr_row(out, o_off, X, ldx, x_off, idx, i_off, data, d_off, n, klim, scale, init) -> consumed``.
+
+    One output row segment ``out[o_off : o_off + 16*nv]`` accumulates ``v_q * X[col_q, x_off : x_off + 16*nv]``
+    (flat: ``X[col_q * ldx + x_off + ...]``) for the entries ``q = 0, 1, ...`` (column ``idx[i_off + q]``, value
+    ``data[d_off + q]``, times ``scale`` for int8 values) while ``q < n`` and the column is below ``klim`` (the
+    end of the current panel; columns increase along a row).  ``init`` != 0: the sum starts from 0, else from
+    the stored segment.  Returns the number of entries consumed.  Two register sets (even / odd entries, added
+    at the end) keep 2*nv independent FMA chains in flight."""
+
+    @intrinsic
+    def csr_row(typingctx, out, o_off, X, ldx, x_off, idx, i_off, data, d_off, n, klim, scale, init):
+        sig = types.int64(out, o_off, X, ldx, x_off, idx, i_off, data, d_off, n, klim, scale, init)
+        scaled = data.dtype == types.int8
+
+        def codegen(context, builder, signature, args):
+            e = _Emit(context, builder, signature, args)
+            b = builder
+            op = e.ptr(0, e.i64(1))
+            ldx_v, n_v, klim_v = e.i64(3), e.i64(9), e.i64(10)
+            xp = e.ptr(2, e.i64(4))
+            ip = e.ptr(5, e.i64(6))
+            dp = e.ptr(7, e.i64(8))
+            scale_v = e.f32(11) if scaled else None
+            one = e.c64(1)
+            offs = [e.c64(16 * j) for j in range(nv)]
+
+            def step(acc, q, col):
+                w = e.splat(e.value(dp, q, signature.args[7].dtype, scale_v))
+                return e.axpy(acc, w, xp, b.mul(col, ldx_v), nv)
+
+            start = e.start_tile(e.i64(12), op, offs)
+            bb_pre = b.basic_block
+            h2 = b.append_basic_block("csr_h2")
+            chk2 = b.append_basic_block("csr_chk2")
+            body2 = b.append_basic_block("csr_body2")
+            h1 = b.append_basic_block("csr_h1")
+            chk1 = b.append_basic_block("csr_chk1")
+            body1 = b.append_basic_block("csr_body1")
+            done = b.append_basic_block("csr_done")
+            b.branch(h2)
+            # pairs of entries
+            b.position_at_end(h2)
+            q = b.phi(_I64)
+            a0 = e.phis(nv)
+            a1 = e.phis(nv)
+            q.add_incoming(e.c64(0), bb_pre)
+            for j in range(nv):
+                a0[j].add_incoming(start[j], bb_pre)
+                a1[j].add_incoming(_ZERO_VF, bb_pre)
+            qn = b.add(q, one)
+            b.cbranch(b.icmp_signed("<", qn, n_v), chk2, h1)
+            b.position_at_end(chk2)
+            c1 = e.load_index(ip, qn)
+            b.cbranch(b.icmp_signed("<", c1, klim_v), body2, h1)
+            b.position_at_end(body2)
+            n0 = step(a0, q, e.load_index(ip, q))
+            n1 = step(a1, qn, c1)
+            q.add_incoming(b.add(q, e.c64(2)), body2)
+            for j in range(nv):
+                a0[j].add_incoming(n0[j], body2)
+                a1[j].add_incoming(n1[j], body2)
+            b.branch(h2)
+            # at most one entry of this panel is left (the next pair did not fit)
+            b.position_at_end(h1)
+            b.cbranch(b.icmp_signed("<", q, n_v), chk1, done)
+            b.position_at_end(chk1)
+            c0 = e.load_index(ip, q)
+            b.cbranch(b.icmp_signed("<", c0, klim_v), body1, done)
+            b.position_at_end(body1)
+            t0 = step(a0, q, c0)
+            q1 = b.add(q, one)
+            b.branch(done)
+            b.position_at_end(done)
+            qf = b.phi(_I64)
+            af = e.phis(nv)
+            for blk, qv, av in ((h1, q, a0), (chk1, q, a0), (body1, q1, t0)):
+                qf.add_incoming(qv, blk)
+                for j in range(nv):
+                    af[j].add_incoming(av[j], blk)
+            for j in range(nv):
+                e.vstore(b.fadd(af[j], a1[j]), op, offs[j])
+            return qf
+
+        return sig, codegen
+
+    return csr_row
+
+
+def _make_bsr_strip(R, nv):
+    """``bsr_strip(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)``.
+
+    Rows ``rr0 .. rr0+R-1`` of one block row, 16*nv columns: ``R x nv`` accumulator vectors (tile row k at
+    ``out[o_off + k*ldo]``) take the stored blocks ``p0 .. p1-1`` (block column ``idx[p]``, values
+    ``data[(p*r + rr)*c + k]``, int8 times ``scales[p]``): for each of the c columns of a block, nv vectors of
+    the X row ``idx[p]*c + k`` (``X[(..) * ldx + x_off]``) are loaded once and meet R broadcast weights.
+    ``init`` != 0: start from 0, else from the stored tile."""
+
+    @intrinsic
+    def bsr_strip(typingctx, out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init):
+        sig = types.void(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+        scaled = data.dtype == types.int8
+
+        def codegen(context, builder, signature, args):
+            e = _Emit(context, builder, signature, args)
+            b = builder
+            dtype = signature.args[7].dtype
+            op = e.ptr(0, e.i64(1))
+            ldo_v, ldx_v = e.i64(2), e.i64(4)
+            xp = e.ptr(3, e.i64(5))
+            ip, dp = e.ptr(6), e.ptr(7)
+            sp = e.ptr(8) if scaled else None
+            p0_v, p1_v, r_v, c_v, rr0_v = e.i64(9), e.i64(10), e.i64(11), e.i64(12), e.i64(13)
+            offs = [b.add(b.mul(ldo_v, e.c64(k)), e.c64(16 * j)) for k in range(R) for j in range(nv)]
+            start = e.start_tile(e.i64(14), op, offs)
+            bb_pre = b.basic_block
+            hp = b.append_basic_block("bsr_hp")
+            bp = b.append_basic_block("bsr_bp")
+            hk = b.append_basic_block("bsr_hk")
+            bk = b.append_basic_block("bsr_bk")
+            pend = b.append_basic_block("bsr_pend")
+            done = b.append_basic_block("bsr_done")
+            b.branch(hp)
+            # blocks
+            b.position_at_end(hp)
+            p = b.phi(_I64)
+            acc = e.phis(R * nv)
+            p.add_incoming(p0_v, bb_pre)
+            for a, s in zip(acc, start):
+                a.add_incoming(s, bb_pre)
+            b.cbranch(b.icmp_signed("<", p, p1_v), bp, done)
+            b.position_at_end(bp)
+            xrow0 = b.mul(b.mul(e.load_index(ip, p), c_v), ldx_v)
+            dbase = b.mul(b.add(b.mul(p, r_v), rr0_v), c_v)
+            s_v = b.load(b.gep(sp, [p])) if scaled else None
+            b.branch(hk)
+            # columns of the block
+            b.position_at_end(hk)
+            k = b.phi(_I64)
+            acck = e.phis(R * nv)
+            k.add_incoming(e.c64(0), bp)
+            for a, a0 in zip(acck, acc):
+                a.add_incoming(a0, bp)
+            b.cbranch(b.icmp_signed("<", k, c_v), bk, pend)
+            b.position_at_end(bk)
+            xrow = b.add(xrow0, b.mul(k, ldx_v))
+            xv = [e.vload(xp, b.add(xrow, e.c64(16 * j))) for j in range(nv)]
+            new = []
+            for rr in range(R):
+                q = b.add(b.add(dbase, b.mul(c_v, e.c64(rr))), k)
+                w = e.splat(e.value(dp, q, dtype, s_v))
+                new += [b.call(e.fma, [w, xv[j], acck[rr * nv + j]]) for j in range(nv)]
+            k.add_incoming(b.add(k, e.c64(1)), bk)
+            for a, v in zip(acck, new):
+                a.add_incoming(v, bk)
+            b.branch(hk)
+            b.position_at_end(pend)
+            p.add_incoming(b.add(p, e.c64(1)), pend)
+            for a, v in zip(acc, acck):
+                a.add_incoming(v, pend)
+            b.branch(hp)
+            b.position_at_end(done)
+            for a, o in zip(acc, offs):
+                e.vstore(a, op, o)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return bsr_strip
+
+
+def _make_nm24_row(nv):
+    """``nm24_row(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)``: a 2:4 row segment.
+
+    ``nvals`` (even) kept values ``data[d_off ...]`` starting at a multiple of 4 of the row, positions from the
+    metadata bytes ``meta[m_off ...]`` (one byte = two groups = four values: 2 bits each, little-endian);
+    value ``q`` of the segment sits in column ``(q // 2) * 4 + pos`` relative to the segment's first column,
+    whose X row starts at ``X[x_off]``.  Four register sets (one per value of a byte) keep 4*nv independent
+    FMA chains in flight; ``init`` as for ``csr_row``."""
+
+    @intrinsic
+    def nm24_row(typingctx, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init):
+        sig = types.void(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
+        scaled = data.dtype == types.int8
+
+        def codegen(context, builder, signature, args):
+            e = _Emit(context, builder, signature, args)
+            b = builder
+            dtype = signature.args[5].dtype
+            op = e.ptr(0, e.i64(1))
+            ldx_v = e.i64(3)
+            xp = e.ptr(2, e.i64(4))
+            dp = e.ptr(5, e.i64(6))
+            mp = e.ptr(7, e.i64(8))
+            n_v = e.i64(9)
+            scale_v = e.f32(10) if scaled else None
+            offs = [e.c64(16 * j) for j in range(nv)]
+            start = e.start_tile(e.i64(11), op, offs)
+            bb_pre = b.basic_block
+            h4 = b.append_basic_block("nm_h4")
+            body4 = b.append_basic_block("nm_body4")
+            h2 = b.append_basic_block("nm_h2")
+            body2 = b.append_basic_block("nm_body2")
+            done = b.append_basic_block("nm_done")
+
+            def col(byte, base, shift, extra):
+                pos = b.and_(b.lshr(byte, e.c64(shift)), e.c64(3))
+                return b.add(b.add(base, pos), e.c64(extra))
+
+            def step(acc, q, c):
+                w = e.splat(e.value(dp, q, dtype, scale_v))
+                return e.axpy(acc, w, xp, b.mul(c, ldx_v), nv)
+
+            b.branch(h4)
+            b.position_at_end(h4)
+            q = b.phi(_I64)
+            sets = [e.phis(nv) for _ in range(4)]
+            q.add_incoming(e.c64(0), bb_pre)
+            for j in range(nv):
+                sets[0][j].add_incoming(start[j], bb_pre)
+                for s in sets[1:]:
+                    s[j].add_incoming(_ZERO_VF, bb_pre)
+            b.cbranch(b.icmp_signed("<=", b.add(q, e.c64(4)), n_v), body4, h2)
+            b.position_at_end(body4)
+            byte = b.zext(b.load(b.gep(mp, [b.lshr(q, e.c64(2))])), _I64)
+            base = b.add(q, q)
+            new = [step(sets[t], b.add(q, e.c64(t)), col(byte, base, 2 * t, 4 * (t // 2))) for t in range(4)]
+            q.add_incoming(b.add(q, e.c64(4)), body4)
+            for s, nw in zip(sets, new):
+                for j in range(nv):
+                    s[j].add_incoming(nw[j], body4)
+            b.branch(h4)
+            # two values (one group) left: the low half of the next byte
+            b.position_at_end(h2)
+            b.cbranch(b.icmp_signed("<=", b.add(q, e.c64(2)), n_v), body2, done)
+            b.position_at_end(body2)
+            byte = b.zext(b.load(b.gep(mp, [b.lshr(q, e.c64(2))])), _I64)
+            base = b.add(q, q)
+            t0 = step(sets[0], q, col(byte, base, 0, 0))
+            t1 = step(sets[1], b.add(q, e.c64(1)), col(byte, base, 2, 0))
+            b.branch(done)
+            b.position_at_end(done)
+            f0, f1 = e.phis(nv), e.phis(nv)
+            for j in range(nv):
+                f0[j].add_incoming(sets[0][j], h2)
+                f0[j].add_incoming(t0[j], body2)
+                f1[j].add_incoming(sets[1][j], h2)
+                f1[j].add_incoming(t1[j], body2)
+            for j in range(nv):
+                e.vstore(b.fadd(b.fadd(f0[j], f1[j]), b.fadd(sets[2][j], sets[3][j])), op, offs[j])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return nm24_row
+
+
+_csr_row = [None] + [_make_csr_row(nv) for nv in (1, 2, 3, 4)]
+_bsr_strip = {(R, nv): _make_bsr_strip(R, nv) for R in (1, 2, 4) for nv in (1, 2, 3, 4)}
+_nm24_row = [None] + [_make_nm24_row(nv) for nv in (1, 2, 3, 4)]
+csr_row1, csr_row2, csr_row3, csr_row4 = _csr_row[1:]
+nm24_row1, nm24_row2, nm24_row3, nm24_row4 = _nm24_row[1:]
+bsr_strip1_1, bsr_strip1_2, bsr_strip1_3, bsr_strip1_4 = (_bsr_strip[1, nv] for nv in (1, 2, 3, 4))
+bsr_strip2_1, bsr_strip2_2, bsr_strip2_3, bsr_strip2_4 = (_bsr_strip[2, nv] for nv in (1, 2, 3, 4))
+bsr_strip4_1, bsr_strip4_2, bsr_strip4_3, bsr_strip4_4 = (_bsr_strip[4, nv] for nv in (1, 2, 3, 4))
+
+
+@njit(inline="always")
+def _csr_seg(nv, out, o_off, X, ldx, x_off, idx, i_off, data, d_off, n, klim, scale, init):  # pragma: no cover
+    if nv == 4:
+        return csr_row4(out, o_off, X, ldx, x_off, idx, i_off, data, d_off, n, klim, scale, init)
+    if nv == 3:
+        return csr_row3(out, o_off, X, ldx, x_off, idx, i_off, data, d_off, n, klim, scale, init)
+    if nv == 2:
+        return csr_row2(out, o_off, X, ldx, x_off, idx, i_off, data, d_off, n, klim, scale, init)
+    return csr_row1(out, o_off, X, ldx, x_off, idx, i_off, data, d_off, n, klim, scale, init)
+
+
+@njit(inline="always")
+def _nm24_seg(nv, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init):  # pragma: no cover
+    if nv == 4:
+        nm24_row4(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
+    elif nv == 3:
+        nm24_row3(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
+    elif nv == 2:
+        nm24_row2(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
+    else:
+        nm24_row1(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
+
+
+@njit(inline="always")
+def _bsr_seg(R, nv, out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0,
+             init):  # pragma: no cover - compiled
+    if R == 4:
+        if nv == 4:
+            bsr_strip4_4(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+        elif nv == 3:
+            bsr_strip4_3(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+        elif nv == 2:
+            bsr_strip4_2(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+        else:
+            bsr_strip4_1(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+    elif R == 2:
+        if nv == 4:
+            bsr_strip2_4(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+        elif nv == 3:
+            bsr_strip2_3(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+        elif nv == 2:
+            bsr_strip2_2(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+        else:
+            bsr_strip2_1(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+    else:
+        if nv == 4:
+            bsr_strip1_4(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+        elif nv == 3:
+            bsr_strip1_3(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+        elif nv == 2:
+            bsr_strip1_2(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+        else:
+            bsr_strip1_1(out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r, c, rr0, init)
+
+
+# ================================================================================================
+# CSR.  X (cols, Bp) and out (rows, Bp) are C-contiguous, Bp a multiple of 16, both 64-byte aligned (the
+# wrapper pads and aligns them); ``bounds`` splits the rows into chunks of about equal work (stored values +
+# a per-row cost), so a static prange schedule balances the threads.
+# ================================================================================================
+@njit(parallel=True, cache=True)
+def csr_mm(indptr, indices, data, scales, X, P, bounds, out):  # pragma: no cover - compiled
     """out[i, :] = sum_p v_p * X[indices[p], :] over the stored entries of row i (float32 accumulation).
 
-    Cache blocking: a thread owns a chunk of R rows; the reduction dimension is walked in panels of P rows of
-    X (sized to stay in L1), each row resuming at its cursor; every row still sums its entries in storage
-    order, so the result does not depend on P, R or the thread count."""
-    rows = indptr.shape[0] - 1
+    Cache blocking: a thread owns a chunk of rows; the reduction dimension is walked in panels of P rows of X
+    (sized to stay in L1), each row resuming at its cursor; in each panel a row's register tile
+    (``csr_row``) starts from the stored partial sums.  The summation order of every element depends only on
+    P (chosen from the shapes), never on the threads."""
     B = X.shape[1]
     K = X.shape[0]
     has_scales = scales.shape[0] > 0
-    nch = (rows + R - 1) // R
+    nch = bounds.shape[0] - 1
     for ch in prange(nch):
-        r0 = ch * R
-        r1 = min(rows, r0 + R)
-        cur = np.empty(R, np.int64)
-        for i in range(r0, r1):
-            cur[i - r0] = indptr[i]
-            for b in range(B):
-                out[i, b] = 0.0
-        for k1 in range(P, K + P, P):
+        r0 = bounds[ch]
+        r1 = bounds[ch + 1]
+        cur = np.empty(max(r1 - r0, 1), np.int64)
+        for b0 in range(0, B, 64):
+            nv = min(4, (B - b0) // 16)
             for i in range(r0, r1):
-                s = scales[i] if has_scales else np.float32(1.0)
-                p = cur[i - r0]
-                e = indptr[i + 1]
-                while p + 4 <= e and indices[p + 3] < k1:
-                    x0 = indices[p]
-                    x1 = indices[p + 1]
-                    x2 = indices[p + 2]
-                    x3 = indices[p + 3]
-                    v0 = _f32(data[p]) * s
-                    v1 = _f32(data[p + 1]) * s
-                    v2 = _f32(data[p + 2]) * s
-                    v3 = _f32(data[p + 3]) * s
-                    for b in range(B):
-                        out[i, b] += (v0 * X[x0, b] + v1 * X[x1, b]) + (v2 * X[x2, b] + v3 * X[x3, b])
-                    p += 4
-                while p < e and indices[p] < k1:
-                    x0 = indices[p]
-                    v0 = _f32(data[p]) * s
-                    for b in range(B):
-                        out[i, b] += v0 * X[x0, b]
-                    p += 1
-                cur[i - r0] = p
+                cur[i - r0] = indptr[i]
+            init = 1
+            for k1 in range(P, K + P, P):
+                for i in range(r0, r1):
+                    s = scales[i] if has_scales else np.float32(1.0)
+                    p = cur[i - r0]
+                    n = indptr[i + 1] - p
+                    cur[i - r0] = p + _csr_seg(nv, out, i * B + b0, X, B, b0, indices, p, data, p, n, k1, s, init)
+                init = 0
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -144,128 +551,42 @@ def csr_mm_int8(indptr, indices, data, w_scales, Xq, x_scales, out):  # pragma: 
 
 
 # ================================================================================================
-# BSR (values flat: block p, row rr, column k at (p * r + rr) * c + k)
+# BSR (values flat: block p, row rr, column k at (p * r + rr) * c + k); same X / out conventions as csr_mm.
 # ================================================================================================
-@njit(parallel=True, fastmath=True, cache=True)
-def bsr_mm(indptr, indices, data, scales, r, c, X, out):  # pragma: no cover - compiled
-    nbr = indptr.shape[0] - 1
+@njit(parallel=True, cache=True)
+def bsr_mm(indptr, indices, data, scales, r, c, X, G, bounds, out):  # pragma: no cover - compiled
+    """Each block row: strips of 4 (then 2, 1) output rows x 64 columns in registers (``bsr_strip``) take the
+    stored blocks in groups of G (a group's X rows stay in L1 while every strip of the block row passes over
+    them; between groups a strip's partial sums go through the output rows).  Fixed order: blocks in storage
+    order, columns of a block in order."""
     B = X.shape[1]
-    has_scales = scales.shape[0] > 0
-    for I in prange(nbr):
-        for rr in range(I * r, I * r + r):
-            for b in range(B):
-                out[rr, b] = 0.0
-        for p in range(indptr[I], indptr[I + 1]):
-            jb = indices[p] * c
-            s = scales[p] if has_scales else np.float32(1.0)
-            rr = 0
-            while rr + 4 <= r:
-                o0 = I * r + rr
-                q0 = (p * r + rr) * c
-                q1 = q0 + c
-                q2 = q1 + c
-                q3 = q2 + c
-                k = 0
-                while k + 4 <= c:
-                    x0 = jb + k
-                    a0 = _f32(data[q0 + k]) * s
-                    a1 = _f32(data[q0 + k + 1]) * s
-                    a2 = _f32(data[q0 + k + 2]) * s
-                    a3 = _f32(data[q0 + k + 3]) * s
-                    b0 = _f32(data[q1 + k]) * s
-                    b1 = _f32(data[q1 + k + 1]) * s
-                    b2 = _f32(data[q1 + k + 2]) * s
-                    b3 = _f32(data[q1 + k + 3]) * s
-                    c0 = _f32(data[q2 + k]) * s
-                    c1 = _f32(data[q2 + k + 1]) * s
-                    c2 = _f32(data[q2 + k + 2]) * s
-                    c3 = _f32(data[q2 + k + 3]) * s
-                    d0 = _f32(data[q3 + k]) * s
-                    d1 = _f32(data[q3 + k + 1]) * s
-                    d2 = _f32(data[q3 + k + 2]) * s
-                    d3 = _f32(data[q3 + k + 3]) * s
-                    for b in range(B):
-                        y0 = X[x0, b]
-                        y1 = X[x0 + 1, b]
-                        y2 = X[x0 + 2, b]
-                        y3 = X[x0 + 3, b]
-                        out[o0, b] += (a0 * y0 + a1 * y1) + (a2 * y2 + a3 * y3)
-                        out[o0 + 1, b] += (b0 * y0 + b1 * y1) + (b2 * y2 + b3 * y3)
-                        out[o0 + 2, b] += (c0 * y0 + c1 * y1) + (c2 * y2 + c3 * y3)
-                        out[o0 + 3, b] += (d0 * y0 + d1 * y1) + (d2 * y2 + d3 * y3)
-                    k += 4
-                while k < c:
-                    x0 = jb + k
-                    a0 = _f32(data[q0 + k]) * s
-                    b0 = _f32(data[q1 + k]) * s
-                    c0 = _f32(data[q2 + k]) * s
-                    d0 = _f32(data[q3 + k]) * s
-                    for b in range(B):
-                        y0 = X[x0, b]
-                        out[o0, b] += a0 * y0
-                        out[o0 + 1, b] += b0 * y0
-                        out[o0 + 2, b] += c0 * y0
-                        out[o0 + 3, b] += d0 * y0
-                    k += 1
-                rr += 4
-            while rr + 2 <= r:
-                o0 = I * r + rr
-                o1 = o0 + 1
-                q0 = (p * r + rr) * c
-                q1 = q0 + c
-                k = 0
-                while k + 4 <= c:
-                    x0 = jb + k
-                    x1 = x0 + 1
-                    x2 = x0 + 2
-                    x3 = x0 + 3
-                    a0 = _f32(data[q0 + k]) * s
-                    a1 = _f32(data[q0 + k + 1]) * s
-                    a2 = _f32(data[q0 + k + 2]) * s
-                    a3 = _f32(data[q0 + k + 3]) * s
-                    b0 = _f32(data[q1 + k]) * s
-                    b1 = _f32(data[q1 + k + 1]) * s
-                    b2 = _f32(data[q1 + k + 2]) * s
-                    b3 = _f32(data[q1 + k + 3]) * s
-                    for b in range(B):
-                        y0 = X[x0, b]
-                        y1 = X[x1, b]
-                        y2 = X[x2, b]
-                        y3 = X[x3, b]
-                        out[o0, b] += (a0 * y0 + a1 * y1) + (a2 * y2 + a3 * y3)
-                        out[o1, b] += (b0 * y0 + b1 * y1) + (b2 * y2 + b3 * y3)
-                    k += 4
-                while k < c:
-                    x0 = jb + k
-                    a0 = _f32(data[q0 + k]) * s
-                    b0 = _f32(data[q1 + k]) * s
-                    for b in range(B):
-                        out[o0, b] += a0 * X[x0, b]
-                        out[o1, b] += b0 * X[x0, b]
-                    k += 1
-                rr += 2
-            if rr < r:
-                o0 = I * r + rr
-                q0 = (p * r + rr) * c
-                k = 0
-                while k + 4 <= c:
-                    x0 = jb + k
-                    x1 = x0 + 1
-                    x2 = x0 + 2
-                    x3 = x0 + 3
-                    a0 = _f32(data[q0 + k]) * s
-                    a1 = _f32(data[q0 + k + 1]) * s
-                    a2 = _f32(data[q0 + k + 2]) * s
-                    a3 = _f32(data[q0 + k + 3]) * s
-                    for b in range(B):
-                        out[o0, b] += (a0 * X[x0, b] + a1 * X[x1, b]) + (a2 * X[x2, b] + a3 * X[x3, b])
-                    k += 4
-                while k < c:
-                    x0 = jb + k
-                    a0 = _f32(data[q0 + k]) * s
-                    for b in range(B):
-                        out[o0, b] += a0 * X[x0, b]
-                    k += 1
+    nch = bounds.shape[0] - 1
+    for ch in prange(nch):
+        for I in range(bounds[ch], bounds[ch + 1]):
+            p0 = indptr[I]
+            p1 = indptr[I + 1]
+            for b0 in range(0, B, 64):
+                nv = min(4, (B - b0) // 16)
+                g0 = p0
+                init = 1
+                while True:
+                    g1 = min(p1, g0 + G)
+                    rr = 0
+                    while rr + 4 <= r:
+                        _bsr_seg(4, nv, out, (I * r + rr) * B + b0, B, X, B, b0, indices, data, scales, g0, g1, r,
+                                 c, rr, init)
+                        rr += 4
+                    if rr + 2 <= r:
+                        _bsr_seg(2, nv, out, (I * r + rr) * B + b0, B, X, B, b0, indices, data, scales, g0, g1, r,
+                                 c, rr, init)
+                        rr += 2
+                    if rr < r:
+                        _bsr_seg(1, nv, out, (I * r + rr) * B + b0, B, X, B, b0, indices, data, scales, g0, g1, r,
+                                 c, rr, init)
+                    init = 0
+                    g0 = g1
+                    if g0 >= p1:
+                        break
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -358,138 +679,88 @@ def _nm_decode_row(meta, row_off, nmeta, kr, n, m, bits, cols):  # pragma: no co
     _nm_decode(meta, row_off, nmeta, 0, kr, n, m, bits, cols)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, R, out):  # pragma: no cover - compiled
-    """Same blocking as csr_mm: chunks of R rows, panels of P columns (P a multiple of m, so a panel holds
-    exactly P/m*n kept values of each row).  The columns of one (row, panel) are decoded right before use
-    into a small thread-owned buffer."""
-    rows = out.shape[0]
+@njit(parallel=True, cache=True)
+def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, bounds, out):  # pragma: no cover - compiled
+    """General N:M, same blocking as csr_mm (P a multiple of m, so a panel holds exactly P/m*n kept values of
+    each row).  The columns of one (row, panel) are decoded right before use into a small thread-owned buffer,
+    then the CSR register micro-kernel runs over them."""
     B = X.shape[1]
     K = X.shape[0]
     has_scales = scales.shape[0] > 0
     per = P // m * n
     mask = (1 << bits) - 1
     fast = bits > 0 and 8 % max(bits, 1) == 0  # 1, 2, 4 or 8 bits: no value straddles a byte
-    nch = (rows + R - 1) // R
+    nch = bounds.shape[0] - 1
     for ch in prange(nch):
-        r0 = ch * R
-        r1 = min(rows, r0 + R)
-        cols = np.empty(per, np.int32)
-        for i in range(r0, r1):
-            for b in range(B):
-                out[i, b] = 0.0
-        for k0 in range(0, K, P):
-            t0 = k0 // m * n
-            t1 = min(kr, t0 + per)
-            for i in range(r0, r1):
-                # Decode this (row, panel) inline: a helper taking the arrays costs reference-count atomics per
-                # call (on `meta`'s cache line, shared by the threads), which cost more than the decode itself.
-                row_off = i * nmeta
-                t24 = t0
-                if n == 2 and m == 4:  # 2:4: one metadata byte = 2 groups = 4 columns, no divisions
-                    while t24 + 4 <= t1:
-                        byte = np.int32(meta[row_off + (t24 >> 2)])
-                        base = t24 * 2
-                        cols[t24 - t0] = base + (byte & 3)
-                        cols[t24 - t0 + 1] = base + ((byte >> 2) & 3)
-                        cols[t24 - t0 + 2] = base + 4 + ((byte >> 4) & 3)
-                        cols[t24 - t0 + 3] = base + 4 + ((byte >> 6) & 3)
-                        t24 += 4
-                if t24 == t1:
-                    pass
-                elif bits == 0:
-                    for g in range(t24 // n, t1 // n):
-                        for q in range(n):
-                            cols[g * n + q - t0] = g * m
-                elif fast:
-                    for g in range(t24 // n, t1 // n):
-                        base = g * m
-                        for q in range(n):
-                            bp = (g * n + q) * bits
-                            cols[g * n + q - t0] = base + ((np.int32(meta[row_off + (bp >> 3)]) >> (bp & 7)) & mask)
-                else:
-                    q = 0
-                    base = (t24 // n) * m
-                    bitpos = t24 * bits
-                    for t in range(t24, t1):
-                        byte = bitpos >> 3
-                        sh = bitpos & 7
-                        w = np.int32(meta[row_off + byte]) >> sh
-                        if sh + bits > 8 and byte + 1 < nmeta:
-                            w = w | (np.int32(meta[row_off + byte + 1]) << (8 - sh))
-                        cols[t - t0] = base + (w & mask)
-                        bitpos += bits
-                        q += 1
-                        if q == n:
-                            q = 0
-                            base += m
-                s = scales[i] if has_scales else np.float32(1.0)
-                voff = i * kr
-                t = t0
-                while t + 4 <= t1:
-                    x0 = cols[t - t0]
-                    x1 = cols[t - t0 + 1]
-                    x2 = cols[t - t0 + 2]
-                    x3 = cols[t - t0 + 3]
-                    v0 = _f32(data[voff + t]) * s
-                    v1 = _f32(data[voff + t + 1]) * s
-                    v2 = _f32(data[voff + t + 2]) * s
-                    v3 = _f32(data[voff + t + 3]) * s
-                    for b in range(B):
-                        out[i, b] += (v0 * X[x0, b] + v1 * X[x1, b]) + (v2 * X[x2, b] + v3 * X[x3, b])
-                    t += 4
-                while t < t1:
-                    x0 = cols[t - t0]
-                    v0 = _f32(data[voff + t]) * s
-                    for b in range(B):
-                        out[i, b] += v0 * X[x0, b]
-                    t += 1
+        r0 = bounds[ch]
+        r1 = bounds[ch + 1]
+        cols = np.empty(max(per, 1), np.int32)
+        for b0 in range(0, B, 64):
+            nv = min(4, (B - b0) // 16)
+            init = 1
+            for k0 in range(0, K, P):
+                t0 = k0 // m * n
+                t1 = min(kr, t0 + per)
+                for i in range(r0, r1):
+                    # decode this (row, panel) inline (a helper call taking the arrays costs reference counting)
+                    row_off = i * nmeta
+                    if t1 == t0:
+                        pass
+                    elif bits == 0:
+                        for g in range(t0 // n, t1 // n):
+                            for q in range(n):
+                                cols[g * n + q - t0] = g * m
+                    elif fast:
+                        for g in range(t0 // n, t1 // n):
+                            base = g * m
+                            for q in range(n):
+                                bp = (g * n + q) * bits
+                                cols[g * n + q - t0] = base + ((np.int32(meta[row_off + (bp >> 3)]) >> (bp & 7)) & mask)
+                    else:
+                        q = 0
+                        base = (t0 // n) * m
+                        bitpos = t0 * bits
+                        for t in range(t0, t1):
+                            byte = bitpos >> 3
+                            sh = bitpos & 7
+                            w = np.int32(meta[row_off + byte]) >> sh
+                            if sh + bits > 8 and byte + 1 < nmeta:
+                                w = w | (np.int32(meta[row_off + byte + 1]) << (8 - sh))
+                            cols[t - t0] = base + (w & mask)
+                            bitpos += bits
+                            q += 1
+                            if q == n:
+                                q = 0
+                                base += m
+                    s = scales[i] if has_scales else np.float32(1.0)
+                    _csr_seg(nv, out, i * B + b0, X, B, b0, cols, 0, data, i * kr + t0, t1 - t0, K, s, init)
+                init = 0
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def nm24_mm(data, meta, scales, X, P, R, out):  # pragma: no cover - compiled
-    """2:4 special case of nm_mm: data (rows, kr) and meta (rows, kr/4) 2-D; the four columns of one metadata
-    byte (two groups) are decoded in registers right beside their multiply-adds (no buffer, no divisions)."""
-    rows = out.shape[0]
+@njit(parallel=True, cache=True)
+def nm24_mm(data, meta, scales, X, P, bounds, out):  # pragma: no cover - compiled
+    """2:4: data (rows, kr) and meta (rows, kr/4); the register micro-kernel ``nm24_row`` decodes each metadata
+    byte (two groups, four columns) beside its multiply-adds.  Panels of P (a multiple of 8) rows of X."""
     B = X.shape[1]
     K = X.shape[0]
     kr = data.shape[1]
+    nmeta = meta.shape[1]
     has_scales = scales.shape[0] > 0
-    per = P // 2
-    nch = (rows + R - 1) // R
+    nch = bounds.shape[0] - 1
     for ch in prange(nch):
-        r0 = ch * R
-        r1 = min(rows, r0 + R)
-        for i in range(r0, r1):
-            for b in range(B):
-                out[i, b] = 0.0
-        for k0 in range(0, K, P):
-            t0 = k0 // 2
-            t1 = min(kr, t0 + per)
-            for i in range(r0, r1):
-                s = scales[i] if has_scales else np.float32(1.0)
-                t = t0
-                while t + 4 <= t1:
-                    byte = np.int32(meta[i, t >> 2])
-                    base = t * 2
-                    x0 = base + (byte & 3)
-                    x1 = base + ((byte >> 2) & 3)
-                    x2 = base + 4 + ((byte >> 4) & 3)
-                    x3 = base + 4 + ((byte >> 6) & 3)
-                    v0 = _f32(data[i, t]) * s
-                    v1 = _f32(data[i, t + 1]) * s
-                    v2 = _f32(data[i, t + 2]) * s
-                    v3 = _f32(data[i, t + 3]) * s
-                    for b in range(B):
-                        out[i, b] += (v0 * X[x0, b] + v1 * X[x1, b]) + (v2 * X[x2, b] + v3 * X[x3, b])
-                    t += 4
-                while t < t1:
-                    byte = np.int32(meta[i, t >> 2])
-                    x0 = (t >> 1) * 4 + ((byte >> ((t & 3) * 2)) & 3)
-                    v0 = _f32(data[i, t]) * s
-                    for b in range(B):
-                        out[i, b] += v0 * X[x0, b]
-                    t += 1
+        r0 = bounds[ch]
+        r1 = bounds[ch + 1]
+        for b0 in range(0, B, 64):
+            nv = min(4, (B - b0) // 16)
+            init = 1
+            for k0 in range(0, K, P):
+                t0 = k0 // 2
+                t1 = min(kr, t0 + P // 2)
+                for i in range(r0, r1):
+                    s = scales[i] if has_scales else np.float32(1.0)
+                    _nm24_seg(nv, out, i * B + b0, X, B, k0 * B + b0, data, i * kr + t0, meta, i * nmeta + t0 // 4,
+                              t1 - t0, s, init)
+                init = 0
 
 
 @njit(parallel=True, fastmath=True, cache=True)
