@@ -137,6 +137,20 @@ class PackedInt8:
     __slots__ = ("k", "n", "data", "comp", "colsum", "max_abs", "_fpanels")
 
     def __init__(self, k: int, n: int, data: np.ndarray, comp: np.ndarray, colsum: np.ndarray, max_abs: int):
+        # O(1) structure checks: the kernels index these arrays without bounds checks, so a hand-built
+        # object with short arrays must fail here, not read past them
+        k = check_int(k, "k", minimum=0)
+        n = check_int(n, "n", minimum=0)
+        npan, kp4 = -(-n // NR), -(-k // 4)
+        for arr, name, dt, size in ((data, "data", np.int8, npan * kp4 * NR * 4), (comp, "comp", np.int32, npan * NR),
+                                    (colsum, "colsum", np.int64, n)):
+            if not isinstance(arr, np.ndarray) or arr.dtype != dt or arr.ndim != 1 or not arr.flags.c_contiguous:
+                raise TypeError(f"PackedInt8 {name}: expected a contiguous 1-D {np.dtype(dt).name} array "
+                                "(build it with pack_int8)")
+            if arr.size != size:
+                raise ValueError(f"PackedInt8 {name}: expected {size} elements for k={k}, n={n}, got {arr.size} "
+                                 "(build it with pack_int8)")
+        max_abs = check_int(max_abs, "max_abs", minimum=0, maximum=128)
         self.k, self.n, self.data, self.comp, self.colsum, self.max_abs = k, n, data, comp, colsum, max_abs
         self._fpanels = None
 
@@ -726,6 +740,25 @@ class PackedWeights:
     """
 
     def __init__(self, bits, n, k, group_size, symmetric, scale, zero_point, q8=None, q4=None, int8=None):
+        # O(1) structure checks (built by pack_weights / pack_quantized; a hand-built object must not reach the
+        # kernels with arrays shorter than (n, k) says)
+        check_choice(bits, "bits", (8, 4))
+        n, k = check_int(n, "n", minimum=0), check_int(k, "k", minimum=0)
+        group_size = check_int(group_size, "group_size", minimum=1) if k else group_size
+        if k and k % group_size:
+            raise ValueError(f"group_size: {group_size} does not divide in_features={k}")
+        sshape = (n,) if bits == 8 else (n, k // group_size if k else 0)
+        for arr, name, dt in ((scale, "scale", np.float32), (zero_point, "zero_point", np.int32)):
+            if not isinstance(arr, np.ndarray) or arr.dtype != dt or arr.shape != sshape:
+                raise ValueError(f"PackedWeights {name}: expected {np.dtype(dt).name} of shape {sshape}")
+        if bits == 8:
+            if not isinstance(q8, np.ndarray) or q8.dtype != np.int8 or q8.shape != (n, k):
+                raise ValueError(f"PackedWeights q8: expected int8 of shape {(n, k)} (build it with pack_weights)")
+            if int8 is not None and (not isinstance(int8, PackedInt8) or (int8.k, int8.n) != (k, n)):
+                raise ValueError(f"PackedWeights int8: expected PackedInt8 with k={k}, n={n}")
+        elif not isinstance(q4, np.ndarray) or q4.dtype != np.uint8 or q4.shape != (n, (k + 1) // 2):
+            raise ValueError(f"PackedWeights q4: expected uint8 of shape {(n, (k + 1) // 2)} (build it with "
+                             "pack_weights)")
         self.bits, self.out_features, self.in_features = bits, n, k
         self.group_size, self.symmetric = group_size, symmetric
         self.scale, self.zero_point = scale, zero_point

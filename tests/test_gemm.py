@@ -393,3 +393,20 @@ def test_isa_env_selects_default_path(monkeypatch):
     monkeypatch.setenv("MEMWALL_ISA", "bogus")
     with pytest.raises(ValueError, match="MEMWALL_ISA"):
         G._default_path()
+
+
+def test_hand_built_packed_objects_are_checked():
+    """The constructors are reachable; short arrays must be refused before a kernel reads past them."""
+    with pytest.raises(ValueError, match="PackedInt8 data: expected"):
+        G.PackedInt8(4096, 1 << 20, np.zeros(16, np.int8), np.zeros(16, np.int32), np.zeros(7, np.int64), 1)
+    with pytest.raises(TypeError, match="PackedInt8 comp"):
+        p = G.pack_int8(np.ones((8, 4), np.int8))
+        G.PackedInt8(8, 4, p.data, p.comp.astype(np.int64), p.colsum, 1)
+    with pytest.raises(ValueError, match="PackedWeights q8"):
+        G.PackedWeights(8, 4, 4, 4, True, np.ones(4, np.float32), np.zeros(4, np.int32), q8=np.zeros((2, 2), np.int8))
+    with pytest.raises(ValueError, match="PackedWeights q4"):
+        G.PackedWeights(4, 4, 4, 2, True, np.ones((4, 2), np.float32), np.zeros((4, 2), np.int32),
+                        q4=np.zeros((2, 2), np.uint8))
+    p = G.pack_int8(np.ones((8, 4), np.int8))  # a valid rebuild still works
+    q = G.PackedInt8(p.k, p.n, p.data, p.comp, p.colsum, p.max_abs)
+    np.testing.assert_array_equal(G.int8_gemm(np.ones((3, 8), np.int8), q), np.full((3, 4), 8, np.int32))
