@@ -124,10 +124,17 @@ class _Emit:
     def vstore(self, val, fptr, off):
         self.b.store(val, self.b.bitcast(self.b.gep(fptr, [off]), _VF.as_pointer()), align=4)
 
+    def opaque(self, ptr):
+        """``ptr`` through an empty inline asm: LLVM then addresses the loads from it as register + displacement.
+        Folded base + index * scale operands are un-laminated into two uops per FMA on Intel cores, which made
+        the issue width (not the FMA or load ports) the limit of the gather-style kernels."""
+        fty = ir.FunctionType(ptr.type, [ptr.type])
+        return self.b.call(ir.InlineAsm(fty, "", "=r,0", side_effect=False), [ptr])
+
     def axpy(self, acc, w, xp, row_off, nv):
         """acc[j] += w * X[row_off + 16 j] for j < nv (w already splatted)."""
-        return [self.b.call(self.fma, [w, self.vload(xp, self.b.add(row_off, self.c64(16 * j))), acc[j]])
-                for j in range(nv)]
+        rp = self.opaque(self.b.gep(xp, [row_off]))
+        return [self.b.call(self.fma, [w, self.vload(rp, self.c64(16 * j)), acc[j]]) for j in range(nv)]
 
     def phis(self, n):
         return [self.b.phi(_VF) for _ in range(n)]

@@ -155,7 +155,7 @@ def spmm(A, X, *, x_scale=None) -> np.ndarray:
         _k.csr_mm(A.indptr, A.indices, data, scales, Xp, P, _chunks(work, _ROW_CHUNK), out)
     elif isinstance(A, BSRMatrix):
         r, c = A.blocksize
-        G = max(1, _PANEL_BYTES // (4 * min(Xp.shape[1], 64) * c))
+        G = max(1, _BSR_GROUP_BYTES // (4 * min(Xp.shape[1], 64) * c))
         work = A.indptr.astype(np.int64) * (r * c) + (_ROW_COST * r) * np.arange(rows // r + 1, dtype=np.int64)
         _k.bsr_mm(A.indptr, A.indices, data, scales, r, c, Xp, G, _chunks(work, max(1, _ROW_CHUNK // r)), out)
     else:
@@ -173,8 +173,12 @@ def spmm(A, X, *, x_scale=None) -> np.ndarray:
 # Kernel tuning (measured on the 2-core AVX-512 host, W 4096 x 4096, X 4096 x 64):
 #: bytes of X one reduction panel covers (CSR / N:M) or one group of stored blocks covers (BSR): half of L1d.
 _PANEL_BYTES = SPMM_PANEL_BYTES
+#: bytes of X rows one group of stored BSR blocks covers (one 16-column block of a 64-wide batch: a strip's
+#: partial sums pass through memory after every group; larger groups measured slower).
+_BSR_GROUP_BYTES = 4096
 #: rows per work chunk (each chunk: about equal work; a static prange schedule then balances the threads).
-_ROW_CHUNK = 32
+#: More rows per chunk reuse each L1 panel of X longer; 64 rows of 64-float tiles still sit beside it in L1/L2.
+_ROW_CHUNK = 64
 #: work of one output row in units of stored values (tile load/store, loop set-up) when balancing chunks.
 _ROW_COST = 8
 _ALIGN = 64

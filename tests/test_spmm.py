@@ -306,3 +306,38 @@ def test_crossover_sweep_smoke():
     assert [s["format"] for s in summary] == ["csr", "bsr16", "nm2:4"]
     with pytest.raises(ValueError, match="unknown format"):
         crossover_sweep((8, 8), batch=1, sparsities=(0.5,), repeats=1, formats=("ell",))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# register micro-kernel paths: batch chunks of 64 plus a remainder, aligned / unaligned X, many panels
+# ----------------------------------------------------------------------------------------------------------
+def _offset_copy(X, offset_floats):
+    """X copied into a buffer starting ``offset_floats`` floats past a 64-byte boundary."""
+    buf = np.empty(X.size + 32, np.float32)
+    start = (-buf.ctypes.data % 64) // 4 + offset_floats
+    out = buf[start:start + X.size].reshape(X.shape)
+    out[...] = X
+    return out
+
+
+@pytest.mark.parametrize("batch", [32, 64, 130])
+def test_spmm_alignment_and_wide_batches(rng, batch):
+    w = sparse_w(rng, (24, 520), 0.3)
+    X = rng.standard_normal((520, batch)).astype(np.float32)
+    mats = [CSRMatrix.from_dense(w), BSRMatrix.from_dense(w, (8, 8)), BSRMatrix.from_dense(w, (3, 4)),
+            NMSparseMatrix.from_dense(w, 2, 4), NMSparseMatrix.from_dense(w, 3, 8)]
+    for A in mats:
+        want = ref_float(A, X)
+        got = spmm(A, _offset_copy(X, 0))
+        assert_close(got, want, A, X)
+        np.testing.assert_array_equal(spmm(A, _offset_copy(X, 3)), got)
+
+
+def test_spmm_many_panels_every_format(rng):
+    # a long reduction dimension (several L1 panels of X) for every format and value type
+    w = sparse_w(rng, (20, 4096), 0.15)
+    X = rng.standard_normal((4096, 48)).astype(np.float32)
+    for vdt in (np.float32, np.float16, np.int8):
+        for A in (CSRMatrix.from_dense(w, value_dtype=vdt), NMSparseMatrix.from_dense(w, 2, 4, value_dtype=vdt),
+                  NMSparseMatrix.from_dense(w, 1, 4, value_dtype=vdt), BSRMatrix.from_dense(w, (4, 32), value_dtype=vdt)):
+            assert_close(spmm(A, X), ref_float(A, X), A, X)
