@@ -416,6 +416,23 @@ def _make_nm24_row(nv):
     return nm24_row
 
 
+@intrinsic
+def _fetch_add(typingctx, counter, idx):
+    """Atomically ``old = counter[idx]; counter[idx] += 1; return old`` (int64 array): the work queue of the
+    mm kernels.  Each thread takes the next chunk of rows when it is done with its last one, so a thread that
+    loses its core to another process for a while does not hold the others up (a static schedule would);
+    every chunk writes only its own rows in a fixed order, so who computes it does not change the result."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and isinstance(idx, types.Integer)):
+        return None
+    sig = types.int64(counter, idx)
+
+    def codegen(context, builder, signature, args):
+        e = _Emit(context, builder, signature, args)
+        return builder.atomic_rmw("add", e.ptr(0, e.i64(1)), e.c64(1), "monotonic")
+
+    return sig, codegen
+
+
 _csr_row = [None] + [_make_csr_row(nv) for nv in (1, 2, 3, 4)]
 _bsr_strip = {(R, nv): _make_bsr_strip(R, nv) for R in (1, 2, 4) for nv in (1, 2, 3, 4)}
 _nm24_row = [None] + [_make_nm24_row(nv) for nv in (1, 2, 3, 4)]
@@ -484,36 +501,46 @@ def _bsr_seg(R, nv, out, o_off, ldo, X, ldx, x_off, idx, data, scales, p0, p1, r
 # ================================================================================================
 # CSR.  X (cols, Bp) and out (rows, Bp) are C-contiguous, Bp a multiple of 16, both 64-byte aligned (the
 # wrapper pads and aligns them); ``bounds`` splits the rows into chunks of about equal work (stored values +
-# a per-row cost), so a static prange schedule balances the threads.
+# a per-row cost), which the threads take from a shared queue (``_fetch_add``).
 # ================================================================================================
-@njit(parallel=True, cache=True)
-def csr_mm(indptr, indices, data, scales, X, P, bounds, out):  # pragma: no cover - compiled
-    """out[i, :] = sum_p v_p * X[indices[p], :] over the stored entries of row i (float32 accumulation).
-
-    Cache blocking: a thread owns a chunk of rows; the reduction dimension is walked in panels of P rows of X
-    (sized to stay in L1), each row resuming at its cursor; in each panel a row's register tile
-    (``csr_row``) starts from the stored partial sums.  The summation order of every element depends only on
-    P (chosen from the shapes), never on the threads."""
+@njit(inline="always")
+def _csr_chunk(r0, r1, cur, indptr, indices, data, scales, X, P, out):  # pragma: no cover - compiled
     B = X.shape[1]
     K = X.shape[0]
     has_scales = scales.shape[0] > 0
-    nch = bounds.shape[0] - 1
-    for ch in prange(nch):
-        r0 = bounds[ch]
-        r1 = bounds[ch + 1]
-        cur = np.empty(max(r1 - r0, 1), np.int64)
-        for b0 in range(0, B, 64):
-            nv = min(4, (B - b0) // 16)
+    for b0 in range(0, B, 64):
+        nv = min(4, (B - b0) // 16)
+        for i in range(r0, r1):
+            cur[i - r0] = indptr[i]
+        init = 1
+        for k1 in range(P, K + P, P):
             for i in range(r0, r1):
-                cur[i - r0] = indptr[i]
-            init = 1
-            for k1 in range(P, K + P, P):
-                for i in range(r0, r1):
-                    s = scales[i] if has_scales else np.float32(1.0)
-                    p = cur[i - r0]
-                    n = indptr[i + 1] - p
-                    cur[i - r0] = p + _csr_seg(nv, out, i * B + b0, X, B, b0, indices, p, data, p, n, k1, s, init)
-                init = 0
+                s = scales[i] if has_scales else np.float32(1.0)
+                p = cur[i - r0]
+                n = indptr[i + 1] - p
+                cur[i - r0] = p + _csr_seg(nv, out, i * B + b0, X, B, b0, indices, p, data, p, n, k1, s, init)
+            init = 0
+
+
+@njit(parallel=True, cache=True)
+def csr_mm(indptr, indices, data, scales, X, P, bounds, workers, out):  # pragma: no cover - compiled
+    """out[i, :] = sum_p v_p * X[indices[p], :] over the stored entries of row i (float32 accumulation).
+
+    Cache blocking: a chunk of rows (``bounds``) at a time; the reduction dimension is walked in panels of P
+    rows of X (sized to stay in L1), each row resuming at its cursor; in each panel a row's register tile
+    (``csr_row``) starts from the stored partial sums.  ``workers`` threads take chunks from a shared queue.
+    The summation order of every element depends only on P (chosen from the shapes), never on the threads."""
+    nch = bounds.shape[0] - 1
+    rmax = 1
+    for ch in range(nch):
+        rmax = max(rmax, bounds[ch + 1] - bounds[ch])
+    queue = np.zeros(1, np.int64)
+    for _w in prange(workers):
+        cur = np.empty(rmax, np.int64)
+        ch = _fetch_add(queue, 0)
+        while ch < nch:
+            _csr_chunk(bounds[ch], bounds[ch + 1], cur, indptr, indices, data, scales, X, P, out)
+            ch = _fetch_add(queue, 0)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -560,40 +587,49 @@ def csr_mm_int8(indptr, indices, data, w_scales, Xq, x_scales, out):  # pragma: 
 # ================================================================================================
 # BSR (values flat: block p, row rr, column k at (p * r + rr) * c + k); same X / out conventions as csr_mm.
 # ================================================================================================
+@njit(inline="always")
+def _bsr_block_row(I, indptr, indices, data, scales, r, c, X, G, out):  # pragma: no cover - compiled
+    B = X.shape[1]
+    p0 = indptr[I]
+    p1 = indptr[I + 1]
+    for b0 in range(0, B, 64):
+        nv = min(4, (B - b0) // 16)
+        g0 = p0
+        init = 1
+        while True:
+            g1 = min(p1, g0 + G)
+            rr = 0
+            while rr + 4 <= r:
+                _bsr_seg(4, nv, out, (I * r + rr) * B + b0, B, X, B, b0, indices, data, scales, g0, g1, r, c, rr,
+                         init)
+                rr += 4
+            if rr + 2 <= r:
+                _bsr_seg(2, nv, out, (I * r + rr) * B + b0, B, X, B, b0, indices, data, scales, g0, g1, r, c, rr,
+                         init)
+                rr += 2
+            if rr < r:
+                _bsr_seg(1, nv, out, (I * r + rr) * B + b0, B, X, B, b0, indices, data, scales, g0, g1, r, c, rr,
+                         init)
+            init = 0
+            g0 = g1
+            if g0 >= p1:
+                break
+
+
 @njit(parallel=True, cache=True)
-def bsr_mm(indptr, indices, data, scales, r, c, X, G, bounds, out):  # pragma: no cover - compiled
+def bsr_mm(indptr, indices, data, scales, r, c, X, G, bounds, workers, out):  # pragma: no cover - compiled
     """Each block row: strips of 4 (then 2, 1) output rows x 64 columns in registers (``bsr_strip``) take the
     stored blocks in groups of G (a group's X rows stay in L1 while every strip of the block row passes over
-    them; between groups a strip's partial sums go through the output rows).  Fixed order: blocks in storage
-    order, columns of a block in order."""
-    B = X.shape[1]
+    them; between groups a strip's partial sums go through the output rows).  Chunks of block rows
+    (``bounds``) come from a shared queue.  Fixed order: blocks in storage order, columns of a block in order."""
     nch = bounds.shape[0] - 1
-    for ch in prange(nch):
-        for I in range(bounds[ch], bounds[ch + 1]):
-            p0 = indptr[I]
-            p1 = indptr[I + 1]
-            for b0 in range(0, B, 64):
-                nv = min(4, (B - b0) // 16)
-                g0 = p0
-                init = 1
-                while True:
-                    g1 = min(p1, g0 + G)
-                    rr = 0
-                    while rr + 4 <= r:
-                        _bsr_seg(4, nv, out, (I * r + rr) * B + b0, B, X, B, b0, indices, data, scales, g0, g1, r,
-                                 c, rr, init)
-                        rr += 4
-                    if rr + 2 <= r:
-                        _bsr_seg(2, nv, out, (I * r + rr) * B + b0, B, X, B, b0, indices, data, scales, g0, g1, r,
-                                 c, rr, init)
-                        rr += 2
-                    if rr < r:
-                        _bsr_seg(1, nv, out, (I * r + rr) * B + b0, B, X, B, b0, indices, data, scales, g0, g1, r,
-                                 c, rr, init)
-                    init = 0
-                    g0 = g1
-                    if g0 >= p1:
-                        break
+    queue = np.zeros(1, np.int64)
+    for _w in prange(workers):
+        ch = _fetch_add(queue, 0)
+        while ch < nch:
+            for I in range(bounds[ch], bounds[ch + 1]):
+                _bsr_block_row(I, indptr, indices, data, scales, r, c, X, G, out)
+            ch = _fetch_add(queue, 0)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -687,7 +723,7 @@ def _nm_decode_row(meta, row_off, nmeta, kr, n, m, bits, cols):  # pragma: no co
 
 
 @njit(parallel=True, cache=True)
-def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, bounds, out):  # pragma: no cover - compiled
+def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, bounds, workers, out):  # pragma: no cover - compiled
     """General N:M, same blocking as csr_mm (P a multiple of m, so a panel holds exactly P/m*n kept values of
     each row).  The columns of one (row, panel) are decoded right before use into a small thread-owned buffer,
     then the CSR register micro-kernel runs over them."""
@@ -698,54 +734,58 @@ def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, bounds, out):  # prag
     mask = (1 << bits) - 1
     fast = bits > 0 and 8 % max(bits, 1) == 0  # 1, 2, 4 or 8 bits: no value straddles a byte
     nch = bounds.shape[0] - 1
-    for ch in prange(nch):
-        r0 = bounds[ch]
-        r1 = bounds[ch + 1]
+    queue = np.zeros(1, np.int64)
+    for _w in prange(workers):
         cols = np.empty(max(per, 1), np.int32)
-        for b0 in range(0, B, 64):
-            nv = min(4, (B - b0) // 16)
-            init = 1
-            for k0 in range(0, K, P):
-                t0 = k0 // m * n
-                t1 = min(kr, t0 + per)
-                for i in range(r0, r1):
-                    # decode this (row, panel) inline (a helper call taking the arrays costs reference counting)
-                    row_off = i * nmeta
-                    if t1 == t0:
-                        pass
-                    elif bits == 0:
-                        for g in range(t0 // n, t1 // n):
-                            for q in range(n):
-                                cols[g * n + q - t0] = g * m
-                    elif fast:
-                        for g in range(t0 // n, t1 // n):
-                            base = g * m
-                            for q in range(n):
-                                bp = (g * n + q) * bits
-                                cols[g * n + q - t0] = base + ((np.int32(meta[row_off + (bp >> 3)]) >> (bp & 7)) & mask)
-                    else:
-                        q = 0
-                        base = (t0 // n) * m
-                        bitpos = t0 * bits
-                        for t in range(t0, t1):
-                            byte = bitpos >> 3
-                            sh = bitpos & 7
-                            w = np.int32(meta[row_off + byte]) >> sh
-                            if sh + bits > 8 and byte + 1 < nmeta:
-                                w = w | (np.int32(meta[row_off + byte + 1]) << (8 - sh))
-                            cols[t - t0] = base + (w & mask)
-                            bitpos += bits
-                            q += 1
-                            if q == n:
-                                q = 0
-                                base += m
-                    s = scales[i] if has_scales else np.float32(1.0)
-                    _csr_seg(nv, out, i * B + b0, X, B, b0, cols, 0, data, i * kr + t0, t1 - t0, K, s, init)
-                init = 0
+        ch = _fetch_add(queue, 0)
+        while ch < nch:
+            r0 = bounds[ch]
+            r1 = bounds[ch + 1]
+            for b0 in range(0, B, 64):
+                nv = min(4, (B - b0) // 16)
+                init = 1
+                for k0 in range(0, K, P):
+                    t0 = k0 // m * n
+                    t1 = min(kr, t0 + per)
+                    for i in range(r0, r1):
+                        # decode this (row, panel) inline (a helper call taking the arrays costs reference counting)
+                        row_off = i * nmeta
+                        if t1 == t0:
+                            pass
+                        elif bits == 0:
+                            for g in range(t0 // n, t1 // n):
+                                for q in range(n):
+                                    cols[g * n + q - t0] = g * m
+                        elif fast:
+                            for g in range(t0 // n, t1 // n):
+                                base = g * m
+                                for q in range(n):
+                                    bp = (g * n + q) * bits
+                                    cols[g * n + q - t0] = base + ((np.int32(meta[row_off + (bp >> 3)]) >> (bp & 7)) & mask)
+                        else:
+                            q = 0
+                            base = (t0 // n) * m
+                            bitpos = t0 * bits
+                            for t in range(t0, t1):
+                                byte = bitpos >> 3
+                                sh = bitpos & 7
+                                w = np.int32(meta[row_off + byte]) >> sh
+                                if sh + bits > 8 and byte + 1 < nmeta:
+                                    w = w | (np.int32(meta[row_off + byte + 1]) << (8 - sh))
+                                cols[t - t0] = base + (w & mask)
+                                bitpos += bits
+                                q += 1
+                                if q == n:
+                                    q = 0
+                                    base += m
+                        s = scales[i] if has_scales else np.float32(1.0)
+                        _csr_seg(nv, out, i * B + b0, X, B, b0, cols, 0, data, i * kr + t0, t1 - t0, K, s, init)
+                    init = 0
+            ch = _fetch_add(queue, 0)
 
 
 @njit(parallel=True, cache=True)
-def nm24_mm(data, meta, scales, X, P, bounds, out):  # pragma: no cover - compiled
+def nm24_mm(data, meta, scales, X, P, bounds, workers, out):  # pragma: no cover - compiled
     """2:4: data (rows, kr) and meta (rows, kr/4); the register micro-kernel ``nm24_row`` decodes each metadata
     byte (two groups, four columns) beside its multiply-adds.  Panels of P (a multiple of 8) rows of X."""
     B = X.shape[1]
@@ -754,20 +794,24 @@ def nm24_mm(data, meta, scales, X, P, bounds, out):  # pragma: no cover - compil
     nmeta = meta.shape[1]
     has_scales = scales.shape[0] > 0
     nch = bounds.shape[0] - 1
-    for ch in prange(nch):
-        r0 = bounds[ch]
-        r1 = bounds[ch + 1]
-        for b0 in range(0, B, 64):
-            nv = min(4, (B - b0) // 16)
-            init = 1
-            for k0 in range(0, K, P):
-                t0 = k0 // 2
-                t1 = min(kr, t0 + P // 2)
-                for i in range(r0, r1):
-                    s = scales[i] if has_scales else np.float32(1.0)
-                    _nm24_seg(nv, out, i * B + b0, X, B, k0 * B + b0, data, i * kr + t0, meta, i * nmeta + t0 // 4,
-                              t1 - t0, s, init)
-                init = 0
+    queue = np.zeros(1, np.int64)
+    for _w in prange(workers):
+        ch = _fetch_add(queue, 0)
+        while ch < nch:
+            r0 = bounds[ch]
+            r1 = bounds[ch + 1]
+            for b0 in range(0, B, 64):
+                nv = min(4, (B - b0) // 16)
+                init = 1
+                for k0 in range(0, K, P):
+                    t0 = k0 // 2
+                    t1 = min(kr, t0 + P // 2)
+                    for i in range(r0, r1):
+                        s = scales[i] if has_scales else np.float32(1.0)
+                        _nm24_seg(nv, out, i * B + b0, X, B, k0 * B + b0, data, i * kr + t0, meta, i * nmeta + t0 // 4,
+                                  t1 - t0, s, init)
+                    init = 0
+            ch = _fetch_add(queue, 0)
 
 
 @njit(parallel=True, fastmath=True, cache=True)

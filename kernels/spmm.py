@@ -19,8 +19,14 @@ accumulate exactly in int32, then a fused epilogue writes ``float32(acc) * (w_sc
 (per row for CSR / N:M; per stored block, summed in block order, for BSR).  The int32 sums are guarded:
 the longest row (or block width) times 128 * 128 must stay below 2**31, else ValueError.
 
-Every kernel parallelizes over output rows (block rows for BSR): each thread owns its rows, the summation
-order of every element is fixed, so results are identical for any thread count.
+Every kernel parallelizes over output rows (block rows for BSR): each chunk of rows is computed by one
+thread (the float mm kernels hand chunks out from a shared queue, so a thread that loses its core for a
+while does not hold the others up), the summation order of every element is fixed, so results are
+identical for any thread count and any assignment of chunks to threads.
+
+The float mm kernels are register-tile micro-kernels emitted as LLVM IR (see ``_spmm_kernels``): a 1 x 64
+(CSR, N:M) or 4 x 64 (BSR) float32 tile lives in zmm registers; the batch is processed 64 columns at a time,
+padded to a multiple of 16 and 64-byte aligned (X copied when it is not).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import math
 import numbers
 import time
 
+import numba
 import numpy as np
 
 from . import _spmm_kernels as _k
@@ -152,21 +159,22 @@ def spmm(A, X, *, x_scale=None) -> np.ndarray:
     if isinstance(A, CSRMatrix):
         P = _panel_rows(Xp.shape[1], 1, A.density)
         work = A.indptr.astype(np.int64) + _ROW_COST * np.arange(rows + 1, dtype=np.int64)
-        _k.csr_mm(A.indptr, A.indices, data, scales, Xp, P, _chunks(work, _ROW_CHUNK), out)
+        _k.csr_mm(A.indptr, A.indices, data, scales, Xp, P, _chunks(work, _ROW_CHUNK), _workers(), out)
     elif isinstance(A, BSRMatrix):
         r, c = A.blocksize
         G = max(1, _BSR_GROUP_BYTES // (4 * min(Xp.shape[1], 64) * c))
         work = A.indptr.astype(np.int64) * (r * c) + (_ROW_COST * r) * np.arange(rows // r + 1, dtype=np.int64)
-        _k.bsr_mm(A.indptr, A.indices, data, scales, r, c, Xp, G, _chunks(work, max(1, _ROW_CHUNK // r)), out)
+        _k.bsr_mm(A.indptr, A.indices, data, scales, r, c, Xp, G, _chunks(work, max(1, _ROW_CHUNK // r)), _workers(),
+                  out)
     else:
         work = np.arange(rows + 1, dtype=np.int64)
         bounds = _chunks(work, _ROW_CHUNK)
         if A.n == 2 and A.m == 4:
             d2 = A.data.view(np.uint16) if A.data.dtype == np.float16 else A.data
-            _k.nm24_mm(d2, A.metadata, scales, Xp, _panel_rows(Xp.shape[1], 8), bounds, out)
+            _k.nm24_mm(d2, A.metadata, scales, Xp, _panel_rows(Xp.shape[1], 8), bounds, _workers(), out)
         else:
             _k.nm_mm(data, A.metadata.reshape(-1), A.metadata.shape[1], A.kr, A.n, A.m, A.bits, scales, Xp,
-                     _panel_rows(Xp.shape[1], A.m), bounds, out)
+                     _panel_rows(Xp.shape[1], A.m), bounds, _workers(), out)
     return out if out.shape[1] == batch else np.ascontiguousarray(out[:, :batch])
 
 
@@ -176,7 +184,7 @@ _PANEL_BYTES = SPMM_PANEL_BYTES
 #: bytes of X rows one group of stored BSR blocks covers (one 16-column block of a 64-wide batch: a strip's
 #: partial sums pass through memory after every group; larger groups measured slower).
 _BSR_GROUP_BYTES = 4096
-#: rows per work chunk (each chunk: about equal work; a static prange schedule then balances the threads).
+#: rows per work chunk (chunks of about equal work, handed out to the threads from a queue).
 #: More rows per chunk reuse each L1 panel of X longer; 64 rows of 64-float tiles still sit beside it in L1/L2.
 _ROW_CHUNK = 64
 #: work of one output row in units of stored values (tile load/store, loop set-up) when balancing chunks.
@@ -205,6 +213,11 @@ def _padded(X: np.ndarray) -> np.ndarray:
     if bp != b:
         Xp[:, b:] = 0.0
     return Xp
+
+
+def _workers() -> int:
+    """Threads the mm kernels start (each takes chunks from a shared queue until none is left)."""
+    return max(1, numba.get_num_threads())
 
 
 def _chunks(work: np.ndarray, rows_per_chunk: int) -> np.ndarray:
