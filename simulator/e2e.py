@@ -703,10 +703,17 @@ class Int8Linear:
 
 
 class Int4Linear:
-    """INT4 weight-only: packed nibbles with group scales (and zero points), float32 activations, through
-    :func:`memwall.kernels.quantized_linear` (``act_quant="none"``)."""
+    """INT4 weight-only: packed nibbles with group scales (and zero points), float32 activations.
 
-    path = "memwall.kernels quantized_linear (INT4 weight-only)"
+    Up to :attr:`GEMV_TOKENS` tokens go through :func:`memwall.kernels.quantized_linear`
+    (``act_quant="none"``, the bandwidth-bound path); larger batches dequantize the packed weights
+    (:meth:`memwall.kernels.PackedWeights.dequantize`, a transient float32 copy) and multiply with float32
+    BLAS — the usual weight-only strategy for compute-bound batches, and on this build much faster than
+    ``quantized_linear``'s fused weight-only GEMM at thousands of tokens.  Same numbers either way.
+    """
+
+    path = "memwall.kernels PackedWeights INT4 (quantized_linear <= 16 tokens; per-call dequantize + BLAS above)"
+    GEMV_TOKENS = 16
 
     def __init__(self, packed, bias: np.ndarray):
         self.packed = packed
@@ -716,7 +723,12 @@ class Int4Linear:
     def __call__(self, x: np.ndarray, *, add_bias: bool = True) -> np.ndarray:
         from ..kernels import gemm
 
-        return gemm.quantized_linear(x, self.packed, self.bias if add_bias else None, act_quant="none")
+        if x.shape[0] <= self.GEMV_TOKENS:
+            return gemm.quantized_linear(x, self.packed, self.bias if add_bias else None, act_quant="none")
+        y = x @ self.packed.dequantize().T
+        if add_bias:
+            y += self.bias
+        return y
 
 
 class SparseLinear:

@@ -495,3 +495,16 @@ def test_cli_table(model_dir, capsys):
     rc = main(["e2e", "--model-dir", "minilm", "--variants", "int8", "--limit", "8", "--no-timing"])
     out = capsys.readouterr().out
     assert rc == 0 and "int8" in out and "cos_mean" in out
+
+
+@needs_model
+def test_int4_linear_matches_the_kernel_on_both_paths(encoder, rng):
+    from memwall.kernels import gemm
+
+    w, b = encoder.slot_weights(2, "ffn_out")
+    packed = gemm.pack_weights(w, bits=4, group_size=64, symmetric=False)
+    lin = e2e.Int4Linear(packed, b)
+    for tokens in (1, lin.GEMV_TOKENS, lin.GEMV_TOKENS + 1, 40):
+        x = rng.standard_normal((tokens, w.shape[1])).astype(np.float32)
+        ref = x.astype(np.float64) @ packed.dequantize().T.astype(np.float64) + b
+        np.testing.assert_allclose(lin(x), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
