@@ -6,9 +6,9 @@
   STREAM triad, with all threads (and single-thread DRAM bandwidth, kept as a comment);
 * peak FP64 / FP32 through BLAS (NumPy matmul), peak INT8 through our VNNI GEMM;
 * the bandwidth our INT4 GEMV reaches with weights cold in DRAM (-> ``dram_bandwidth_fraction``);
-* the efficiency of our sparse kernels: CSR (-> ``csr_vector_fraction``), BSR 16x16 (-> the vector
-  efficiency of large blocks) and 2:4 (-> a dense-equivalent ``fp32_sparse_tops`` on the vector unit when our
-  2:4 kernel beats dense);
+* the efficiency of our sparse kernels, as useful ops over the FP32 GEMM peak: CSR
+  (-> ``csr_vector_fraction``), BSR 16x16 (-> ``bsr_matrix_fraction``: on a CPU, the software block kernel)
+  and 2:4 (-> ``nm_sparse_fraction``: the software N:M kernel, kept multiply-adds only);
 * the fixed cost of one kernel call through its Python wrapper (-> ``kernel_launch_us``),
 
 and writes them in the schema of the shipped profiles (``devices/host-template.toml``), each number's source
@@ -246,12 +246,8 @@ def render_profile(m: dict, *, cpu: str, date: str, versions: str) -> str:
         f"fp32_dense_tops = {_num(fp32 / 1e12)}",
         f"int8_dense_tops = {_num(m['int8_gemm_ops'] / 1e12)}",
     ]
-    nm_equiv = m["nm24_dense_equiv_ops"]
-    if nm_equiv > fp32:
-        lines.append(f"fp32_sparse_tops = {_num(nm_equiv / 1e12)}")
     lines += [
-        f'source = "{src}: best large GEMM (fp64/fp32: NumPy BLAS; int8: memwall AVX-512 VNNI GEMM); '
-        f'fp32_sparse: memwall 2:4 spmm, dense-equivalent rate"',
+        f'source = "{src}: best large GEMM (fp64/fp32: NumPy BLAS; int8: memwall AVX-512 VNNI GEMM)"',
         "",
     ]
     levels = m["caches"]
@@ -283,10 +279,16 @@ def render_profile(m: dict, *, cpu: str, date: str, versions: str) -> str:
         f"dram_bandwidth_fraction = {_num(min(1.0, m['int4_gemv_bw'] / m['read_bw_dram']))}",
         "cache_bandwidth_fraction = 1.0",
         f"csr_vector_fraction = {_num(min(1.0, m['csr_ops'] / fp32))}",
+        f"bsr_matrix_fraction = {_num(min(1.0, m['bsr16_ops'] / fp32))}",
+        f"nm_sparse_fraction = {_num(min(1.0, m['nm24_ops'] / fp32))}",
         f'source = "{src}: peaks and bandwidths above are achieved values, so GEMM and cache fractions are 1"',
         f'source_dram_bandwidth_fraction = "{src}: memwall INT4 GEMV weight bandwidth (cold) / DRAM read '
         f'bandwidth"',
         f'source_csr_vector_fraction = "{src}: memwall CSR spmm at 90% sparsity, useful ops / fp32 GEMM peak"',
+        f'source_bsr_matrix_fraction = "{src}: memwall BSR 16x16 spmm at 75% block sparsity, useful ops / fp32 '
+        f'GEMM peak (no matrix unit: the software block kernel on vector units)"',
+        f'source_nm_sparse_fraction = "{src}: memwall 2:4 spmm, kept multiply-adds / fp32 GEMM peak (software '
+        f'kernel on vector units)"',
         "",
     ]
     return "\n".join(lines)

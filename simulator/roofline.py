@@ -171,6 +171,13 @@ class _Tables:
         self.f_csr = eff.csr_vector_fraction
         self.f_bsr = eff.bsr_matrix_fraction or 0.0
         self.f_nm = eff.nm_sparse_fraction or 0.0
+        # No matrix unit (CPUs): sparse formats run as software kernels on the vector units, each at its own
+        # measured efficiency when the profile has one (a calibrated host profile does): N:M at
+        # ``nm_sparse_fraction`` of the vector peak on the kept multiply-adds only, BSR with large blocks at
+        # ``bsr_matrix_fraction`` instead of dense-GEMM efficiency.
+        self.soft_sparse = tens is None
+        self.f_nm_soft = self.f_nm if self.soft_sparse else 0.0
+        self.f_bsr_top = self.f_bsr if (self.soft_sparse and self.f_bsr > 0) else self.f_vector
         self.dense_rate = np.where(self.tensor_best, self.t_dense * self.f_tensor,
                                    self.v_dense[self.vdt] * self.f_vector)
         # conversion ops per element from dtype x (stored) to dtype c (computed): 0 when equal; int: convert +
@@ -358,9 +365,15 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
         use_tensor = use_tensor | nm_sparse
         peak = _sel(nm_sparse, ts * T.f_nm, peak)
         work = _sel(is_nm, 2.0 * m * n_out * k * count, work)  # dense-equivalent at the sparse peak
+        if T.f_nm_soft > 0:  # software N:M kernel on vector units: kept multiply-adds at its own efficiency
+            nm_soft = is_nm & ~nm_sparse
+            use_tensor = use_tensor & ~nm_soft
+            peak = _sel(nm_soft, vpeak * T.f_nm_soft, peak)
+            work = _sel(nm_soft, useful, work)
+            nm_sparse = nm_sparse | nm_soft  # no decompression pass below
     if any_bsr:
         bsr_tensor = is_bsr & (td > 0) & (np.minimum(br, bc) >= T.g_min)
-        blk_eff = T.f_csr + (T.f_vector - T.f_csr) * np.minimum(1.0, np.log2(np.maximum(br * bc, 1.0)) / 6.0)
+        blk_eff = T.f_csr + (T.f_bsr_top - T.f_csr) * np.minimum(1.0, np.log2(np.maximum(br * bc, 1.0)) / 6.0)
         use_tensor = (use_tensor & ~is_bsr) | bsr_tensor
         peak = _sel(is_bsr, _sel(bsr_tensor, td * T.f_bsr, vpeak * blk_eff), peak)
     if any_csr:
@@ -894,7 +907,10 @@ def _notes(dev: Device, T: _Tables, op, comp: Compression, row: dict, base_time:
         if wanted and wanted != c:
             notes.append(f"{wanted} is not native on {dev.id}: computed in {c} after conversion")
         if comp.format == "nm":
-            if row["nm_sparse"]:
+            if row["nm_sparse"] and T.f_nm_soft > 0:
+                notes.append(f"{comp.format_spec} runs as a software sparse kernel on vector units at "
+                             f"{T.f_nm_soft:.0%} of the vector peak (kept multiply-adds only)")
+            elif row["nm_sparse"]:
                 if mem_bound:
                     notes.append(f"{comp.format_spec} gives no compute speedup here: memory-bound at batch "
                                  f"{op.m} ({bound}); only the smaller weight bytes help")

@@ -37,7 +37,8 @@ def test_rendered_profile_loads_with_measured_numbers(tmp_path):
     assert dev.kind == "cpu"
     assert dev.peak("fp32") == pytest.approx(250e9)
     assert dev.peak("int8") == pytest.approx(1000e9)
-    assert dev.peak("fp32", sparse=True) == pytest.approx(340e9)  # 2:4 beat dense -> dense-equivalent rate
+    assert dev.efficiency.bsr_matrix_fraction == pytest.approx(150 / 250, rel=1e-5)
+    assert dev.efficiency.nm_sparse_fraction == pytest.approx(170 / 250, rel=1e-5)
     assert [l.name for l in dev.memory_levels] == ["l1d", "l2", "llc", "dram"]
     assert dev.memory_levels[-1].bandwidth_bytes_per_s == pytest.approx(12e9)
     assert dev.efficiency.dram_bandwidth_fraction == pytest.approx(10 / 12, rel=1e-5)
@@ -46,12 +47,21 @@ def test_rendered_profile_loads_with_measured_numbers(tmp_path):
     assert "measured by memwall calibrate on Test CPU, 2026-11-28, 2 threads" in text
 
 
-def test_sparse_peak_absent_when_our_24_kernel_loses_to_dense(tmp_path):
-    text = cal.render_profile(_fake_measurements(nm24_dense_equiv_ops=200e9), cpu="c", date="d", versions="v")
+def test_host_sparse_kernels_are_modelled_with_their_measured_efficiency(tmp_path):
+    """A CPU has no 2:4 units: the model runs our software N:M and BSR kernels at the calibrated fractions."""
+    from memwall.simulator.compression import Compression
+    from memwall.simulator.ops import GemmOp
+    from memwall.simulator.roofline import estimate
+
+    text = cal.render_profile(_fake_measurements(), cpu="c", date="d", versions="v")
     path = tmp_path / "host.toml"
     path.write_text(text)
-    with pytest.raises(ValueError, match="fp32"):
-        load_device(path).peak("fp32", sparse=True)
+    op = GemmOp("g", 64, 4096, 4096)  # compute-bound on this profile
+    nm = estimate(path, op, Compression(weights="fp32", acts="fp32", format="nm", n=2, m=4))
+    # kept multiply-adds (half) at 170 / 250 of the 250 Gop/s peak
+    assert nm.time_by_roof["vector"] == pytest.approx(op.ops / 2 / 170e9, rel=1e-6)
+    bsr = estimate(path, op, Compression(weights="fp32", acts="fp32", format="bsr", block=(16, 16), sparsity=0.75))
+    assert bsr.time_by_roof["vector"] == pytest.approx(op.ops / 4 / 150e9, rel=1e-6)
 
 
 def test_atomic_write_keeps_old_profile_on_interrupt(tmp_path, monkeypatch):
