@@ -15,10 +15,15 @@ Compute dtype and units
     converting the weights), so the profile schema has no key for one yet.  Dense and channel-pruned GEMMs run on
     the unit with the higher peak for the compute dtype (tensor cores / matrix engines when present).
     2:4-compatible N:M patterns run on the sparse tensor peak; other patterns, or a device without sparse units,
-    run dense after decompression. Unstructured CSR runs on vector units at ``csr_vector_fraction`` of the vector
+    run dense after decompression -- except on a device without a matrix unit (a CPU) whose profile gives
+    ``nm_sparse_fraction``: there N:M runs as a software sparse kernel on vector units, the kept multiply-adds at
+    that fraction of the vector peak, with no decompression (a calibrated host profile measures it with
+    memwall's own 2:4 kernel). Unstructured CSR runs on vector units at ``csr_vector_fraction`` of the vector
     peak.  BSR runs on the tensor unit at ``bsr_matrix_fraction`` when both block sides are >=
     ``matrix_min_block_elements``, else on vector units at an efficiency rising from ``csr_vector_fraction`` (1x1
-    blocks) to ``vector_gemm_fraction`` (blocks of >= 64 elements) linearly in log2(block area).
+    blocks) to ``vector_gemm_fraction`` (blocks of >= 64 elements) linearly in log2(block area); without a matrix
+    unit the top of that ramp is ``bsr_matrix_fraction`` when the profile gives it (the measured software block
+    kernel).
 
 Vector work besides the main product (same SMs / cores: its time *adds* to the main unit's time)
     * weight conversion (dequantization) per stored weight element per re-read of the weight tile, i.e.
