@@ -159,7 +159,7 @@ def spmm(A, X, *, x_scale=None) -> np.ndarray:
     if isinstance(A, CSRMatrix):
         P = _panel_rows(Xp.shape[1], 1, A.density)
         work = A.indptr.astype(np.int64) + _ROW_COST * np.arange(rows + 1, dtype=np.int64)
-        _k.csr_mm(A.indptr, A.indices, data, scales, Xp, P, _chunks(work, _ROW_CHUNK), _workers(), out)
+        _k.csr_mm(A.indptr, A.indices, data, scales, Xp, P, _chunks(work, _CSR_ROW_CHUNK), _workers(), out)
     elif isinstance(A, BSRMatrix):
         r, c = A.blocksize
         G = max(1, _BSR_GROUP_BYTES // (4 * min(Xp.shape[1], 64) * c))
@@ -187,6 +187,8 @@ _BSR_GROUP_BYTES = 4096
 #: rows per work chunk (chunks of about equal work, handed out to the threads from a queue).
 #: More rows per chunk reuse each L1 panel of X longer; 64 rows of 64-float tiles still sit beside it in L1/L2.
 _ROW_CHUNK = 64
+#: the same for CSR (measured: 256 rows 8% faster than 64 at 90% and 65% sparsity, 512 no better)
+_CSR_ROW_CHUNK = 256
 #: work of one output row in units of stored values (tile load/store, loop set-up) when balancing chunks.
 _ROW_COST = 8
 _ALIGN = 64
