@@ -131,13 +131,35 @@ def sweep(*, quick: bool = False, progress=None, llc_bytes: int = 32 << 20) -> l
 
 
 def measured_crossovers(*, quick: bool = False) -> dict:
-    """Measured crossover sparsity vs dense fp32 of CSR, BSR 16x16 and 32x32 on :data:`CROSSOVER_SHAPE`."""
-    from ..kernels.spmm import crossover_sweep
+    """Measured crossover sparsity vs dense fp32 of CSR, BSR 16x16 and 32x32 on :data:`CROSSOVER_SHAPE`.
+
+    The dense baseline is timed in one block, then every sparse point in its own block: interleaving BLAS and
+    Numba calls call by call makes each library's spinning worker threads steal the cores of the other
+    (OpenBLAS and OpenMP both spin for a while after a parallel region), which on 2 cores doubles either time.
+    """
+    from ..kernels.formats import BSRMatrix, CSRMatrix
+    from ..kernels.spmm import crossover_point, spmm
+    from .validate import median_time
 
     s = CROSSOVER_SHAPE
-    rows = crossover_sweep(shape=(s["n"], s["k"]), batch=s["m"], sparsities=CROSSOVER_SPARSITIES,
-                           repeats=3 if quick else 5, formats=("csr", "bsr16", "bsr32"))
-    names = {"csr": "csr", "bsr16": "bsr:16x16", "bsr32": "bsr:32x32"}
-    summary = [{"format": names[r["format"]], "crossover": r["crossover_sparsity"]}
-               for r in rows if "crossover_sparsity" in r]
-    return {"shape": dict(s), "rows": summary, "points": [r for r in rows if "crossover_sparsity" not in r]}
+    rows, cols, batch = s["n"], s["k"], s["m"]
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((rows, cols), dtype=np.float32)
+    X = rng.standard_normal((cols, batch), dtype=np.float32)
+    rep, mt = (3, 0.02) if quick else (7, 0.05)
+    dense = median_time(lambda: W @ X, repeat=rep, min_time=mt)
+    summary, points = [], []
+    for fmt, name in (("csr", "csr"), ("bsr16", "bsr:16x16"), ("bsr32", "bsr:32x32")):
+        speedups = []
+        for sp in CROSSOVER_SPARSITIES:
+            if fmt == "csr":
+                A = CSRMatrix.from_dense(W, mask=rng.random(W.shape) >= sp)
+            else:
+                b = int(fmt[3:])
+                A = BSRMatrix.from_dense(W, (b, b), mask=rng.random((rows // b, cols // b)) >= sp)
+            t = median_time(lambda: spmm(A, X), repeat=rep, min_time=mt)
+            speedups.append(dense / t)
+            points.append({"format": name, "sparsity": sp, "sparse_ms": t * 1e3, "dense_ms": dense * 1e3,
+                           "speedup": dense / t})
+        summary.append({"format": name, "crossover": crossover_point(CROSSOVER_SPARSITIES, speedups)})
+    return {"shape": dict(s), "rows": summary, "points": points}
