@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 
+# short OpenBLAS spin-wait, set before NumPy loads OpenBLAS (see simulator/cli.py for why)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import pytest
 
 

@@ -35,7 +35,11 @@ def run_benchmarks(select: str | None, extra: list[str]) -> dict:
             cmd += ["-k", select]
         cmd += extra
         print("running:", " ".join(cmd), file=sys.stderr)
-        rc = subprocess.call(cmd, stdout=sys.stderr)
+        env = dict(os.environ)
+        # BLAS threads spinning ~0.1 s after each call would steal the cores from the next library's kernels
+        # (see simulator/cli.py); every library gets the machine while it runs
+        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+        rc = subprocess.call(cmd, stdout=sys.stderr, env=env)
         if not os.path.exists(out):
             raise SystemExit(f"benchmarks produced no results (pytest exit {rc})")
         with open(out, encoding="utf-8") as fh:

@@ -1024,10 +1024,60 @@ def _weight_only_gemm_kernel(x, bits, q4u, q8, scale4, zp4, scale8, zp8, gb, bia
                 out[i, j] = s0 + bias[j]
 
 
-def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
-    """x (M, K) float32 @ W^T for M > 1 (weight-only): weights dequantized row by row inside the kernel."""
+@njit(parallel=True, cache=True)
+def _dequant_rows_kernel(bits, q4u, q8, scale4, zp4, scale8, zp8, gb, r0, out):  # pragma: no cover - compiled
+    """out[i] = dequantized weight row r0 + i (float32), for i in range(out.shape[0])."""
+    rows, k = out.shape
+    for i in prange(rows):
+        j = r0 + i
+        if bits == 4:
+            w = np.empty(k + 2, dtype=np.float32)
+            _dequant4_row(q4u[j], scale4[j], zp4[j], gb, k, w)
+            for kk in range(k):
+                out[i, kk] = w[kk]
+        else:
+            s = scale8[j]
+            z = np.float32(zp8[j])
+            for kk in range(k):
+                out[i, kk] = (np.float32(q8[j, kk]) - z) * s
+
+
+#: tokens from which weight-only products dequantize blocks of weights and hand them to BLAS
+WEIGHT_ONLY_BLAS_TOKENS = 16
+#: float32 bytes of one dequantized weight block on that path
+_WO_BLOCK_BYTES = 16 << 20
+
+
+def _weight_only_blas(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
+    """Many tokens: dequantize row blocks of the weights (one parallel kernel each) and multiply with BLAS.
+
+    The weights are then read once per block at the full GEMM rate of BLAS instead of once per four tokens by
+    the row-buffer kernel; the price is the float32 block written and read back (L2/LLC sized)."""
     m = x.shape[0]
     n, k = pw.shape
+    out = np.empty((m, n), dtype=np.float32)
+    rows = max(1, min(n, _WO_BLOCK_BYTES // max(4 * k, 1)))
+    buf = np.empty((rows, k), dtype=np.float32)
+    gb = (pw._q4u.shape[1] if pw.n_groups == 1 else pw.group_size // 2) if pw.bits == 4 else 1
+    for r0 in range(0, n, rows):
+        blk = buf[: min(rows, n - r0)]
+        if pw.bits == 4:
+            _dequant_rows_kernel(4, pw._q4u, _EMPTY_I8_2D, pw.scale, pw._zp8, _EMPTY_F32, _EMPTY_I32, gb, r0, blk)
+        else:
+            _dequant_rows_kernel(8, _EMPTY_U8_2D, pw.q8, _EMPTY_F32_2D, _EMPTY_F32_2D, pw.scale, pw.zero_point,
+                                 1, r0, blk)
+        np.matmul(x, blk.T, out=out[:, r0:r0 + blk.shape[0]])
+    out += bias_v
+    return out
+
+
+def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
+    """x (M, K) float32 @ W^T for M > 1 (weight-only): weights dequantized row by row inside the kernel, or
+    for many tokens in blocks handed to BLAS (:func:`_weight_only_blas`)."""
+    m = x.shape[0]
+    n, k = pw.shape
+    if m >= WEIGHT_ONLY_BLAS_TOKENS:
+        return _weight_only_blas(x, pw, bias_v)
     out = np.empty((m, n), dtype=np.float32)
     if pw.bits == 4:
         gb = pw._q4u.shape[1] if pw.n_groups == 1 else pw.group_size // 2

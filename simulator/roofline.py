@@ -25,7 +25,8 @@ Compute dtype and units
     unit the top of that ramp is ``bsr_matrix_fraction`` when the profile gives it (the measured software block
     kernel).
 
-Vector work besides the main product (same SMs / cores: its time *adds* to the main unit's time)
+Vector work besides the main product (same SMs / cores: its time *adds* to the main unit's time; it runs at
+``conversion_vector_fraction`` of the vector peak when the profile gives one, else ``vector_gemm_fraction``)
     * weight conversion (dequantization) per stored weight element per re-read of the weight tile, i.e.
       ``ceil(m / block_tile)`` times: int weights 2 ops (convert, scale) + 1 with zero points + 1 to unpack
       int4; float weights 1 op (convert), 2 with group scales.  This is why W4A16 can lose to FP16 when
@@ -183,6 +184,8 @@ class _Tables:
         self.soft_sparse = tens is None
         self.f_nm_soft = self.f_nm if self.soft_sparse else 0.0
         self.f_bsr_top = self.f_bsr if (self.soft_sparse and self.f_bsr > 0) else self.f_vector
+        # conversion work (dequantize, unpack, quantize activations) is not FMA work: its own fraction when known
+        self.f_conv = eff.conversion_vector_fraction or self.f_vector
         self.dense_rate = np.where(self.tensor_best, self.t_dense * self.f_tensor,
                                    self.v_dense[self.vdt] * self.f_vector)
         # conversion ops per element from dtype x (stored) to dtype c (computed): 0 when equal; int: convert +
@@ -405,7 +408,7 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     extra = deq_ops + conv_ops + quant_ops
     if any_nm:  # decompressing a non-2:4 N:M weight to dense
         extra = extra + (is_nm & ~nm_sparse) * (n * k * count * reuse_w)
-    t_extra = extra / (vpeak * T.f_vector)
+    t_extra = extra / (vpeak * T.f_conv)
     t_tensor = t_main * use_tensor
     t_vector = t_main * ~use_tensor + t_extra
     t_compute = t_tensor + t_vector

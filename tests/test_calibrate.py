@@ -21,7 +21,7 @@ def _fake_measurements(**over) -> dict:
         ],
         "read_bw_l1d": 400e9, "read_bw_l2": 150e9, "read_bw_llc": 60e9, "read_bw_dram": 12e9,
         "triad_bw_dram": 11e9, "read_bw_dram_1thread": 8e9, "fp32_gemm_ops": 250e9, "fp64_gemm_ops": 120e9,
-        "int8_gemm_ops": 1000e9, "call_overhead_s": 3e-6, "int4_gemv_bw": 10e9, "csr_ops": 20e9,
+        "int8_gemm_ops": 1000e9, "call_overhead_s": 3e-6, "int4_gemv_bw": 10e9, "int4_gemv_weights_per_s": 10e9, "csr_ops": 20e9,
         "csr_dense_equiv_ops": 200e9, "bsr16_ops": 150e9, "bsr16_dense_equiv_ops": 600e9, "nm24_ops": 170e9,
         "nm24_dense_equiv_ops": 340e9, "fp32_gemm_ops_spmm_shape": 240e9, "dram_bytes": 24 << 30,
     }
@@ -41,7 +41,9 @@ def test_rendered_profile_loads_with_measured_numbers(tmp_path):
     assert dev.efficiency.nm_sparse_fraction == pytest.approx(170 / 250, rel=1e-5)
     assert [l.name for l in dev.memory_levels] == ["l1d", "l2", "llc", "dram"]
     assert dev.memory_levels[-1].bandwidth_bytes_per_s == pytest.approx(12e9)
-    assert dev.efficiency.dram_bandwidth_fraction == pytest.approx(10 / 12, rel=1e-5)
+    assert dev.efficiency.dram_bandwidth_fraction == 1.0
+    # 250e9 / 10e9 = 25 peak ops per weight: 2 FMA ops + 3 conversion ops at 3 / 23 of the peak
+    assert dev.efficiency.conversion_vector_fraction == pytest.approx(3 / 23, rel=1e-5)
     assert dev.efficiency.csr_vector_fraction == pytest.approx(20 / 250, rel=1e-5)
     assert dev.kernel_launch_s == pytest.approx(3e-6)
     assert "measured by memwall calibrate on Test CPU, 2026-11-28, 2 threads" in text

@@ -410,3 +410,19 @@ def test_hand_built_packed_objects_are_checked():
     p = G.pack_int8(np.ones((8, 4), np.int8))  # a valid rebuild still works
     q = G.PackedInt8(p.k, p.n, p.data, p.comp, p.colsum, p.max_abs)
     np.testing.assert_array_equal(G.int8_gemm(np.ones((3, 8), np.int8), q), np.full((3, 4), 8, np.int32))
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (4, None), (8, None)])
+def test_weight_only_many_tokens_blas_path_matches_reference(bits, group, monkeypatch):
+    """From WEIGHT_ONLY_BLAS_TOKENS tokens the weights are dequantized in blocks and multiplied by BLAS."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((37, 96)).astype(np.float32)
+    x = rng.standard_normal((G.WEIGHT_ONLY_BLAS_TOKENS + 3, 96)).astype(np.float32)
+    bias = rng.standard_normal(37).astype(np.float32)
+    pw = G.pack_weights(w, bits=bits, group_size=group, symmetric=False)
+    monkeypatch.setattr(G, "_WO_BLOCK_BYTES", 10 * 96 * 4)  # several blocks, the last one short
+    ref = x.astype(np.float64) @ pw.dequantize().astype(np.float64).T + bias
+    y = G.quantized_linear(x, pw, bias, act_quant="none")
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    few = G.quantized_linear(x[: G.WEIGHT_ONLY_BLAS_TOKENS - 1], pw, bias, act_quant="none")  # row-buffer path
+    np.testing.assert_allclose(few, ref[: G.WEIGHT_ONLY_BLAS_TOKENS - 1], rtol=1e-4, atol=1e-4)

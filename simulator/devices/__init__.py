@@ -36,7 +36,9 @@ Schema (every number has its unit in its key and a source)
                        ``vector_gemm_fraction``, ``dram_bandwidth_fraction``, ``cache_bandwidth_fraction``,
                        ``csr_vector_fraction`` (unstructured CSR on vector units, of vector peak),
                        ``bsr_matrix_fraction`` (block-sparse on the matrix unit, of dense peak),
-                       ``nm_sparse_fraction`` (2:4 kernels, of the sparse peak).
+                       ``nm_sparse_fraction`` (2:4 kernels, of the sparse peak), optional
+                       ``conversion_vector_fraction`` (dequantization / conversion ops, of the vector peak;
+                       default ``vector_gemm_fraction``).
     ``[interconnect.<name>]`` ``kind`` (``nvlink|pcie|ethernet|infiniband|loopback|...``),
                        ``bandwidth_gb_per_s`` (per direction), ``latency_us``.  The entries of
                        ``_network.toml`` (Ethernet, InfiniBand) are added to every device unless it defines
@@ -96,7 +98,9 @@ _EFFICIENCY_FIELDS = (
     "csr_vector_fraction",
     "bsr_matrix_fraction",
     "nm_sparse_fraction",
+    "conversion_vector_fraction",
 )
+_OPTIONAL_EFFICIENCY = ("conversion_vector_fraction",)
 _TENSOR_ONLY_EFFICIENCY = ("tensor_gemm_fraction", "bsr_matrix_fraction", "nm_sparse_fraction")
 
 
@@ -163,6 +167,7 @@ class Efficiency:
     csr_vector_fraction: float
     bsr_matrix_fraction: float | None
     nm_sparse_fraction: float | None
+    conversion_vector_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -618,6 +623,8 @@ def _parse_file(path: Path) -> Device:
         need = has_tensor or k not in _TENSOR_ONLY_EFFICIENCY
         if k == "nm_sparse_fraction":
             need = has_tensor and bool(units["tensor"].sparse)
+        if k in _OPTIONAL_EFFICIENCY:
+            need = False
         eff[k] = _number(ctx, eff_tbl, k, "efficiency", at_most=1.0, required=need)
     efficiency = Efficiency(**eff)
 
