@@ -13,19 +13,7 @@ import json
 import sys
 
 
-def _json_default(o):
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+from ._cli_sim import _json_default  # one JSON fallback for every command (NumPy scalars/arrays, records)
 
 
 def _dump(obj) -> None:
