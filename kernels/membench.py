@@ -9,6 +9,7 @@ profile.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -60,6 +61,30 @@ def last_level_cache_bytes() -> int:
     return best or 32 * 1024**2
 
 
+@contextlib.contextmanager
+def _numba_threads(threads: int | None):
+    """Run the body with ``threads`` Numba threads (None: as set), restoring the setting afterwards."""
+    old = get_num_threads()
+    if threads is not None:
+        set_num_threads(check_int(threads, "threads", minimum=1, maximum=numba_config.NUMBA_NUM_THREADS))
+    try:
+        yield get_num_threads()
+    finally:
+        if threads is not None:
+            set_num_threads(old)
+
+
+def _median_seconds(call, repeats: int) -> float:
+    """Median wall time of ``call()`` over ``repeats`` timed runs after one warm-up run."""
+    times = []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        call()
+        if r:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def stream_bandwidth(nbytes: int | None = None, kind: str = "triad", threads: int | None = None,
                      repeats: int = 7) -> float:
     """Median STREAM bandwidth in bytes/s.
@@ -82,29 +107,16 @@ def stream_bandwidth(nbytes: int | None = None, kind: str = "triad", threads: in
     nbytes = check_int(nbytes, "nbytes", minimum=1024)
     narr = 2 if kind == "copy" else 3
     n = max(1, nbytes // (8 * narr))
-    old = get_num_threads()
-    if threads is not None:
-        set_num_threads(check_int(threads, "threads", minimum=1, maximum=numba_config.NUMBA_NUM_THREADS))
-    try:
-        nthreads = get_num_threads()
+    with _numba_threads(threads) as nthreads:
         a = np.zeros(n)
         b = np.full(n, 1.0)
         c = np.full(n, 2.0)
         chunks = nthreads  # one contiguous chunk per thread: each streams its own range
-        times = []
-        for r in range(repeats + 1):
-            t0 = time.perf_counter()
-            if kind == "copy":
-                _copy_kernel(a, b, chunks)
-            else:
-                _triad_kernel(a, b, c, 3.0, chunks)
-            dt = time.perf_counter() - t0
-            if r:
-                times.append(dt)
-    finally:
-        if threads is not None:
-            set_num_threads(old)
-    return STREAM_KINDS[kind] * n / float(np.median(times))
+        if kind == "copy":
+            seconds = _median_seconds(lambda: _copy_kernel(a, b, chunks), repeats)
+        else:
+            seconds = _median_seconds(lambda: _triad_kernel(a, b, c, 3.0, chunks), repeats)
+    return STREAM_KINDS[kind] * n / seconds
 
 
 @njit(parallel=True, cache=True)
@@ -137,21 +149,8 @@ def read_bandwidth(nbytes: int, threads: int | None = None, repeats: int = 5,
     repeats = check_int(repeats, "repeats", minimum=1)
     n = max(1, nbytes // 8)
     sweeps = max(1, -(-check_int(min_traffic, "min_traffic", minimum=1) // (8 * n)))
-    old = get_num_threads()
-    if threads is not None:
-        set_num_threads(check_int(threads, "threads", minimum=1, maximum=numba_config.NUMBA_NUM_THREADS))
-    try:
-        nthreads = get_num_threads()
+    with _numba_threads(threads) as nthreads:
         x = np.arange(n, dtype=np.uint64)
         out = np.zeros(nthreads, dtype=np.uint64)
-        times = []
-        for r in range(repeats + 1):
-            t0 = time.perf_counter()
-            _read_kernel(x, nthreads, sweeps, out)
-            dt = time.perf_counter() - t0
-            if r:
-                times.append(dt)
-    finally:
-        if threads is not None:
-            set_num_threads(old)
-    return 8.0 * n * sweeps / float(np.median(times))
+        seconds = _median_seconds(lambda: _read_kernel(x, nthreads, sweeps, out), repeats)
+    return 8.0 * n * sweeps / seconds
