@@ -12,8 +12,9 @@
 * the fixed cost of one kernel call through its Python wrapper (-> ``kernel_launch_us``),
 
 and writes them in the schema of the shipped profiles (``devices/host-template.toml``), each number's source
-saying "measured by memwall calibrate on <cpu>, <date>, <threads> threads, numba/numpy versions".  The file
-is written atomically (temporary file + rename): an interrupted calibration leaves the old profile intact.
+saying "measured by memwall calibrate on <cpu>, <date>, <threads> threads, numba/numpy versions", through
+``devices.save_profile``: validated, then written atomically, so an interrupted calibration leaves the old
+profile intact.
 
 The shapes measured here are listed in :data:`CALIBRATION_POINTS`; ``memwall validate`` measures different
 ones, so the published error is not the error of a fit on its own data.
@@ -23,12 +24,11 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["calibrate", "detect_caches", "write_profile_atomic", "render_profile", "CALIBRATION_POINTS"]
+__all__ = ["calibrate", "detect_caches", "profile_doc", "CALIBRATION_POINTS"]
 
 #: What calibration measures (validation avoids these shapes and sparsities).
 CALIBRATION_POINTS = {
@@ -202,98 +202,72 @@ def _packed_nbytes(packed) -> int:
     return int(nb)
 
 
-def _num(v: float) -> str:
-    return f"{v:.6g}"
-
-
-def render_profile(m: dict, *, cpu: str, date: str, versions: str) -> str:
-    """The host profile TOML for the measurements ``m`` (see :func:`_measure`)."""
+def profile_doc(m: dict, *, cpu: str, date: str, versions: str) -> tuple[dict, str]:
+    """The host profile for the measurements ``m`` (see :func:`_measure`): a dict in the schema of
+    :mod:`memwall.simulator.devices` and the comment that heads the file (for ``save_profile``)."""
     threads = m["threads"]
     src = f"measured by memwall calibrate on {cpu}, {date}, {threads} threads, {versions}"
     fp32 = m["fp32_gemm_ops"]
-    lines = [
-        "# Host device profile written by `memwall calibrate`. Re-run it to refresh; edit with care.",
-        f"# single-thread DRAM read bandwidth: {m['read_bw_dram_1thread'] / 1e9:.3g} GB/s; STREAM triad "
-        f"({threads} threads): {m['triad_bw_dram'] / 1e9:.3g} GB/s",
-        'id = "host"',
-        f'name = "{cpu} ({threads} threads, calibrated)"',
-        'kind = "cpu"',
-        f'description = "Measured by memwall calibrate on {date}"',
-        "",
-        "[process]",
-        "node_nm = 14",
-        'source = "estimate: process node not readable from the OS; 14 nm assumed (Skylake-SP..Cascade Lake '
-        'class); only scales the per-op energy"',
-        "",
-        "[power]",
-        f"tdp_w = {_num(10.0 * threads)}",
-        f"idle_w = {_num(3.0 * threads)}",
-        'source = "estimate: ~10 W per busy core and ~3 W idle per core of a server socket share; RAPL is not '
-        'readable in this VM"',
-        "",
-        "[overhead]",
-        f"kernel_launch_us = {_num(max(m['call_overhead_s'] * 1e6, 0.1))}",
-        f'source = "{src}: median time of a 1x4x1 int8_gemm call through its validated wrapper"',
-        "",
-        "[tiling]",
-        "register_tile_elements = 16",
-        "block_tile_elements = 128",
-        "matrix_min_block_elements = 16",
-        f"parallel_units = {threads}",
-        'source = "memwall kernels: 16-lane zmm register tiles, 128-wide cache blocks; one unit per thread"',
-        "",
-        "[compute.vector]",
-        f"fp64_dense_tops = {_num(m['fp64_gemm_ops'] / 1e12)}",
-        f"fp32_dense_tops = {_num(fp32 / 1e12)}",
-        f"int8_dense_tops = {_num(m['int8_gemm_ops'] / 1e12)}",
-    ]
-    lines += [
-        f'source = "{src}: best large GEMM (fp64/fp32: NumPy BLAS; int8: memwall AVX-512 VNNI GEMM)"',
-        "",
-    ]
-    levels = m["caches"]
-    for c in levels:
-        lines += [
-            "[[memory]]",
-            f'name = "{c["name"]}"',
-            f"capacity_bytes = {c['bytes']}",
-            f"instances = {c['instances']}",
-            f"bandwidth_gb_per_s = {_num(m['read_bw_' + c['name']] / 1e9)}",
-            f"energy_pj_per_byte = {_num({1: 1.0, 2: 2.5}.get(c['level'], 6.0))}",
-            f'source = "{src}: read bandwidth at a working set of half the level"',
-            'source_energy_pj_per_byte = "estimate: Horowitz 45 nm cache access energy per byte (10/20/100 pJ '
-            'per 64-bit access for 8 KB/32 KB/1 MB) scaled to 14 nm"',
-            "",
-        ]
-    lines += [
-        "[[memory]]",
-        'name = "dram"',
-        f"capacity_bytes = {m['dram_bytes']}",
-        f"bandwidth_gb_per_s = {_num(m['read_bw_dram'] / 1e9)}",
-        "energy_pj_per_byte = 120",
-        f'source = "{src}: read bandwidth at a working set of 4x the LLC"',
-        'source_energy_pj_per_byte = "estimate: Horowitz 45 nm DRAM access 1.3-2.6 nJ per 64 bits, halved for a '
-        'newer DDR4 node"',
-        "",
-        "[efficiency]",
-        "vector_gemm_fraction = 1.0",
-        "dram_bandwidth_fraction = 1.0",
-        f"conversion_vector_fraction = {_num(_conversion_fraction(m))}",
-        "cache_bandwidth_fraction = 1.0",
-        f"csr_vector_fraction = {_num(min(1.0, m['csr_ops'] / fp32))}",
-        f"bsr_matrix_fraction = {_num(min(1.0, m['bsr16_ops'] / fp32))}",
-        f"nm_sparse_fraction = {_num(min(1.0, m['nm24_ops'] / fp32))}",
-        f'source = "{src}: peaks and bandwidths above are achieved values, so GEMM and cache fractions are 1"',
-        f'source_conversion_vector_fraction = "{src}: memwall INT4 GEMV (cold): the vector-op rate of its '
-        f'dequantization (3 ops per weight, as the model counts them) beside 2 FMA ops per weight, of the fp32 peak"',
-        f'source_csr_vector_fraction = "{src}: memwall CSR spmm at 90% sparsity, useful ops / fp32 GEMM peak"',
-        f'source_bsr_matrix_fraction = "{src}: memwall BSR 16x16 spmm at 75% block sparsity, useful ops / fp32 '
-        f'GEMM peak (no matrix unit: the software block kernel on vector units)"',
-        f'source_nm_sparse_fraction = "{src}: memwall 2:4 spmm, kept multiply-adds / fp32 GEMM peak (software '
-        f'kernel on vector units)"',
-        "",
-    ]
-    return "\n".join(lines)
+    comment = ("Host device profile written by `memwall calibrate`. Re-run it to refresh; edit with care.\n"
+               f"single-thread DRAM read bandwidth: {m['read_bw_dram_1thread'] / 1e9:.3g} GB/s; STREAM triad "
+               f"({threads} threads): {m['triad_bw_dram'] / 1e9:.3g} GB/s")
+    cache_energy = {1: 1.0, 2: 2.5}
+    memory = [{
+        "name": c["name"], "capacity_bytes": c["bytes"], "instances": c["instances"],
+        "bandwidth_gb_per_s": m["read_bw_" + c["name"]] / 1e9,
+        "energy_pj_per_byte": cache_energy.get(c["level"], 6.0),
+        "source": f"{src}: read bandwidth at a working set of half the level",
+        "source_energy_pj_per_byte": "estimate: Horowitz 45 nm cache access energy per byte (10/20/100 pJ per 64-bit "
+                                     "access for 8 KB/32 KB/1 MB) scaled to 14 nm",
+    } for c in m["caches"]]
+    memory.append({
+        "name": "dram", "capacity_bytes": m["dram_bytes"], "bandwidth_gb_per_s": m["read_bw_dram"] / 1e9,
+        "energy_pj_per_byte": 120,
+        "source": f"{src}: read bandwidth at a working set of 4x the LLC",
+        "source_energy_pj_per_byte": "estimate: Horowitz 45 nm DRAM access 1.3-2.6 nJ per 64 bits, halved for a "
+                                     "newer DDR4 node",
+    })
+    doc = {
+        "id": "host",
+        "name": f"{cpu} ({threads} threads, calibrated)",
+        "kind": "cpu",
+        "description": f"Measured by memwall calibrate on {date}",
+        "process": {"node_nm": 14, "source": "estimate: process node not readable from the OS; 14 nm assumed "
+                                             "(Skylake-SP..Cascade Lake class); only scales the per-op energy"},
+        "power": {"tdp_w": 10.0 * threads, "idle_w": 3.0 * threads,
+                  "source": "estimate: ~10 W per busy core and ~3 W idle per core of a server socket share; RAPL "
+                            "is not readable in this VM"},
+        "overhead": {"kernel_launch_us": max(m["call_overhead_s"] * 1e6, 0.1),
+                     "source": f"{src}: median time of a 1x4x1 int8_gemm call through its validated wrapper"},
+        "tiling": {"register_tile_elements": 16, "block_tile_elements": 128, "matrix_min_block_elements": 16,
+                   "parallel_units": threads,
+                   "source": "memwall kernels: 16-lane zmm register tiles, 128-wide cache blocks; one unit per "
+                             "thread"},
+        "compute": {"vector": {
+            "fp64_dense_tops": m["fp64_gemm_ops"] / 1e12, "fp32_dense_tops": fp32 / 1e12,
+            "int8_dense_tops": m["int8_gemm_ops"] / 1e12,
+            "source": f"{src}: best large GEMM (fp64/fp32: NumPy BLAS; int8: memwall AVX-512 VNNI GEMM)"}},
+        "memory": memory,
+        "efficiency": {
+            "vector_gemm_fraction": 1.0,
+            "dram_bandwidth_fraction": 1.0,
+            "conversion_vector_fraction": _conversion_fraction(m),
+            "cache_bandwidth_fraction": 1.0,
+            "csr_vector_fraction": min(1.0, m["csr_ops"] / fp32),
+            "bsr_matrix_fraction": min(1.0, m["bsr16_ops"] / fp32),
+            "nm_sparse_fraction": min(1.0, m["nm24_ops"] / fp32),
+            "source": f"{src}: peaks and bandwidths above are achieved values, so GEMM and cache fractions are 1",
+            "source_conversion_vector_fraction": f"{src}: memwall INT4 GEMV (cold): the vector-op rate of its "
+                                                 "dequantization (3 ops per weight, as the model counts them) "
+                                                 "beside 2 FMA ops per weight, of the fp32 peak",
+            "source_csr_vector_fraction": f"{src}: memwall CSR spmm at 90% sparsity, useful ops / fp32 GEMM peak",
+            "source_bsr_matrix_fraction": f"{src}: memwall BSR 16x16 spmm at 75% block sparsity, useful ops / fp32 "
+                                          "GEMM peak (no matrix unit: the software block kernel on vector units)",
+            "source_nm_sparse_fraction": f"{src}: memwall 2:4 spmm, kept multiply-adds / fp32 GEMM peak (software "
+                                         "kernel on vector units)",
+        },
+    }
+    return doc, comment
 
 
 def _conversion_fraction(m: dict) -> float:
@@ -307,35 +281,19 @@ def _conversion_fraction(m: dict) -> float:
     return max(1e-3, 3.0 / (per_weight - 2.0))
 
 
-def write_profile_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".host-", suffix=".toml.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def calibrate(out=None, *, quick: bool = False, threads: int | None = None, progress=None,
               _scale: int | None = None) -> dict:
     """Measure this machine and write the host profile to ``out`` (default: the ``host`` profile path).
 
     ``quick`` halves every measured dimension; ``_scale`` (tests) divides them by any factor.
 
-    The profile is validated by loading it from the temporary file before it replaces the old one.
+    The profile goes through :func:`memwall.simulator.devices.save_profile`: validated before it atomically
+    replaces the old one.
     Returns ``{"path", "measured", "profile"}``."""
     import numba
 
     from ..kernels.cpu import cpu_count, cpu_model
-    from .devices import host_profile_path, load_device
+    from .devices import host_profile_path, save_profile
 
     threads = threads or cpu_count()
     if threads < 1:
@@ -344,15 +302,10 @@ def calibrate(out=None, *, quick: bool = False, threads: int | None = None, prog
     m = _measure(quick, threads, progress, _scale)
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     versions = f"numba {numba.__version__}, numpy {np.__version__}"
-    text = render_profile(m, cpu=cpu_model(), date=date, versions=versions)
-    # validate before replacing: a profile that does not load never reaches the final path
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = Path(tmp) / "host.toml"
-        probe.write_text(text, encoding="utf-8")
-        load_device(probe)
-    write_profile_atomic(path, text)
+    doc, comment = profile_doc(m, cpu=cpu_model(), date=date, versions=versions)
+    save_profile(doc, path, comment=comment)  # validated before it atomically replaces the old profile
     measured = {k: v for k, v in m.items() if isinstance(v, (int, float))}
-    return {"path": str(path), "measured": measured, "profile": text}
+    return {"path": str(path), "measured": measured, "profile": path.read_text(encoding="utf-8")}
 
 
 def check_host_profile(device) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 from memwall.simulator import calibrate as cal
 from memwall.simulator import validate as val
 from memwall.simulator.cli import main
-from memwall.simulator.devices import load_device
+from memwall.simulator.devices import load_device, save_profile
 
 
 def _fake_measurements(**over) -> dict:
@@ -29,11 +29,13 @@ def _fake_measurements(**over) -> dict:
     return m
 
 
-def test_rendered_profile_loads_with_measured_numbers(tmp_path):
-    text = cal.render_profile(_fake_measurements(), cpu="Test CPU", date="2026-11-28", versions="numba x")
-    path = tmp_path / "host.toml"
-    path.write_text(text)
-    dev = load_device(path)
+def _saved(tmp_path, m, name="host.toml"):
+    doc, comment = cal.profile_doc(m, cpu="Test CPU", date="2026-11-28", versions="numba x")
+    return save_profile(doc, tmp_path / name, comment=comment)
+
+
+def test_profile_doc_loads_with_measured_numbers(tmp_path):
+    dev = _saved(tmp_path, _fake_measurements())
     assert dev.kind == "cpu"
     assert dev.peak("fp32") == pytest.approx(250e9)
     assert dev.peak("int8") == pytest.approx(1000e9)
@@ -46,7 +48,9 @@ def test_rendered_profile_loads_with_measured_numbers(tmp_path):
     assert dev.efficiency.conversion_vector_fraction == pytest.approx(3 / 23, rel=1e-5)
     assert dev.efficiency.csr_vector_fraction == pytest.approx(20 / 250, rel=1e-5)
     assert dev.kernel_launch_s == pytest.approx(3e-6)
-    assert "measured by memwall calibrate on Test CPU, 2026-11-28, 2 threads" in text
+    assert dev.sources["compute.vector.fp32_dense_tops"].startswith(
+        "measured by memwall calibrate on Test CPU, 2026-11-28, 2 threads")
+    assert (tmp_path / "host.toml").read_text().startswith("# Host device profile written by `memwall calibrate`")
 
 
 def test_host_sparse_kernels_are_modelled_with_their_measured_efficiency(tmp_path):
@@ -55,9 +59,7 @@ def test_host_sparse_kernels_are_modelled_with_their_measured_efficiency(tmp_pat
     from memwall.simulator.ops import GemmOp
     from memwall.simulator.roofline import estimate
 
-    text = cal.render_profile(_fake_measurements(), cpu="c", date="d", versions="v")
-    path = tmp_path / "host.toml"
-    path.write_text(text)
+    path = _saved(tmp_path, _fake_measurements()).path
     op = GemmOp("g", 64, 4096, 4096)  # compute-bound on this profile
     nm = estimate(path, op, Compression(weights="fp32", acts="fp32", format="nm", n=2, m=4))
     # kept multiply-adds (half) at 170 / 250 of the 250 Gop/s peak
@@ -67,15 +69,18 @@ def test_host_sparse_kernels_are_modelled_with_their_measured_efficiency(tmp_pat
 
 
 def test_atomic_write_keeps_old_profile_on_interrupt(tmp_path, monkeypatch):
+    from memwall.simulator import devices
+
     path = tmp_path / "host.toml"
     path.write_text("old")
+    doc, comment = cal.profile_doc(_fake_measurements(), cpu="c", date="d", versions="v")
 
     def boom(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cal.os, "replace", boom)
+    monkeypatch.setattr(devices.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
-        cal.write_profile_atomic(path, "new profile")
+        save_profile(doc, path, comment=comment)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["host.toml"]  # no temporary file left behind
 

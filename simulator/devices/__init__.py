@@ -692,11 +692,17 @@ def save_profile(doc: dict, path, *, comment: str = "") -> Device:
     text = "\n".join(lines).lstrip("\n") + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    try:
-        dev = _parse_file(tmp)
-    except DeviceError as exc:
+    try:  # any failure or interruption leaves ``path`` as it was and no temporary file behind
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            _parse_file(tmp)
+        except DeviceError as exc:
+            raise DeviceError(str(exc).replace(str(tmp), str(path))) from None
+        os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise DeviceError(str(exc).replace(str(tmp), str(path))) from None
-    os.replace(tmp, path)
+        raise
     return load_device(str(path))
