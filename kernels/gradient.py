@@ -301,14 +301,21 @@ def _bucket_of_kth(tot: np.ndarray, k: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------------
 # selection cores (flat, contiguous float32/float64 input; already validated)
 # ----------------------------------------------------------------------------------------------------------
-def _finish_from_candidates(x, cand_idx, k):
-    """Exact top-k among candidate positions (ascending) known to contain it."""
+def _candidate_threshold(x, cand_idx, need):
+    """Keys of the candidate positions, the need-th largest key t among them, and how many entries equal to t
+    must be kept (lowest positions first) so that exactly ``need`` are selected."""
     kdt, absmask, _, _ = _key_params(x.dtype)
     ncand = cand_idx.shape[0]
     cand_key = np.empty(ncand, dtype=kdt)
     _keys_at_kernel(x.view(kdt), absmask, cand_idx, cand_key)
-    t = np.partition(cand_key, ncand - k)[ncand - k]
-    take_ties = k - int(np.count_nonzero(cand_key > t))
+    t = np.partition(cand_key, ncand - need)[ncand - need]
+    return cand_key, t, need - int(np.count_nonzero(cand_key > t))
+
+
+def _finish_from_candidates(x, cand_idx, k):
+    """Exact top-k among candidate positions (ascending) known to contain it."""
+    kdt = _key_params(x.dtype)[0]
+    cand_key, t, take_ties = _candidate_threshold(x, cand_idx, k)
     out = np.empty(k, dtype=np.int64)
     got = _finish_topk_kernel(cand_idx, cand_key, t, take_ties, out)
     assert got == k
@@ -451,12 +458,7 @@ def _mask_from_threshold(x, keys, absmask, starts, t, tie_pos) -> np.ndarray:
 
 def _resolve_in_candidates(x, cand_idx, need):
     """Threshold key t (the need-th largest key among the candidates) and the tie positions to keep."""
-    kdt, absmask, _, _ = _key_params(x.dtype)
-    ncand = cand_idx.shape[0]
-    cand_key = np.empty(ncand, dtype=kdt)
-    _keys_at_kernel(x.view(kdt), absmask, cand_idx, cand_key)
-    t = np.partition(cand_key, ncand - need)[ncand - need]
-    take_ties = need - int(np.count_nonzero(cand_key > t))
+    cand_key, t, take_ties = _candidate_threshold(x, cand_idx, need)
     return t, cand_idx[cand_key == t][:take_ties]
 
 
