@@ -978,6 +978,18 @@ def _dequant4_row(q4row, scale_row, zp8_row, gb, k, w):  # pragma: no cover - co
             w[np.uint64(2) * u + np.uint64(1)] = (hi - z) * s
 
 
+@njit(inline="always")
+def _dequant_weight_row(bits, q4u, q8, scale4, zp4, scale8, zp8, gb, j, k, w):  # pragma: no cover - compiled
+    """w[:k] = float32 weight row j (INT4 with group scales / zero points, or INT8 per-channel)."""
+    if bits == 4:
+        _dequant4_row(q4u[j], scale4[j], zp4[j], gb, k, w)
+    else:
+        s = scale8[j]
+        z = np.float32(zp8[j])
+        for kk in range(k):
+            w[kk] = (np.float32(q8[j, kk]) - z) * s
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _weight_only_gemm_kernel(x, bits, q4u, q8, scale4, zp4, scale8, zp8, gb, bias, out):  # pragma: no cover
     """out (M, N) = x (M, K) @ W^T + bias for M > 1: each task dequantizes its weight rows one at a time
@@ -988,13 +1000,7 @@ def _weight_only_gemm_kernel(x, bits, q4u, q8, scale4, zp4, scale8, zp8, gb, bia
     for t in prange(ntask):
         w = np.zeros(k + 2, dtype=np.float32)
         for j in range(t * _WO_ROWS, min(n, (t + 1) * _WO_ROWS)):
-            if bits == 4:
-                _dequant4_row(q4u[j], scale4[j], zp4[j], gb, k, w)
-            else:
-                s = scale8[j]
-                z = np.float32(zp8[j])
-                for kk in range(k):
-                    w[kk] = (np.float32(q8[j, kk]) - z) * s
+            _dequant_weight_row(bits, q4u, q8, scale4, zp4, scale8, zp8, gb, j, k, w)
             i0 = 0
             while i0 + 4 <= m:
                 x0 = x[i0]
@@ -1029,17 +1035,10 @@ def _dequant_rows_kernel(bits, q4u, q8, scale4, zp4, scale8, zp8, gb, r0, out): 
     """out[i] = dequantized weight row r0 + i (float32), for i in range(out.shape[0])."""
     rows, k = out.shape
     for i in prange(rows):
-        j = r0 + i
-        if bits == 4:
-            w = np.empty(k + 2, dtype=np.float32)
-            _dequant4_row(q4u[j], scale4[j], zp4[j], gb, k, w)
-            for kk in range(k):
-                out[i, kk] = w[kk]
-        else:
-            s = scale8[j]
-            z = np.float32(zp8[j])
-            for kk in range(k):
-                out[i, kk] = (np.float32(q8[j, kk]) - z) * s
+        w = np.empty(k + 2, dtype=np.float32)
+        _dequant_weight_row(bits, q4u, q8, scale4, zp4, scale8, zp8, gb, r0 + i, k, w)
+        for kk in range(k):
+            out[i, kk] = w[kk]
 
 
 #: tokens from which weight-only products dequantize blocks of weights and hand them to BLAS
