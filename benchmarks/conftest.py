@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 
-# short OpenBLAS spin-wait, set before NumPy loads OpenBLAS (see simulator/cli.py for why)
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# short OpenBLAS spin-wait, set before NumPy loads OpenBLAS (why: memwall.kernels.cpu)
+from memwall.kernels.cpu import apply_thread_env_defaults  # noqa: E402 - stdlib-only module
+
+apply_thread_env_defaults()
 
 import pytest
 

@@ -23,6 +23,8 @@ import sys
 import tempfile
 from collections import defaultdict
 
+from memwall.kernels.cpu import apply_thread_env_defaults
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -35,12 +37,10 @@ def run_benchmarks(select: str | None, extra: list[str]) -> dict:
             cmd += ["-k", select]
         cmd += extra
         print("running:", " ".join(cmd), file=sys.stderr)
-        env = dict(os.environ)
-        # BLAS threads spinning ~0.1 s after each call would steal the cores from the next library's kernels
-        # (see simulator/cli.py); every library gets the machine while it runs
-        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+        # every library gets the machine while it runs (why: memwall.kernels.cpu.THREAD_ENV_DEFAULTS)
+        env = apply_thread_env_defaults(dict(os.environ))
         rc = subprocess.call(cmd, stdout=sys.stderr, env=env)
-        if not os.path.exists(out):
+        if not os.path.exists(out) or os.path.getsize(out) == 0:
             raise SystemExit(f"benchmarks produced no results (pytest exit {rc})")
         with open(out, encoding="utf-8") as fh:
             return json.load(fh)

@@ -50,3 +50,21 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+#: Thread-pool settings the CLI and the benchmarks apply (each only where the user has not set it).
+#: ``OPENBLAS_THREAD_TIMEOUT=4``: OpenBLAS workers otherwise spin ~2**28 cycles (about 0.1 s) after every BLAS
+#: call and steal the cores from the Numba kernel that runs next (measured: an INT8 GEMM right after a NumPy
+#: matmul ran 2.5x slower); a short spin keeps BLAS as fast.  (``OMP_PROC_BIND`` was tried and rejected: it
+#: binds the main thread to core 0, which every child process then inherits, and A/B runs showed no gain.)
+THREAD_ENV_DEFAULTS = {"OPENBLAS_THREAD_TIMEOUT": "4"}
+
+
+def apply_thread_env_defaults(env=None):
+    """Set ``THREAD_ENV_DEFAULTS`` in ``env`` (default ``os.environ``) where unset; returns ``env``.
+
+    Must run before NumPy loads OpenBLAS to take effect."""
+    env = os.environ if env is None else env
+    for key, value in THREAD_ENV_DEFAULTS.items():
+        env.setdefault(key, value)
+    return env

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-# OpenBLAS worker threads spin for ~2**28 cycles (about 0.1 s) after every BLAS call before they sleep; on a
-# small machine they then steal the cores from the Numba kernels that run next (measured here: an INT8 GEMM
-# right after a NumPy matmul ran 2.5x slower).  A short spin keeps BLAS as fast and leaves the cores free.
+# Short OpenBLAS spin-wait (why: memwall.kernels.cpu.THREAD_ENV_DEFAULTS).
 # Set before NumPy loads OpenBLAS; an explicit setting by the user wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+from memwall.kernels.cpu import apply_thread_env_defaults  # noqa: E402 - stdlib-only module
+
+apply_thread_env_defaults()
 
 #: Modules that contribute subcommands (each defines ``register(subparsers)``).
 _COMMAND_MODULES = ("_cli_kernels", "_cli_sim", "_cli_calib", "_cli_e2e", "_cli_plan")
