@@ -91,8 +91,8 @@ def active_paths() -> dict[str, str]:
     return {
         "int8_gemm": "avx512-vnni (vpdpbusd 12x32 micro-kernel)" if vnni else "generic (pure Numba, float32-exact)",
         "int8_epi": "fused dequant epilogue on the L1 tile",
-        "int4_gemv": ("zmm IR dot, 4 rows/task + prefetch" if vnni else "numba (auto-vectorized)")
-        + ", nibbles dequantized in registers",
+        "int4_gemv": ("zmm IR rows (vpermps nibble lookup, vector group sums), 4 rows/task + prefetch" if vnni
+                      else "numba (auto-vectorized)") + ", nibbles dequantized in registers",
         "int4_gemm": "weight rows dequantized in L1, dot with every token (W4A16); W4A8 on the int8 path",
         "isa": config.requested_isa(),
     }
@@ -252,54 +252,79 @@ def _store_tile(tile, ldt, r0, rows, c0, cols, n, c, out, epi, has_zp, sa, za, r
 
 
 if has_avx512_vnni():
-    from ._vnni import make_microkernel, prefetch_l2, sfence, store_nt16
+    from ._vnni import KB, make_microkernel, prefetch_l2, sfence
 
     _mk = make_microkernel(MR, NV)
     _mk1 = make_microkernel(1, NV, MR)  # one row of an MR panel: short edges and GEMV-like M
 
-    @njit(parallel=True, cache=True)
-    def _vnni_gemm_kernel(a32, bp, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, kc4, nt,
-                          c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk):  # pragma: no cover
-        """A @ B over K groups [k4_lo, k4_hi) (comp initialises each column); int32 tiles accumulate in a
-        per-task buffer and are then written to c (int32, flat) or, with epi, dequantized into out.
+    @njit(inline="always")
+    def _pack_a_panels(a8, m, k, ip0, ip1, k4_lo, k4n, nkb, abuf):  # pragma: no cover - compiled
+        """Rows of A panels [ip0, ip1), K groups [k4_lo, k4_lo + k4n), +128 per byte, into abuf
+        ``[panel][block][MR][64]`` (zero past K and past M).  Flat unsigned offsets: the copies vectorize."""
+        kend = min(k, 4 * (k4_lo + k4n))
+        flip = np.uint8(128)
+        for ip in range(ip0, ip1):
+            for kb in range(nkb):
+                kk0 = 4 * k4_lo + 64 * kb
+                full = min(64, max(0, kend - kk0))
+                for r in range(MR):
+                    o = np.uint64((((ip - ip0) * nkb + kb) * MR + r) * 64)
+                    i = ip * MR + r
+                    if i < m and full == 64:
+                        src = np.uint64(i * k + kk0)
+                        for j in range(64):
+                            u = np.uint64(j)
+                            abuf[o + u] = a8[src + u] ^ flip
+                    else:
+                        if i < m:
+                            src = np.uint64(i * k + kk0)
+                            for j in range(full):
+                                u = np.uint64(j)
+                                abuf[o + u] = a8[src + u] ^ flip
+                        else:
+                            full = 0
+                        for j in range(full, 64):
+                            abuf[o + np.uint64(j)] = 0
 
-        a32 is A (M, 4*kp4 int8, zero padded) seen as int32 words.  A task owns ``mb_panels`` A panels (a
-        row block) x ``jc_panels`` B panels.  It first packs its row block (+128 per byte, [panel][k4][MR]
-        words) into a buffer that then stays in its L2, and for each of its B panels walks K in chunks of
-        ``kc4`` groups of 4 (the B chunk, kc4 * 4 * NR bytes, stays in L1) and, per chunk, every A panel.
-        With ``nt`` (c 64-byte aligned, n % 16 == 0) full int32 tiles go to c with non-temporal stores."""
+    @njit(parallel=True, cache=True)
+    def _vnni_gemm_kernel(a8, bp, comp, m, n, k, kp4, k4_lo, k4_hi, mb_panels, jc_panels, kc4, nt,
+                          c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk):  # pragma: no cover
+        """A @ B over K groups [k4_lo, k4_hi) (comp initialises each column); the result goes to c (int32,
+        flat) or, with epi, is dequantized into out.
+
+        a8 is A (M, K) row-major, flat uint8.  A task owns ``mb_panels`` A panels (a row block) x
+        ``jc_panels`` B panels.  It first packs its row block (+128 per byte, ``[panel][block][MR][64]``) into
+        a buffer that then stays in its L2, and for each of its B panels walks K in chunks of ``kc4`` groups
+        of 4 (the B chunk, kc4 * 4 * NR bytes, stays in L1) and, per chunk, every A panel.  Partial tiles wait
+        in a per-task int32 buffer between chunks; in the last chunk a full tile goes from the registers
+        straight to c (non-temporal with ``nt``: c 64-byte aligned, n % 16 == 0), and an edge tile or a
+        dequantized one is written right after its last micro-kernel call, so the output traffic overlaps
+        the arithmetic."""
         mpan = (m + MR - 1) // MR
         npan = (n + NR - 1) // NR
         nmb = (mpan + mb_panels - 1) // mb_panels
         njc = (npan + jc_panels - 1) // jc_panels
         ntask = nmb * njc
         k4n = k4_hi - k4_lo
-        flip = np.int32(-2139062144)  # 0x80808080: int8 -> uint8 + 128 in every byte
+        nkb = (k4n + KB - 1) // KB
         for t in prange(ntask):
             mb = t // njc
             jc = t - mb * njc
             ip0 = mb * mb_panels
             ip1 = min(mpan, ip0 + mb_panels)
             cbuf = np.empty((ip1 - ip0) * MR * NR, dtype=np.int32)
-            abuf = np.empty((ip1 - ip0) * k4n * MR * 4, dtype=np.uint8)
-            ab32 = abuf.view(np.int32)
-            for ip in range(ip0, ip1):
-                rows = min(MR, m - ip * MR)
-                for k4 in range(k4n):
-                    o = ((ip - ip0) * k4n + k4) * MR
-                    for r in range(rows):
-                        ab32[o + r] = a32[ip * MR + r, k4_lo + k4] ^ flip
-                    for r in range(rows, MR):
-                        ab32[o + r] = 0
+            abuf = np.empty((ip1 - ip0) * nkb * MR * 4 * KB, dtype=np.uint8)
+            _pack_a_panels(a8, m, k, ip0, ip1, k4_lo, k4n, nkb, abuf)
             for jp in range(jc * jc_panels, min(npan, (jc + 1) * jc_panels)):
                 b_base = (jp * kp4 + k4_lo) * NR * 4
                 cols = min(NR, n - jp * NR)
                 for kc in range(0, k4n, kc4):
                     kn = min(kc4, k4n - kc)
                     first = 1 if kc == 0 else 0
+                    last = kc + kc4 >= k4n
                     # the next B chunk (this panel's next K chunk, or the next panel's first) is fetched into L2
                     # a few lines per A panel, so its first pass does not wait on DRAM
-                    if kc + kc4 < k4n:
+                    if not last:
                         nxt = b_base + (kc + kc4) * NR * 4
                         nxt_bytes = min(kc4, k4n - kc - kc4) * NR * 4
                     elif jp + 1 < min(npan, (jc + 1) * jc_panels):
@@ -310,30 +335,28 @@ if has_avx512_vnni():
                         nxt_bytes = 0
                     lines = (nxt_bytes + 63) // 64
                     per_ip = (lines + (ip1 - ip0) - 1) // (ip1 - ip0)
+                    b_off = b_base + kc * NR * 4
                     for ip in range(ip0, ip1):
                         l0 = (ip - ip0) * per_ip
                         for ln in range(l0, min(lines, l0 + per_ip)):
                             prefetch_l2(bp, nxt + ln * 64)
-                        a_base = ((ip - ip0) * k4n + kc) * MR * 4
+                        a_base = ((ip - ip0) * nkb + kc // KB) * MR * 4 * KB
                         t_off = (ip - ip0) * MR * NR
                         rows = min(MR, m - ip * MR)
+                        if last and epi == 0 and rows == MR and cols == NR:
+                            _mk(abuf, a_base, bp, b_off, kn, cbuf, t_off, NR, first, comp, jp * NR,
+                                c, ip * MR * n + jp * NR, n, nt)
+                            continue
                         if rows > MR // 2:
-                            _mk(abuf, a_base, bp, b_base + kc * NR * 4, kn, cbuf, t_off, NR, first, comp, jp * NR)
+                            _mk(abuf, a_base, bp, b_off, kn, cbuf, t_off, NR, first, comp, jp * NR,
+                                cbuf, t_off, NR, 0)
                         else:  # a short edge panel: one row at a time instead of MR rows of padding
                             for r in range(rows):
-                                _mk1(abuf, a_base + 4 * r, bp, b_base + kc * NR * 4, kn, cbuf, t_off + r * NR, NR,
-                                     first, comp, jp * NR)
-                for ip in range(ip0, ip1):
-                    rows = min(MR, m - ip * MR)
-                    if nt and epi == 0 and cols == NR:
-                        for r in range(rows):
-                            d = (ip * MR + r) * n + jp * NR
-                            s_ = (ip - ip0) * MR * NR + r * NR
-                            for v in range(NV):
-                                store_nt16(c, d + 16 * v, cbuf, s_ + 16 * v)
-                    else:
-                        _store_tile(cbuf[(ip - ip0) * MR * NR:], NR, ip * MR, rows, jp * NR, cols, n,
-                                    c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
+                                _mk1(abuf, a_base + 4 * KB * r, bp, b_off, kn, cbuf, t_off + r * NR, NR, first, comp,
+                                     jp * NR, cbuf, t_off + r * NR, NR, 0)
+                        if last:
+                            _store_tile(cbuf[t_off:], NR, ip * MR, rows, jp * NR, cols, n,
+                                        c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
             if nt:
                 sfence()
 
@@ -476,16 +499,6 @@ def _aligned_empty(size: int, dtype) -> np.ndarray:
     return buf[skip:skip + size]
 
 
-def _a_words(a: np.ndarray) -> np.ndarray:
-    """A (M, K) int8 as int32 words (M, ceil(K/4)), zero padded to a multiple of 4 columns."""
-    m, k = a.shape
-    if k % 4:
-        padded = np.zeros((m, k + 4 - k % 4), dtype=np.int8)
-        padded[:, :k] = a
-        a = padded
-    return a.view(np.int32)
-
-
 def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp: np.ndarray,
          epi: _Epilogue | None = None) -> np.ndarray:
     """a (M, K) times the packed panels over K groups [k4_lo, k4_hi): int32 (exact mod 2**32), or float32
@@ -513,8 +526,8 @@ def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp:
         mpan = (m + MR - 1) // MR
         mb_panels, jc_panels = _vnni_schedule(mpan, npan, k4_hi - k4_lo, threads)
         nt = int(NT_STORES and n % 16 == 0 and c.ctypes.data % 64 == 0)
-        _vnni_gemm_kernel(_a_words(a), pb.data, comp, m, n, kp4, k4_lo, k4_hi, mb_panels, jc_panels, KC4, nt,
-                          c, out, *args)
+        _vnni_gemm_kernel(np.ascontiguousarray(a).reshape(-1).view(np.uint8), pb.data, comp, m, n, a.shape[1], kp4, k4_lo, k4_hi,
+                          mb_panels, jc_panels, KC4, nt, c, out, *args)
     else:
         npg = (n + NRG - 1) // NRG
         nmb = max(1, min(-(-m // RBG), -(-2 * threads // npg)))
@@ -895,54 +908,44 @@ def _int4_gemv_kernel(xe, xo, xgs, q4u, scale, zp8, bias, out, gb):  # pragma: n
         out[j] = tot + bias[j]
 
 
-#: rows per GEMV task: several concurrent DRAM streams per thread (one stream is latency-bound)
+#: rows per GEMV task: several concurrent DRAM streams per thread, and the x vectors of a step loaded once for
+#: all of them (measured on the 4096x4096 g128 benchmark, interleaved: 4 rows ~ 8 rows > 2 rows)
 _GEMV_RB = 4
-#: software prefetch distance of the INT4 GEMV, in rows
+#: software prefetch distance of the INT4 GEMV, in rows (one line per row and group, the next task's rows)
 _GEMV_PF_ROWS = 4
 
 if has_avx512_vnni():
-    from ._vnni import int4_dot, prefetch
+    from ._wo_ir import make_int4_rows
+
+    _int4_rows_blk = make_int4_rows(_GEMV_RB)
+    _int4_rows_one = make_int4_rows(1)
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _int4_gemv_zmm_kernel(xe, xo, xgs, q4u, scale, zp8, bias, out, gb):  # pragma: no cover - compiled
-        """As _int4_gemv_kernel, with the group dot products in explicit 16-lane IR (int4_dot), four rows
-        per task (four concurrent streams) and a software prefetch of the rows four ahead.  gb % 16 == 0."""
+        """As _int4_gemv_kernel, with the row dot products in explicit zmm IR (:func:`._wo_ir.make_int4_rows`:
+        nibbles decoded by ``vpermps`` table lookups, group sums kept as vectors and scaled by a broadcast,
+        one horizontal sum per row), ``_GEMV_RB`` rows per task and a software prefetch of the next task's
+        rows.  ``gb % 16 == 0`` (so ``nb % 16 == 0``).  The ``zp8 * xgs`` term is a scalar per (row, group)."""
         n, nb = q4u.shape
         ngroups = scale.shape[1]
         qf = q4u.reshape(n * nb)
-        nblk = (n + _GEMV_RB - 1) // _GEMV_RB
-        for t in prange(nblk):
+        sf = scale.reshape(n * ngroups)
+        nblk = n // _GEMV_RB
+        for t in prange(nblk + 1):
             j0 = t * _GEMV_RB
-            if j0 + _GEMV_RB <= n:
-                t0 = np.float32(0.0)
-                t1 = np.float32(0.0)
-                t2 = np.float32(0.0)
-                t3 = np.float32(0.0)
-                for g in range(ngroups):
-                    base = j0 * nb + g * gb
-                    if j0 + _GEMV_PF_ROWS + _GEMV_RB <= n:
-                        for r in range(_GEMV_RB):
-                            prefetch(qf, base + (_GEMV_PF_ROWS + r) * nb)
-                    xg = xgs[g]
-                    d0 = int4_dot(qf, base, xe, xo, g * gb, gb)
-                    d1 = int4_dot(qf, base + nb, xe, xo, g * gb, gb)
-                    d2 = int4_dot(qf, base + 2 * nb, xe, xo, g * gb, gb)
-                    d3 = int4_dot(qf, base + 3 * nb, xe, xo, g * gb, gb)
-                    t0 += scale[j0, g] * (d0 - zp8[j0, g] * xg)
-                    t1 += scale[j0 + 1, g] * (d1 - zp8[j0 + 1, g] * xg)
-                    t2 += scale[j0 + 2, g] * (d2 - zp8[j0 + 2, g] * xg)
-                    t3 += scale[j0 + 3, g] * (d3 - zp8[j0 + 3, g] * xg)
-                out[j0] = t0 + bias[j0]
-                out[j0 + 1] = t1 + bias[j0 + 1]
-                out[j0 + 2] = t2 + bias[j0 + 2]
-                out[j0 + 3] = t3 + bias[j0 + 3]
+            if t < nblk:
+                pf = _GEMV_PF_ROWS * nb if j0 + _GEMV_PF_ROWS + _GEMV_RB <= n else 0
+                _int4_rows_blk(qf, j0 * nb, nb, xe, xo, sf, j0 * ngroups, ngroups, gb, pf, out, j0)
+                j1 = j0 + _GEMV_RB
             else:
                 for j in range(j0, n):
-                    tot = np.float32(0.0)
-                    for g in range(ngroups):
-                        d = int4_dot(qf, j * nb + g * gb, xe, xo, g * gb, gb)
-                        tot += scale[j, g] * (d - zp8[j, g] * xgs[g])
-                    out[j] = tot + bias[j]
+                    _int4_rows_one(qf, j * nb, nb, xe, xo, sf, j * ngroups, ngroups, gb, 0, out, j)
+                j1 = n
+            for j in range(j0, j1):
+                c = np.float32(0.0)
+                for g in range(ngroups):
+                    c += scale[j, g] * zp8[j, g] * xgs[g]
+                out[j] = out[j] - c + bias[j]
 
 
 @njit(parallel=True, fastmath=True, cache=True)

@@ -1,0 +1,349 @@
+"""Weight-only INT4 micro-kernels in LLVM IR (zmm registers; used only when the CPU has AVX-512).
+
+Numba's vectorizer stops at 256-bit vectors on this CPU and cannot keep a tile of accumulators in registers
+across a runtime loop, so the inner loops of the weight-only INT4 GEMV and of the fused batched W4A16 GEMM are
+written here directly in IR (``numba.extending.intrinsic`` + ``llvmlite.ir``, as in :mod:`._vnni`).
+
+Nibble decoding (both kernels): 16 weight bytes are zero-extended to 16 int32 lanes; ``vpermps``
+(``llvm.x86.avx512.permvar.sf.512``) looks up the low nibble in a 16-entry float table (it reads only the
+low 4 bits of each index lane, so no mask is needed), a 4-bit right shift and a second lookup give the high
+nibble.  The bytes are the offset-binary nibbles of ``PackedWeights`` (``u = v + 8`` in [0, 15]), the table
+holds ``0.0 .. 15.0``: exact, and the ``-(zero_point + 8)`` term is applied per group by the caller.  16 bytes
+hold the weights ``2i`` (low nibbles, ``xe``) and ``2i + 1`` (high nibbles, ``xo``) of 16 consecutive byte
+positions ``i``: that is the *chunk order* of 32 consecutive inputs (16 even, then 16 odd) used below.
+
+All kernels trust their inputs: the callers in :mod:`.gemm` check shapes, dtypes and that every 16-byte load
+stays inside the packed row (``bytes per row % 16 == 0``).
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_F32 = ir.FloatType()
+_I8 = ir.IntType(8)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_VF = ir.VectorType(_F32, 16)
+_VI = ir.VectorType(_I32, 16)
+_VB = ir.VectorType(_I8, 16)
+_ZERO = ir.Constant(_VF, [0.0] * 16)
+_TABLE = ir.Constant(_VF, [float(u) for u in range(16)])
+_FOUR = ir.Constant(_VI, [4] * 16)
+_SPLAT0 = ir.Constant(_VI, [0] * 16)
+
+
+class _Em:
+    """IR helpers bound to one builder and the intrinsic's arguments."""
+
+    def __init__(self, context, builder, signature, args):
+        self.c, self.b, self.st, self.args = context, builder, signature.args, args
+        mod = builder.module
+        self.fma_fn = cgutils.get_or_insert_function(mod, ir.FunctionType(_VF, [_VF, _VF, _VF]), "llvm.fma.v16f32")
+        self.perm_fn = cgutils.get_or_insert_function(mod, ir.FunctionType(_VF, [_VF, _VI]),
+                                                      "llvm.x86.avx512.permvar.sf.512")
+        self.pf_fn = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
+
+    def i64(self, k):
+        return self.c.cast(self.b, self.args[k], self.st[k], types.int64)
+
+    def ptr(self, k, elem):
+        ary = self.c.make_array(self.st[k])(self.c, self.b, self.args[k])
+        return self.b.bitcast(ary.data, elem.as_pointer())
+
+    @staticmethod
+    def k(v):
+        return ir.Constant(_I64, v)
+
+    def fma(self, a, x, acc):
+        return self.b.call(self.fma_fn, [a, x, acc])
+
+    def splat(self, s):
+        b = self.b
+        v = b.insert_element(ir.Constant(_VF, ir.Undefined), s, ir.Constant(_I32, 0))
+        return b.shuffle_vector(v, ir.Constant(_VF, ir.Undefined), _SPLAT0)
+
+    def vload(self, fptr, off, align=4):
+        return self.b.load(self.b.bitcast(self.b.gep(fptr, [off]), _VF.as_pointer()), align=align)
+
+    def vstore(self, val, fptr, off, align=4):
+        self.b.store(val, self.b.bitcast(self.b.gep(fptr, [off]), _VF.as_pointer()), align=align)
+
+    def nibbles(self, qptr, off):
+        """(low, high) nibbles of the 16 bytes at qptr + off as float vectors (0.0 .. 15.0)."""
+        b = self.b
+        q = b.zext(b.load(b.bitcast(b.gep(qptr, [off]), _VB.as_pointer()), align=1), _VI)
+        lo = b.call(self.perm_fn, [_TABLE, q])
+        hi = b.call(self.perm_fn, [_TABLE, b.lshr(q, _FOUR)])
+        return lo, hi
+
+    def prefetch(self, i8ptr, off, locality=3):
+        self.b.call(self.pf_fn, [self.b.gep(i8ptr, [off]), ir.Constant(_I32, 0), ir.Constant(_I32, locality),
+                                 ir.Constant(_I32, 1)])
+
+    def hsum(self, v):
+        b = self.b
+        width = 16
+        while width > 1:
+            half = width // 2
+            lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
+            hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
+            v = b.fadd(lo, hi)
+            width = half
+        return b.extract_element(v, ir.Constant(_I32, 0))
+
+
+class _Loop:
+    """A counted loop ``for i in range(start, stop, step)`` with loop-carried values (phis)."""
+
+    def __init__(self, b, name, start, stop, step, carried):
+        self.b, self.step = b, step
+        self.pre = b.basic_block
+        self.head = b.append_basic_block(f"{name}_head")
+        self.body = b.append_basic_block(f"{name}_body")
+        self.exit = b.append_basic_block(f"{name}_exit")
+        b.branch(self.head)
+        b.position_at_end(self.head)
+        self.i = b.phi(_I64)
+        self.i.add_incoming(start, self.pre)
+        self.vals = []
+        for v in carried:
+            p = b.phi(v.type)
+            p.add_incoming(v, self.pre)
+            self.vals.append(p)
+        b.cbranch(b.icmp_signed("<", self.i, stop), self.body, self.exit)
+        b.position_at_end(self.body)
+
+    def close(self, new_vals):
+        b = self.b
+        nxt = b.add(self.i, ir.Constant(_I64, self.step))
+        end = b.basic_block
+        b.branch(self.head)
+        self.i.add_incoming(nxt, end)
+        for p, v in zip(self.vals, new_vals):
+            p.add_incoming(v, end)
+        b.position_at_end(self.exit)
+        return self.vals
+
+
+def make_int4_rows(rows: int):
+    """An intrinsic ``f(q, q_off, nb, xe, xo, scale, s_off, ngroups, gb, pf, out, out_off)`` (INT4 GEMV rows).
+
+    For ``r < rows``: ``out[out_off + r] = sum_g scale[s_off + r*ngroups + g] * sum_{i in group g}
+    (xe[i] * lo(q[q_off + r*nb + i]) + xo[i] * hi(...))`` with groups of ``gb`` bytes (``gb % 16 == 0``,
+    ``ngroups * gb == nb``).  The group sums stay vectors: ``tot = fma(splat(scale), group_acc, tot)``, one
+    horizontal sum per row; the x vectors of a 16-byte step are loaded once for all ``rows`` rows.  ``pf``
+    (bytes, 0: none): each row's line ``pf`` bytes ahead is prefetched once per group.
+    """
+
+    @intrinsic
+    def int4_rows(typingctx, q, q_off, nb, xe, xo, scale, s_off, ngroups, gb, pf, out, out_off):
+        if not all(isinstance(t, types.Integer) for t in (q_off, nb, s_off, ngroups, gb, pf, out_off)):
+            return None
+        sig = types.void(q, q_off, nb, xe, xo, scale, s_off, ngroups, gb, pf, out, out_off)
+
+        def codegen(context, builder, signature, args):
+            e = _Em(context, builder, signature, args)
+            b = builder
+            q_off_v, nb_v, s_off_v, ng_v, gb_v, pf_v, o_off_v = (e.i64(i) for i in (1, 2, 6, 7, 8, 9, 11))
+            qp = b.gep(e.ptr(0, _I8), [q_off_v])
+            xep, xop = e.ptr(3, _F32), e.ptr(4, _F32)
+            sp = b.gep(e.ptr(5, _F32), [s_off_v])
+            op = b.gep(e.ptr(10, _F32), [o_off_v])
+            rowq = [b.gep(qp, [b.mul(nb_v, e.k(r))]) for r in range(rows)]
+            rows_s = [b.gep(sp, [b.mul(ng_v, e.k(r))]) for r in range(rows)]
+            do_pf = b.icmp_signed("!=", pf_v, e.k(0))
+
+            gl = _Loop(b, "i4g", e.k(0), ng_v, 1, [_ZERO] * rows)
+            g = gl.i
+            gstart = b.mul(g, gb_v)
+            with b.if_then(do_pf):
+                for r in range(rows):
+                    e.prefetch(rowq[r], b.add(gstart, pf_v))
+            sl = _Loop(b, "i4s", gstart, b.add(gstart, gb_v), 16, [_ZERO] * (2 * rows))
+            i = sl.i
+            xv_e = e.vload(xep, i)
+            xv_o = e.vload(xop, i)
+            acc = list(sl.vals)
+            for r in range(rows):
+                lo, hi = e.nibbles(rowq[r], i)
+                acc[2 * r] = e.fma(xv_e, lo, acc[2 * r])
+                acc[2 * r + 1] = e.fma(xv_o, hi, acc[2 * r + 1])
+            accs = sl.close(acc)
+            tots = []
+            for r in range(rows):
+                s = b.load(b.gep(rows_s[r], [g]), align=4)
+                tots.append(e.fma(e.splat(s), b.fadd(accs[2 * r], accs[2 * r + 1]), gl.vals[r]))
+            tots = gl.close(tots)
+            for r in range(rows):
+                b.store(e.hsum(tots[r]), b.gep(op, [e.k(r)]), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    int4_rows.__name__ = f"int4_rows_{rows}"
+    return int4_rows
+
+
+def make_dequant4_panel(rows: int):
+    """An intrinsic ``f(q, q_off, nb, b0, b1, gb, scale, zp8, s_off, ngroups, buf, ldb)``: dequantize bytes
+    ``[b0, b1)`` of ``rows`` consecutive INT4 rows into a float32 panel in chunk order.
+
+    ``buf[r*ldb + 2*(i - b0) + h]`` for byte ``i`` (16-byte steps; ``h`` 0: the 16 low nibbles of the step,
+    1: the 16 high nibbles, i.e. ``buf`` row r holds 32 inputs per step in chunk order) =
+    ``(nibble - zp8[g]) * scale[g]`` of row ``r``, group ``g = i // gb``.  ``b0``, ``b1`` and ``gb`` are multiples
+    of 16; scale/zp8 rows are ``s_off + r*ngroups``."""
+
+    @intrinsic
+    def deq(typingctx, q, q_off, nb, b0, b1, gb, scale, zp8, s_off, ngroups, buf, ldb):
+        if not all(isinstance(t, types.Integer) for t in (q_off, nb, b0, b1, gb, s_off, ngroups, ldb)):
+            return None
+        sig = types.void(q, q_off, nb, b0, b1, gb, scale, zp8, s_off, ngroups, buf, ldb)
+
+        def codegen(context, builder, signature, args):
+            e = _Em(context, builder, signature, args)
+            b = builder
+            q_off_v, nb_v, b0_v, b1_v, gb_v, s_off_v, ng_v, ldb_v = (e.i64(i) for i in (1, 2, 3, 4, 5, 8, 9, 11))
+            qp = b.gep(e.ptr(0, _I8), [q_off_v])
+            sp = b.gep(e.ptr(6, _F32), [s_off_v])
+            zp = b.gep(e.ptr(7, _F32), [s_off_v])
+            bp = e.ptr(10, _F32)
+            # groups overlapping [b0, b1): g0 = b0 // gb .. (b1 - 1) // gb
+            g0 = b.sdiv(b0_v, gb_v)
+            g1 = b.add(b.sdiv(b.sub(b1_v, e.k(1)), gb_v), e.k(1))
+            for r in range(rows):
+                rq = b.gep(qp, [b.mul(nb_v, e.k(r))])
+                rs = b.gep(sp, [b.mul(ng_v, e.k(r))])
+                rz = b.gep(zp, [b.mul(ng_v, e.k(r))])
+                rb = b.gep(bp, [b.sub(b.mul(ldb_v, e.k(r)), b.mul(b0_v, e.k(2)))])
+                gl = _Loop(b, f"dq{r}g", g0, g1, 1, [])
+                g = gl.i
+                s = b.load(b.gep(rs, [g]), align=4)
+                z = b.load(b.gep(rz, [g]), align=4)
+                sv = e.splat(s)
+                cv = e.splat(b.fmul(b.fneg(z), s))
+                lo_b = b.mul(g, gb_v)
+                hi_b = b.add(lo_b, gb_v)
+                lo_b = b.select(b.icmp_signed("<", lo_b, b0_v), b0_v, lo_b)
+                hi_b = b.select(b.icmp_signed(">", hi_b, b1_v), b1_v, hi_b)
+                sl = _Loop(b, f"dq{r}s", lo_b, hi_b, 16, [])
+                i = sl.i
+                lo, hi = e.nibbles(rq, i)
+                o = b.mul(i, e.k(2))
+                e.vstore(e.fma(lo, sv, cv), rb, o)
+                e.vstore(e.fma(hi, sv, cv), rb, b.add(o, e.k(16)))
+                sl.close([])
+                gl.close([])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    deq.__name__ = f"dequant4_panel_{rows}"
+    return deq
+
+
+def make_wo_tile(mr: int, nv: int):
+    """An intrinsic ``f(w, w_off, ldw, xt, x_off, ldx, kc, c, c_off, ldc)``: the fused weight-only register tile.
+
+    ``c[c_off + r*ldc + 16*v + l] += sum_{p < kc} w[w_off + r*ldw + p] * xt[x_off + p*ldx + 16*v + l]`` for
+    ``r < mr`` output channels (rows of the dequantized weight panel ``w``) and ``16*nv`` tokens (columns of the
+    transposed activations ``xt``); ``mr * nv`` zmm accumulators stay in registers for the whole ``kc`` loop,
+    each weight is broadcast once per step and used for ``nv`` FMAs."""
+
+    @intrinsic
+    def tile(typingctx, w, w_off, ldw, xt, x_off, ldx, kc, c, c_off, ldc):
+        if not all(isinstance(t, types.Integer) for t in (w_off, ldw, x_off, ldx, kc, c_off, ldc)):
+            return None
+        sig = types.void(w, w_off, ldw, xt, x_off, ldx, kc, c, c_off, ldc)
+
+        def codegen(context, builder, signature, args):
+            e = _Em(context, builder, signature, args)
+            b = builder
+            w_off_v, ldw_v, x_off_v, ldx_v, kc_v, c_off_v, ldc_v = (e.i64(i) for i in (1, 2, 4, 5, 6, 8, 9))
+            wp = b.gep(e.ptr(0, _F32), [w_off_v])
+            xp = b.gep(e.ptr(3, _F32), [x_off_v])
+            cp = b.gep(e.ptr(7, _F32), [c_off_v])
+            wrows = [b.gep(wp, [b.mul(ldw_v, e.k(r))]) for r in range(mr)]
+            coffs = [[b.add(b.mul(ldc_v, e.k(r)), e.k(16 * v)) for v in range(nv)] for r in range(mr)]
+            init = [e.vload(cp, coffs[r][v]) for r in range(mr) for v in range(nv)]
+            lp = _Loop(b, "wot", e.k(0), kc_v, 1, init)
+            p = lp.i
+            xo = b.mul(p, ldx_v)
+            xv = [e.vload(xp, b.add(xo, e.k(16 * v))) for v in range(nv)]
+            acc = list(lp.vals)
+            for r in range(mr):
+                wb = e.splat(b.load(b.gep(wrows[r], [p]), align=4))
+                for v in range(nv):
+                    acc[r * nv + v] = e.fma(wb, xv[v], acc[r * nv + v])
+            acc = lp.close(acc)
+            for r in range(mr):
+                for v in range(nv):
+                    e.vstore(acc[r * nv + v], cp, coffs[r][v])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    tile.__name__ = f"wo_tile_{mr}x{16 * nv}"
+    return tile
+
+
+def make_int4_rows64(rows: int):
+    """An intrinsic ``f(q, q_off, nb, xp, scale, s_off, ngroups, gb, pf, out, out_off)``: as
+    :func:`make_int4_rows` for groups of whole 64-byte chunks (``gb % 64 == 0``), with one 64-byte load per
+    row and chunk instead of four 16-byte zero-extending loads.
+
+    Lane ``l`` of the chunk's 16 dwords holds the 8 nibbles of inputs ``128c + 8l .. 128c + 8l + 7``; nibble
+    ``s`` (bits ``4s .. 4s+3``) is looked up after a right shift by ``4s`` (``vpermps`` ignores the higher index
+    bits), so the activations come in *lane order*: ``xp[128c + 16s + l] = x[128c + 8l + s]``."""
+
+    @intrinsic
+    def int4_rows64(typingctx, q, q_off, nb, xp, scale, s_off, ngroups, gb, pf, out, out_off):
+        if not all(isinstance(t, types.Integer) for t in (q_off, nb, s_off, ngroups, gb, pf, out_off)):
+            return None
+        sig = types.void(q, q_off, nb, xp, scale, s_off, ngroups, gb, pf, out, out_off)
+
+        def codegen(context, builder, signature, args):
+            e = _Em(context, builder, signature, args)
+            b = builder
+            q_off_v, nb_v, s_off_v, ng_v, gb_v, pf_v, o_off_v = (e.i64(i) for i in (1, 2, 5, 6, 7, 8, 10))
+            qp = b.gep(e.ptr(0, _I8), [q_off_v])
+            xpp = e.ptr(3, _F32)
+            sp = b.gep(e.ptr(4, _F32), [s_off_v])
+            op = b.gep(e.ptr(9, _F32), [o_off_v])
+            rowq = [b.gep(qp, [b.mul(nb_v, e.k(r))]) for r in range(rows)]
+            rows_s = [b.gep(sp, [b.mul(ng_v, e.k(r))]) for r in range(rows)]
+            do_pf = b.icmp_signed("!=", pf_v, e.k(0))
+            gl = _Loop(b, "i4g", e.k(0), ng_v, 1, [_ZERO] * rows)
+            g = gl.i
+            gstart = b.mul(g, gb_v)
+            sl = _Loop(b, "i4c", gstart, b.add(gstart, gb_v), 64, [_ZERO] * (2 * rows))
+            i = sl.i
+            with b.if_then(do_pf):
+                for r in range(rows):
+                    e.prefetch(rowq[r], b.add(i, pf_v))
+            xo = b.mul(i, e.k(2))
+            xv = [e.vload(xpp, b.add(xo, e.k(16 * s))) for s in range(8)]
+            acc = list(sl.vals)
+            for r in range(rows):
+                qv = b.load(b.bitcast(b.gep(rowq[r], [i]), _VI.as_pointer()), align=1)
+                for s in range(8):
+                    idx = qv if s == 0 else b.lshr(qv, ir.Constant(_VI, [4 * s] * 16))
+                    nib = b.call(e.perm_fn, [_TABLE, idx])
+                    acc[2 * r + (s & 1)] = e.fma(xv[s], nib, acc[2 * r + (s & 1)])
+            accs = sl.close(acc)
+            tots = []
+            for r in range(rows):
+                s = b.load(b.gep(rows_s[r], [g]), align=4)
+                tots.append(e.fma(e.splat(s), b.fadd(accs[2 * r], accs[2 * r + 1]), gl.vals[r]))
+            tots = gl.close(tots)
+            for r in range(rows):
+                b.store(e.hsum(tots[r]), b.gep(op, [e.k(r)]), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    int4_rows64.__name__ = f"int4_rows64_{rows}"
+    return int4_rows64
