@@ -43,7 +43,7 @@ latency, each with its source there.  ``load_network("a100-80gb:nvlink3")`` pick
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..kernels._validate import check_choice, check_fraction, check_int
 
@@ -60,6 +60,9 @@ __all__ = [
     "ring_allreduce_time",
     "tree_allreduce_time",
     "allgather_time",
+    "ring_segments",
+    "GLOO_SEGMENT_BYTES",
+    "GLOO_MIN_SEGMENTS",
     "allreduce_bytes_per_worker",
     "allgather_bytes_per_worker",
     "hierarchical_allreduce_time",
@@ -84,7 +87,17 @@ VALUE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 @dataclass(frozen=True)
 class Network:
     """One link type: ``bandwidth_bytes_per_s`` per direction per worker (beta), ``latency_s`` per message
-    (alpha), ``gamma_s_per_byte`` for reducing (summing) received bytes (0 = free), and where they come from."""
+    (alpha), ``gamma_s_per_byte`` for reducing (summing) received bytes (0 = free), and where they come from.
+
+    Optional second bandwidth regime (a piecewise-linear, continuous time in the bytes sent): with
+    ``breakpoint_bytes`` and ``large_bandwidth_bytes_per_s`` both given, the first ``breakpoint_bytes`` a
+    worker sends in one collective call move at ``bandwidth_bytes_per_s`` and the rest at
+    ``large_bandwidth_bytes_per_s`` — the size-dependent parameters of the PLogP model (Kielmann, Bal &
+    Verstoep, "Fast measurement of LogP parameters for message passing platforms", IPDPS 2000) reduced to one
+    breakpoint.  On a host loopback (workers as processes of one machine, the "link" is its memory and
+    cores) the copies slow down once the buffers stop being cache-resident; on a NIC the eager / rendezvous
+    protocol switch plays the same role.  Without them (the shipped links) every byte moves at ``beta``.
+    """
 
     id: str
     name: str
@@ -92,6 +105,8 @@ class Network:
     latency_s: float
     gamma_s_per_byte: float = 0.0
     source: str = ""
+    breakpoint_bytes: float | None = None
+    large_bandwidth_bytes_per_s: float | None = None
 
     def __post_init__(self):
         for f in ("bandwidth_bytes_per_s",):
@@ -102,10 +117,27 @@ class Network:
             v = getattr(self, f)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"network {self.id!r}: {f} must be a finite number >= 0, got {v!r}")
+        if (self.breakpoint_bytes is None) != (self.large_bandwidth_bytes_per_s is None):
+            raise ValueError(f"network {self.id!r}: breakpoint_bytes and large_bandwidth_bytes_per_s go "
+                             "together; give both or neither")
+        if self.breakpoint_bytes is not None:
+            for f, low in (("breakpoint_bytes", "0"), ("large_bandwidth_bytes_per_s", "0")):
+                v = getattr(self, f)
+                if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                    raise ValueError(f"network {self.id!r}: {f} must be a finite number > {low}, got {v!r}")
+
+    def transfer_time(self, nbytes: float) -> float:
+        """Seconds to send ``nbytes`` (one worker, one collective call) at the link's bandwidth: ``n / beta``,
+        or with a breakpoint ``min(n, b) / beta + max(0, n - b) / beta_large``."""
+        n = float(nbytes)
+        if self.breakpoint_bytes is None or n <= self.breakpoint_bytes:
+            return n / self.bandwidth_bytes_per_s
+        b = self.breakpoint_bytes
+        return b / self.bandwidth_bytes_per_s + (n - b) / self.large_bandwidth_bytes_per_s
 
     def message_time(self, nbytes: float) -> float:
-        """alpha + n / beta."""
-        return self.latency_s + nbytes / self.bandwidth_bytes_per_s
+        """alpha + n / beta (with the breakpoint, if any: alpha + :meth:`transfer_time`)."""
+        return self.latency_s + self.transfer_time(nbytes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -251,42 +283,86 @@ def allgather_bytes_per_worker(nbytes_per_worker: float, workers: int) -> float:
 # --- collective times ---------------------------------------------------------------------------------
 
 
-def ring_allreduce_time(nbytes: float, workers: int, network, *, messages: int = 1) -> float:
-    """Ring all-reduce of ``nbytes`` over ``workers``: ``2(p-1) alpha + 2(p-1)/p n/beta + (p-1)/p n gamma``.
+#: Largest piece gloo's ring all-reduce sends at once, and its least number of pieces per rank: the ring
+#: cuts the buffer into ``roundUp(max(ceil(n / 1 MiB), 2 p), p)`` segments (two in flight, so a send overlaps
+#: the reduction of the previous segment).  Source: gloo/allreduce.cc (the ``numSegments % context->size == 0``
+#: and ``numSegments >= context->size * 2`` checks are in torch 2.13's libtorch_cpu.so) and
+#: ``c10d::AsyncAllreduceWork::allreduce`` there, which stores ``maxSegmentSize = 0x100000`` and algorithm 0
+#: (unspecified = ring) into ``gloo::AllreduceOptions``.
+GLOO_SEGMENT_BYTES = 1 << 20
+GLOO_MIN_SEGMENTS = 2
 
-    ``messages`` > 1 splits the gradient into that many buckets (each pays the latency term).
+
+def ring_segments(nbytes: float, workers: int, *, segment_bytes: float | None = None,
+                  min_segments: int = 1) -> int:
+    """Segments per rank of a segmented ring all-reduce: ``max(min_segments, ceil(n / (p * segment_bytes)))``
+    (``min_segments`` without a segment size).  Each ring step then sends one segment per message, so the
+    all-reduce pays ``2 (p-1)`` times this many latencies.  gloo: ``segment_bytes = 1 MiB``,
+    ``min_segments = 2`` (:data:`GLOO_SEGMENT_BYTES`, :data:`GLOO_MIN_SEGMENTS`)."""
+    p = check_int(workers, "workers", minimum=1)
+    m = check_int(min_segments, "min_segments", minimum=1)
+    if segment_bytes is None:
+        return m
+    if isinstance(segment_bytes, bool) or not (isinstance(segment_bytes, (int, float))
+                                                and math.isfinite(segment_bytes) and segment_bytes > 0):
+        raise ValueError(f"segment_bytes: expected a finite number > 0 or None, got {segment_bytes!r}")
+    return max(m, math.ceil(float(nbytes) / (p * float(segment_bytes))))
+
+
+def ring_allreduce_time(nbytes: float, workers: int, network, *, messages: int = 1,
+                        segment_bytes: float | None = None, min_segments: int = 1) -> float:
+    """Ring all-reduce of ``nbytes`` over ``workers``: ``2(p-1) s alpha + T(2(p-1)/p n) + (p-1)/p n gamma``
+    with ``T`` the link's :meth:`Network.transfer_time` (``n / beta`` without a breakpoint) and ``s`` the
+    segments per rank (:func:`ring_segments`; 1 by default: the textbook ``2(p-1) alpha``).
+
+    ``messages`` > 1 splits the gradient into that many buckets (separate all-reduces of ``n / messages``
+    bytes; each pays its own latency terms).  ``segment_bytes`` / ``min_segments`` describe a backend that
+    cuts each buffer into pipelined segments (gloo: 1 MiB and 2).
     """
     net = load_network(network)
     p = check_int(workers, "workers", minimum=1)
     messages = check_int(messages, "messages", minimum=1)
+    s = ring_segments(nbytes / messages, p, segment_bytes=segment_bytes, min_segments=min_segments)
     if p == 1 or nbytes <= 0:
         return 0.0
-    return (2 * (p - 1) * net.latency_s * messages
-            + 2.0 * (p - 1) / p * nbytes / net.bandwidth_bytes_per_s
+    return (2 * (p - 1) * s * net.latency_s * messages
+            + messages * net.transfer_time(2.0 * (p - 1) / p * nbytes / messages)
             + (p - 1) / p * nbytes * net.gamma_s_per_byte)
 
 
 def tree_allreduce_time(nbytes: float, workers: int, network, *, messages: int = 1) -> float:
     """Binary-tree all-reduce (reduce to the root, then broadcast; the whole message per hop, no
-    pipelining): ``2 ceil(log2 p) (alpha + n/beta) + ceil(log2 p) n gamma``.  Wins over the ring only for
-    small messages (latency-bound)."""
+    pipelining): ``2 ceil(log2 p) (alpha + n/beta) + ceil(log2 p) n gamma`` (with a breakpoint, each hop's
+    message costs ``alpha +`` :meth:`Network.transfer_time`).  Wins over the ring only for small messages
+    (latency-bound)."""
     net = load_network(network)
     p = check_int(workers, "workers", minimum=1)
     messages = check_int(messages, "messages", minimum=1)
     if p == 1 or nbytes <= 0:
         return 0.0
     d = math.ceil(math.log2(p))
-    return (2 * d * (net.latency_s * messages + nbytes / net.bandwidth_bytes_per_s)
+    return (2 * d * messages * net.message_time(nbytes / messages)
             + d * nbytes * net.gamma_s_per_byte)
 
 
-def allgather_time(nbytes_per_worker: float, workers: int, network) -> float:
-    """Ring all-gather where each worker contributes ``e`` bytes: ``(p-1) (alpha + e/beta)``."""
+def allgather_time(nbytes_per_worker: float, workers: int, network, *, segments: int = 1) -> float:
+    """Ring all-gather where each worker contributes ``e`` bytes: ``(p-1) (s alpha + e/beta)``, i.e.
+    ``(p-1) s alpha + T((p-1) e)`` with :meth:`Network.transfer_time` when the link has a breakpoint.
+    ``segments`` (``s``, default 1): messages per ring step (gloo's all-gather sends each block as two
+    halves, two in flight: ``s = 2``)."""
     net = load_network(network)
     p = check_int(workers, "workers", minimum=1)
+    segments = check_int(segments, "segments", minimum=1)
     if p == 1:
         return 0.0
-    return (p - 1) * (net.latency_s + nbytes_per_worker / net.bandwidth_bytes_per_s)
+    return (p - 1) * segments * net.latency_s + net.transfer_time((p - 1) * nbytes_per_worker)
+
+
+def _shared(net: Network, share: float) -> Network:
+    """``net`` with every bandwidth scaled by ``share`` (the fraction of a node's links one worker gets)."""
+    large = None if net.large_bandwidth_bytes_per_s is None else net.large_bandwidth_bytes_per_s * share
+    return replace(net, id="node", name="node", bandwidth_bytes_per_s=net.bandwidth_bytes_per_s * share,
+                   large_bandwidth_bytes_per_s=large)
 
 
 def hierarchical_allreduce_time(nbytes: float, workers: int, nodes: int, intra, inter, *,
@@ -303,8 +379,7 @@ def hierarchical_allreduce_time(nbytes: float, workers: int, nodes: int, intra, 
     g = p // q
     # intra: reduce-scatter then all-gather = one ring all-reduce's worth of traffic among g workers
     intra_s = ring_allreduce_time(nbytes, g, intra)
-    node_bw = Network("node", "node", inter.bandwidth_bytes_per_s * nics / g, inter.latency_s,
-                      inter.gamma_s_per_byte)
+    node_bw = _shared(inter, nics / g)
     ar = ring_allreduce_time if algorithm == "ring" else tree_allreduce_time
     inter_s = ar(nbytes / g, q, node_bw) if q > 1 else 0.0
     intra_b = allreduce_bytes_per_worker(nbytes, g)
@@ -324,7 +399,7 @@ def hierarchical_allgather_time(nbytes_per_worker: float, workers: int, nodes: i
     nics = check_int(nics_per_node, "nics_per_node", minimum=1)
     g = p // q
     e = float(nbytes_per_worker)
-    node_bw = Network("node", "node", inter.bandwidth_bytes_per_s * nics / g, inter.latency_s)
+    node_bw = _shared(inter, nics / g)
     inter_s = allgather_time(e, q, node_bw) if q > 1 else 0.0
     intra_s = allgather_time(q * e, g, intra)
     inter_b = allgather_bytes_per_worker(e, q)

@@ -243,3 +243,91 @@ def test_bitmap_encoding():
     assert b < a
     with pytest.raises(ValueError, match="encoding"):
         comm.topk_bytes(10, 0.5, encoding="rle")
+
+
+# ------------------------------------------------------------------------------------ backend regimes
+def test_ring_segments_follow_gloo_rule():
+    mib = comm.GLOO_SEGMENT_BYTES
+    assert mib == 1 << 20 and comm.GLOO_MIN_SEGMENTS == 2
+
+    def gloo(n, p):
+        return comm.ring_segments(n, p, segment_bytes=mib, min_segments=2)
+
+    # small buffers: 2 segments per rank however small
+    assert gloo(4096, 2) == 2 and gloo(1, 4) == 2
+    # p = 2: at most 1 MiB per segment -> more than 2 per rank only above 2 * 2 MiB = 4 MiB
+    assert gloo(4 * mib, 2) == 2 and gloo(4 * mib + 1, 2) == 3
+    assert gloo(16 * mib, 2) == 8  # 16 segments of 1 MiB, 8 per rank
+    assert gloo(16 * mib, 4) == 4 and gloo(8 * mib, 4) == 2  # p = 4: the switch is at 8 MiB
+    # no segment size: the textbook one message per ring step (or min_segments)
+    assert comm.ring_segments(10**9, 8) == 1 and comm.ring_segments(10**9, 8, min_segments=3) == 3
+
+
+def test_segmented_ring_allreduce_hand_case():
+    mib = 1 << 20
+    # p = 2, n = 16 MiB: 8 segments per rank, 2 (p-1) 8 = 16 latencies; bandwidth term unchanged: 16 MiB / 1e9
+    t = comm.ring_allreduce_time(16 * mib, 2, NET, segment_bytes=mib, min_segments=2)
+    assert t == pytest.approx(16 * 10e-6 + 16 * mib / 1e9, rel=1e-12)
+    # p = 4, 1 KiB: 2 segments per rank -> 2 * 3 * 2 = 12 latencies, 1.5 KiB sent
+    t = comm.ring_allreduce_time(1024, 4, NET, segment_bytes=mib, min_segments=2)
+    assert t == pytest.approx(12 * 10e-6 + 1536 / 1e9, rel=1e-12)
+    # buckets: 2 buckets of 8 MiB at p = 2 -> 4 segments per rank each: 2 * 1 * 4 * 2 = 16 latencies
+    t = comm.ring_allreduce_time(16 * mib, 2, NET, messages=2, segment_bytes=mib, min_segments=2)
+    assert t == pytest.approx(16 * 10e-6 + 16 * mib / 1e9, rel=1e-12)
+
+
+def test_allgather_segments():
+    # p = 4, 1 MB each, two messages per ring step: 3 * 2 * 10 us + 3 MB / 1 GB/s
+    assert comm.allgather_time(1e6, 4, NET, segments=2) == pytest.approx(60e-6 + 3e-3, rel=1e-12)
+
+
+BP = comm.Network("bp", "two-regime link", 1e9, 10e-6, breakpoint_bytes=1e8, large_bandwidth_bytes_per_s=5e8)
+
+
+def test_breakpoint_transfer_time():
+    assert BP.transfer_time(5e7) == pytest.approx(0.05, rel=1e-12)  # below: 5e7 / 1e9
+    assert BP.transfer_time(1e8) == pytest.approx(0.1, rel=1e-12)  # at the breakpoint
+    assert BP.transfer_time(3e8) == pytest.approx(0.1 + 2e8 / 5e8, rel=1e-12)  # 0.1 + 0.4
+    assert BP.message_time(3e8) == pytest.approx(10e-6 + 0.5, rel=1e-12)
+    # continuous at the breakpoint
+    assert BP.transfer_time(1e8 * (1 + 1e-12)) == pytest.approx(BP.transfer_time(1e8), rel=1e-9)
+    assert NET.transfer_time(3e8) == pytest.approx(0.3, rel=1e-12)  # no breakpoint: n / beta
+
+
+def test_breakpoint_in_collectives():
+    # ring p = 4, n = 1e9: 1.5e9 bytes sent: 1e8 at 1 GB/s + 1.4e9 at 0.5 GB/s = 0.1 + 2.8 s; 6 latencies
+    assert comm.ring_allreduce_time(1e9, 4, BP) == pytest.approx(2.9 + 60e-6, rel=1e-12)
+    # all-gather p = 3 of 1e8 each: 2e8 sent: 0.1 + 0.2 s; 2 latencies
+    assert comm.allgather_time(1e8, 3, BP) == pytest.approx(0.3 + 20e-6, rel=1e-12)
+    # tree p = 2: 2 hops of 2e8 bytes each: 2 * (10 us + 0.1 + 0.2)
+    assert comm.tree_allreduce_time(2e8, 2, BP) == pytest.approx(2 * (10e-6 + 0.3), rel=1e-12)
+
+
+def test_breakpoint_shared_by_a_node():
+    intra = comm.Network("i", "i", 100e9, 1e-6)
+    inter = comm.Network("e", "e", 10e9, 10e-6, breakpoint_bytes=1e9, large_bandwidth_bytes_per_s=5e9)
+    # 16 workers on 2 nodes (g = 8): each shard of 16e9 / 8 = 2e9 bytes goes through a 2-node ring that sends
+    # 2e9 bytes per shard over 1/8 of the node's link: 1e9 / 1.25e9 + 1e9 / 0.625e9 = 0.8 + 1.6 s, + 2 * 10 us
+    h = comm.hierarchical_allreduce_time(16e9, 16, 2, intra, inter)
+    assert h["inter_s"] == pytest.approx(2.4 + 20e-6, rel=1e-12)
+
+
+def test_regime_bad_inputs():
+    with pytest.raises(ValueError, match="give both or neither"):
+        comm.Network("x", "x", 1e9, 1e-6, breakpoint_bytes=1e6)
+    with pytest.raises(ValueError, match="give both or neither"):
+        comm.Network("x", "x", 1e9, 1e-6, large_bandwidth_bytes_per_s=1e9)
+    with pytest.raises(ValueError, match="breakpoint_bytes"):
+        comm.Network("x", "x", 1e9, 1e-6, breakpoint_bytes=0.0, large_bandwidth_bytes_per_s=1e9)
+    with pytest.raises(ValueError, match="large_bandwidth"):
+        comm.Network("x", "x", 1e9, 1e-6, breakpoint_bytes=1e6, large_bandwidth_bytes_per_s=math.inf)
+    with pytest.raises(ValueError, match="segment_bytes"):
+        comm.ring_segments(1e6, 2, segment_bytes=0)
+    with pytest.raises(ValueError, match="segment_bytes"):
+        comm.ring_allreduce_time(1e6, 2, NET, segment_bytes=-1.0)
+    with pytest.raises(ValueError, match="min_segments"):
+        comm.ring_segments(1e6, 2, min_segments=0)
+    with pytest.raises(TypeError, match="segments"):
+        comm.allgather_time(1e6, 2, NET, segments=1.5)
+    with pytest.raises(ValueError, match="workers"):
+        comm.ring_segments(1e6, 0)
