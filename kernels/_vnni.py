@@ -8,7 +8,8 @@ vectors of the packed B panel and broadcasts one 4-byte group of the packed A pa
 
 Layouts (all produced by the packing kernels of ``gemm``; the micro-kernel trusts them):
 
-* packed A micro-panel, ``MR`` rows: ``[k4][MR][4]`` bytes, the A values offset by +128 (``a ^ 0x80``) so they are
+* packed A micro-panel, ``MR`` rows: blocks of ``KB`` K groups, ``[block][MR][KB * 4]`` bytes (each row's 64 bytes
+  of a block contiguous, so packing is a row-wise copy), the A values offset by +128 (``a ^ 0x80``) so they are
   unsigned;
 * packed B micro-panel, ``NR = 16 * NV`` columns: ``[k4][NR][4]`` signed bytes (column ``j`` of the panel, K
   values ``4*k4 .. 4*k4+3``);
@@ -43,139 +44,173 @@ def _splat(builder, scalar):
     return builder.shuffle_vector(vec, undef, zeros)
 
 
-def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
-    """An intrinsic ``mk(ap, a_off, bp, b_off, k4n, c, c_off, ldc, first, init, init_off)``.
+#: K groups of 4 per block of the packed A panel: each row's 64 bytes of a block are contiguous
+KB = 16
 
-    ``ap``/``bp``/``c``/``init`` are 1-D arrays (uint8 / int8 / int32 / int32); the offsets are element
-    offsets; ``k4n`` the number of K groups of 4; when ``first`` != 0 the accumulators start from
-    ``init[init_off : init_off + 16 * nv]`` (the same for every row), otherwise from the C tile.  The full
-    ``mr x 16*nv`` tile is read/written: the caller handles edges.  ``a_rows`` (default ``mr``) is the row
-    count of the packed A panel, so a narrower kernel can run over the first rows of a wider panel.
+
+def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
+    """An intrinsic ``mk(ap, a_off, bp, b_off, k4n, cin, cin_off, ldin, first, init, init_off, cout, cout_off,
+    ldout, nt)``.
+
+    ``ap``/``bp``/``cin``/``init``/``cout`` are 1-D arrays (uint8 / int8 / int32 / int32 / int32); offsets are
+    element offsets; ``k4n`` the number of K groups of 4.  The accumulators start from
+    ``init[init_off : init_off + 16 * nv]`` (the same for every row) when ``first`` != 0, otherwise from the
+    tile at ``cin`` (leading dimension ``ldin``); after the K loop the ``mr x 16*nv`` tile goes to ``cout``
+    (leading dimension ``ldout``), with non-temporal stores when ``nt`` != 0 (every row start 64-byte
+    aligned: the caller checks).  The full tile is read/written: the caller handles edges.  ``a_rows``
+    (default ``mr``) is the row count of the packed A panel, so a narrower kernel can run over the first rows
+    of a wider panel (``a_off + 64 * r`` selects row ``r``).
+
+    The K loop is unrolled over one A block (``KB`` groups): every broadcast and B load is a constant
+    displacement from two pointers that advance once per block; a remainder loop takes the last
+    ``k4n % KB`` groups.
     """
     nr = 16 * nv
     a_rows = mr if a_rows is None else a_rows
 
     @intrinsic
-    def mk(typingctx, ap, a_off, bp, b_off, k4n, c, c_off, ldc, first, init, init_off):
-        ints = (a_off, b_off, k4n, c_off, ldc, first, init_off)
+    def mk(typingctx, ap, a_off, bp, b_off, k4n, cin, cin_off, ldin, first, init, init_off, cout, cout_off, ldout,
+           nt):
+        ints = (a_off, b_off, k4n, cin_off, ldin, first, init_off, cout_off, ldout, nt)
         if not all(isinstance(t, types.Integer) for t in ints):
             return None
-        sig = types.void(ap, a_off, bp, b_off, k4n, c, c_off, ldc, first, init, init_off)
+        sig = types.void(ap, a_off, bp, b_off, k4n, cin, cin_off, ldin, first, init, init_off, cout, cout_off,
+                         ldout, nt)
 
         def codegen(context, builder, signature, args):
-            (ap_v, a_off_v, bp_v, b_off_v, k4n_v, c_v, c_off_v, ldc_v, first_v, init_v, init_off_v) = args
             st = signature.args
 
-            def i64(val, ty):
-                return context.cast(builder, val, ty, types.int64)
+            def i64(i):
+                return context.cast(builder, args[i], st[i], types.int64)
 
-            a_off_v, b_off_v, k4n_v = i64(a_off_v, st[1]), i64(b_off_v, st[3]), i64(k4n_v, st[4])
-            c_off_v, ldc_v, init_off_v = i64(c_off_v, st[6]), i64(ldc_v, st[7]), i64(init_off_v, st[10])
-            first_v = i64(first_v, st[8])
+            def data(i, ty):
+                return builder.bitcast(context.make_array(st[i])(context, builder, args[i]).data, ty.as_pointer())
 
-            a_data = builder.bitcast(context.make_array(st[0])(context, builder, ap_v).data, _I8.as_pointer())
-            b_data = builder.bitcast(context.make_array(st[2])(context, builder, bp_v).data, _I8.as_pointer())
-            c_data = builder.bitcast(context.make_array(st[5])(context, builder, c_v).data, _I32.as_pointer())
-            i_data = builder.bitcast(context.make_array(st[9])(context, builder, init_v).data, _I32.as_pointer())
-            a0 = builder.gep(a_data, [a_off_v])
-            b0 = builder.gep(b_data, [b_off_v])
-            c0 = builder.gep(c_data, [c_off_v])
-            i0 = builder.gep(i_data, [init_off_v])
+            def c64(x):
+                return ir.Constant(_I64, x)
+
+            a0 = builder.gep(data(0, _I8), [i64(1)])
+            b0 = builder.gep(data(2, _I8), [i64(3)])
+            k4n_v, ldin_v, first_v, ldout_v, nt_v = i64(4), i64(7), i64(8), i64(13), i64(14)
+            ci0 = builder.gep(data(5, _I32), [i64(6)])
+            i0 = builder.gep(data(9, _I32), [i64(10)])
+            co0 = builder.gep(data(11, _I32), [i64(12)])
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), _VPDPBUSD)
 
-            def vload(ptr_i32, elem_off):
-                p = builder.gep(ptr_i32, [ir.Constant(_I64, elem_off)]) if isinstance(elem_off, int) else \
-                    builder.gep(ptr_i32, [elem_off])
+            def vload(ptr, off):
+                p = builder.gep(ptr, [off if not isinstance(off, int) else c64(off)])
                 return builder.load(builder.bitcast(p, _V16.as_pointer()), align=4)
 
-            def vstore(val, ptr_i32, elem_off):
-                p = builder.gep(ptr_i32, [elem_off])
-                builder.store(val, builder.bitcast(p, _V16.as_pointer()), align=4)
-
-            # --- initial accumulators: from init (first K block) or from C ---------------------------------
-            entry_bb = builder.basic_block
             from_init_bb = builder.append_basic_block("mk_from_init")
             from_c_bb = builder.append_basic_block("mk_from_c")
-            loop_pre_bb = builder.append_basic_block("mk_pre")
-            header_bb = builder.append_basic_block("mk_header")
-            body_bb = builder.append_basic_block("mk_body")
+            pre_bb = builder.append_basic_block("mk_pre")
+            blk_head = builder.append_basic_block("mk_blk_head")
+            blk_body = builder.append_basic_block("mk_blk_body")
+            rem_pre = builder.append_basic_block("mk_rem_pre")
+            rem_head = builder.append_basic_block("mk_rem_head")
+            rem_body = builder.append_basic_block("mk_rem_body")
             exit_bb = builder.append_basic_block("mk_exit")
-            del entry_bb
-            is_first = builder.icmp_signed("!=", first_v, ir.Constant(_I64, 0))
-            builder.cbranch(is_first, from_init_bb, from_c_bb)
+            builder.cbranch(builder.icmp_signed("!=", first_v, c64(0)), from_init_bb, from_c_bb)
 
+            # --- initial accumulators: from init (first K block) or from C ---------------------------------
             builder.position_at_end(from_init_bb)
-            # the tile will only be written: fetch its lines for writing while the K loop runs
-            pf = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
-            for r in range(mr):
-                row_off = builder.mul(ldc_v, ir.Constant(_I64, r))
-                for v in range(nv):
-                    p = builder.bitcast(builder.gep(c0, [builder.add(row_off, ir.Constant(_I64, 16 * v))]),
-                                        _I8.as_pointer())
-                    builder.call(pf, [p, ir.Constant(_I32, 1), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
             init_vals = [vload(i0, 16 * v) for v in range(nv)]
-            init_acc = [[init_vals[v] for v in range(nv)] for _ in range(mr)]
-            builder.branch(loop_pre_bb)
-
+            builder.branch(pre_bb)
             builder.position_at_end(from_c_bb)
             c_acc = []
             for r in range(mr):
-                row_off = builder.mul(ldc_v, ir.Constant(_I64, r))
-                c_acc.append([vload(c0, builder.add(row_off, ir.Constant(_I64, 16 * v))) for v in range(nv)])
-            builder.branch(loop_pre_bb)
-
-            builder.position_at_end(loop_pre_bb)
-            pre_acc = []
+                row_off = builder.mul(ldin_v, c64(r))
+                c_acc.append([vload(ci0, builder.add(row_off, c64(16 * v))) for v in range(nv)])
+            builder.branch(pre_bb)
+            builder.position_at_end(pre_bb)
+            acc = []
             for r in range(mr):
                 row = []
                 for v in range(nv):
                     phi = builder.phi(_V16)
-                    phi.add_incoming(init_acc[r][v], from_init_bb)
+                    phi.add_incoming(init_vals[v], from_init_bb)
                     phi.add_incoming(c_acc[r][v], from_c_bb)
                     row.append(phi)
-                pre_acc.append(row)
-            builder.branch(header_bb)
+                acc.append(row)
+            nblk = builder.sdiv(k4n_v, c64(KB))
+            builder.branch(blk_head)
 
-            # --- K loop -----------------------------------------------------------------------------------
-            builder.position_at_end(header_bb)
-            k_phi = builder.phi(_I64)
-            k_phi.add_incoming(ir.Constant(_I64, 0), loop_pre_bb)
-            acc_phi = []
-            for r in range(mr):
-                row = []
-                for v in range(nv):
-                    phi = builder.phi(_V16)
-                    phi.add_incoming(pre_acc[r][v], loop_pre_bb)
-                    row.append(phi)
-                acc_phi.append(row)
-            go = builder.icmp_signed("<", k_phi, k4n_v)
-            builder.cbranch(go, body_bb, exit_bb)
+            def step(a_ptr, b_ptr, u, accs):
+                """One K group of 4 (``u``: index inside the block, constant or value)."""
+                if isinstance(u, int):
+                    b_off, a_off = c64(u * nr * 4), c64(4 * u)
+                else:
+                    b_off, a_off = builder.mul(u, c64(nr * 4)), builder.mul(u, c64(4))
+                bvec = [vload(b_ptr, builder.add(b_off, c64(64 * v))) for v in range(nv)]
+                out = []
+                for r in range(mr):
+                    p = builder.gep(a_ptr, [builder.add(a_off, c64(64 * r))])
+                    abc = _splat(builder, builder.load(builder.bitcast(p, _I32.as_pointer()), align=4))
+                    out.append([builder.call(fn, [accs[r][v], abc, bvec[v]]) for v in range(nv)])
+                return out
 
-            builder.position_at_end(body_bb)
-            a_ptr = builder.bitcast(builder.gep(a0, [builder.mul(k_phi, ir.Constant(_I64, 4 * a_rows))]),
-                                    _I32.as_pointer())
-            b_ptr = builder.bitcast(builder.gep(b0, [builder.mul(k_phi, ir.Constant(_I64, 4 * nr))]), _I32.as_pointer())
-            bvec = [vload(b_ptr, 16 * v) for v in range(nv)]
-            new_acc = []
-            for r in range(mr):
-                a32 = builder.load(builder.gep(a_ptr, [ir.Constant(_I64, r)]), align=4)
-                abc = _splat(builder, a32)
-                new_acc.append([builder.call(fn, [acc_phi[r][v], abc, bvec[v]]) for v in range(nv)])
-            k_next = builder.add(k_phi, ir.Constant(_I64, 1))
-            body_end = builder.basic_block
-            builder.branch(header_bb)
-            k_phi.add_incoming(k_next, body_end)
-            for r in range(mr):
-                for v in range(nv):
-                    acc_phi[r][v].add_incoming(new_acc[r][v], body_end)
+            def loop_phis(incoming, bb):
+                phis = [[builder.phi(_V16) for _ in range(nv)] for _ in range(mr)]
+                for r in range(mr):
+                    for v in range(nv):
+                        phis[r][v].add_incoming(incoming[r][v], bb)
+                return phis
 
-            # --- store the tile ---------------------------------------------------------------------------
+            def close_loop(phis, vals, bb):
+                for r in range(mr):
+                    for v in range(nv):
+                        phis[r][v].add_incoming(vals[r][v], bb)
+
+            # --- full blocks of KB groups, unrolled ----------------------------------------------------------
+            builder.position_at_end(blk_head)
+            kb = builder.phi(_I64)
+            kb.add_incoming(c64(0), pre_bb)
+            blk_acc = loop_phis(acc, pre_bb)
+            builder.cbranch(builder.icmp_signed("<", kb, nblk), blk_body, rem_pre)
+            builder.position_at_end(blk_body)
+            a_ptr = builder.gep(a0, [builder.mul(kb, c64(a_rows * 64))])
+            b_ptr = builder.gep(b0, [builder.mul(kb, c64(KB * nr * 4))])
+            cur = blk_acc
+            for u in range(KB):
+                cur = step(a_ptr, b_ptr, u, cur)
+            kb.add_incoming(builder.add(kb, c64(1)), builder.basic_block)
+            close_loop(blk_acc, cur, builder.basic_block)
+            builder.branch(blk_head)
+
+            # --- the last k4n % KB groups ---------------------------------------------------------------------
+            builder.position_at_end(rem_pre)
+            rem = builder.sub(k4n_v, builder.mul(nblk, c64(KB)))
+            a_last = builder.gep(a0, [builder.mul(nblk, c64(a_rows * 64))])
+            b_last = builder.gep(b0, [builder.mul(nblk, c64(KB * nr * 4))])
+            builder.branch(rem_head)
+            builder.position_at_end(rem_head)
+            u = builder.phi(_I64)
+            u.add_incoming(c64(0), rem_pre)
+            rem_acc = loop_phis(blk_acc, rem_pre)
+            builder.cbranch(builder.icmp_signed("<", u, rem), rem_body, exit_bb)
+            builder.position_at_end(rem_body)
+            cur = step(a_last, b_last, u, rem_acc)
+            u.add_incoming(builder.add(u, c64(1)), builder.basic_block)
+            close_loop(rem_acc, cur, builder.basic_block)
+            builder.branch(rem_head)
+
+            # --- store the tile: plain or non-temporal ------------------------------------------------------
             builder.position_at_end(exit_bb)
-            for r in range(mr):
-                row_off = builder.mul(ldc_v, ir.Constant(_I64, r))
-                for v in range(nv):
-                    vstore(acc_phi[r][v], c0, builder.add(row_off, ir.Constant(_I64, 16 * v)))
+            nt_bb = builder.append_basic_block("mk_store_nt")
+            st_bb = builder.append_basic_block("mk_store")
+            done_bb = builder.append_basic_block("mk_done")
+            builder.cbranch(builder.icmp_signed("!=", nt_v, c64(0)), nt_bb, st_bb)
+            for bb, nontemporal in ((nt_bb, True), (st_bb, False)):
+                builder.position_at_end(bb)
+                for r in range(mr):
+                    row_off = builder.mul(ldout_v, c64(r))
+                    for v in range(nv):
+                        p = builder.bitcast(builder.gep(co0, [builder.add(row_off, c64(16 * v))]), _V16.as_pointer())
+                        store = builder.store(rem_acc[r][v], p, align=64 if nontemporal else 4)
+                        if nontemporal:
+                            store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
+                builder.branch(done_bb)
+            builder.position_at_end(done_bb)
             return context.get_dummy_value()
 
         return sig, codegen
