@@ -48,6 +48,8 @@ def _calibrate(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(f"wrote {result['path']}")
+        tm = result["timing"]
+        print(f"  timing: {tm['statistic']}; {tm['rounds']} rounds in {tm['wall_s']:.0f} s")
         for k, v in result["measured"].items():
             print(f"  {k:<28} {v:.4g}")
     return 0
@@ -73,6 +75,18 @@ def _validate(args) -> int:
         for c in res[part]["cases"]:
             print(f"  {c['id'][:52]:<52} {c['family']:<14} {c['measured']:>11.4g} {c['predicted']:>11.4g} "
                   f"{c['unit']:<12} {_fmt_err(c['error']):>7}  {c['bound']}")
+    host = res.get("host")
+    if host:
+        tm = host["timing"]
+        print(f"\nhost timing: {tm['statistic']}; {tm['rounds']} rounds in {tm['wall_s']:.0f} s, "
+              f"{tm['threads']} threads")
+        print("anchors (calibration points re-measured now; drift = measured / calibrated - 1, the noise floor):")
+        for a in host["anchors"]:
+            print(f"  {a['id'][:60]:<60} {a['measured']:>10.4g} s vs {a['calibrated']:>10.4g} s  "
+                  f"drift {100 * a['drift']:+.1f}%")
+        om = host["on_medians"]
+        print(f"host error on medians instead of minima: median {_fmt_err(om['median_abs_error'])} / p90 "
+              f"{_fmt_err(om['p90_abs_error'])}")
     print("\nabsolute error by family (median / p90):")
     for fam, s in res["families"].items():
         print(f"  {fam:<16} {_fmt_err(s['median_abs_error']):>7} / {_fmt_err(s['p90_abs_error']):>7}  "
@@ -80,9 +94,13 @@ def _validate(args) -> int:
     print(f"  {'overall':<16} {_fmt_err(res['median_abs_error']):>7} / {_fmt_err(res['p90_abs_error']):>7}  "
           f"(n={res['n']}) {'ok' if res['target_met'] else 'ABOVE TARGET'}")
     if res.get("crossover"):
-        print("\ncrossover sparsity vs dense fp32 (measured / predicted):")
+        print("\ncrossover sparsity vs dense fp32 BLAS, same shape / batch / threads / statistic, same sparsity "
+              "grid (measured / predicted; model's exact value):")
         for r in res["crossover"]:
             m = "-" if r["measured_crossover"] is None else f"{r['measured_crossover']:.2f}"
             p = "-" if r["predicted_crossover"] is None else f"{r['predicted_crossover']:.2f}"
-            print(f"  {r['format']:<10} {m:>6} / {p:>6}  {'ok' if r['target_met'] else 'off by > 10 pp'}")
+            pc = r.get("predicted_continuous")
+            pc = "-" if pc is None else f"{pc:.2f}"
+            print(f"  {r['format']:<10} {m:>6} / {p:>6}  ({pc})  "
+                  f"{'ok' if r['target_met'] else 'off by > 10 pp'}")
     return 0

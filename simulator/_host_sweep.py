@@ -3,11 +3,20 @@
 Every case here differs in shape or sparsity from :data:`memwall.simulator.calibrate.CALIBRATION_POINTS`.
 Each case yields the GEMM it computes in the simulator's terms — ``m`` tokens (batch), ``n`` output
 features, ``k`` input features — the compression config that describes it, whether its weights stay warm in
-the last-level cache, and the measured median time.  Cold cases cycle through enough copies of the weights
-to exceed twice the LLC, so every call streams its weights from DRAM.
+the last-level cache, and its measured time.  Cold cases cycle through enough copies of the weights to exceed
+twice the LLC, so every call streams its weights from DRAM.
+
+How it is timed (:func:`memwall.simulator.validate.interleaved_times`, the statistic calibration uses too):
+every operand is built first; then rounds visit every case — the sweep, the crossover points and the anchors
+— once each, a warm-up call and then one sample (calls repeated until ``min_time`` passes, the mean per call),
+until the wall budget is spent.  A case's time is the *minimum* of its samples: interference from other
+tenants of a shared machine only ever adds time, and the rounds spread each case's samples over the whole
+sweep, so a slow phase of seconds to minutes hits every case alike instead of a few of them.  The median is
+kept beside it (``median_s``) to show the spread.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -45,6 +54,14 @@ _QUICK = {"gemv w4 g64 3072x3072 cold", "gemv fp32 3072x4096 cold", "gemv w8a8 4
 #: Shape of the measured crossover sweep (differs from the calibration shape 4096x4096 x 64).
 CROSSOVER_SHAPE = {"m": 32, "n": 3072, "k": 3072}
 CROSSOVER_SPARSITIES = (0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+_QUICK_CROSSOVER_SPARSITIES = (0.2, 0.5, 0.7, 0.8, 0.9, 0.95)
+CROSSOVER_FORMATS = (("csr", "csr"), ("bsr16", "bsr:16x16"), ("bsr32", "bsr:32x32"))
+
+#: Wall budget of the timed rounds (seconds) and the sample length; full / quick.
+BUDGET_S = {False: 32.0, True: 8.0}
+MIN_TIME_S = 0.01
+MIN_ROUNDS = 3
+MAX_ROUNDS = 40
 
 
 def _comp(kind: str, extra: dict) -> dict:
@@ -61,7 +78,7 @@ def _comp(kind: str, extra: dict) -> dict:
         return {"weights": "fp32", "acts": "fp32", "format": "bsr", "block": (b, b), "sparsity": extra["sparsity"]}
     if kind == "nm":
         return {"weights": "fp32", "acts": "fp32", "format": "nm", "n": extra["n"], "m": extra["m"]}
-    raise ValueError(kind)
+    raise ValueError(f"kind: unknown case kind {kind!r}")
 
 
 def _operands(kind: str, m: int, n: int, k: int, extra: dict, rng, copies: int):
@@ -103,63 +120,141 @@ def _nbytes(w) -> int:
     return int(w.nbytes)
 
 
-def sweep(*, quick: bool = False, progress=None, llc_bytes: int = 32 << 20) -> list[dict]:
-    """Run the sweep; one dict per case with the simulator's view of it and ``time_s`` (median)."""
-    from .validate import median_time
+def _copies(w, copies: int) -> list:
+    """``w`` and ``copies - 1`` deep copies (same values, separate memory: cycling through them keeps every
+    call's weights out of the caches; far cheaper than building each copy from a dense matrix)."""
+    return [w] + [copy.deepcopy(w) for _ in range(copies - 1)]
 
-    rng = np.random.default_rng(1)
-    cases = [c for c in CASES if not quick or c[0] in _QUICK]
+
+def _rotating(ws: list, call):
+    """A no-argument call that cycles through the weight copies ``ws``."""
+    counter = [0]
+
+    def run():
+        counter[0] += 1
+        return call(ws[counter[0] % len(ws)])
+
+    return run
+
+
+def selected_cases(quick: bool = False) -> list[tuple]:
+    return [c for c in CASES if not quick or c[0] in _QUICK]
+
+
+def build_sweep(*, quick: bool = False, llc_bytes: int = 32 << 20, rng=None) -> list[dict]:
+    """Operands of every sweep case: one dict per case with its simulator view and ``call`` (no argument)."""
+    rng = np.random.default_rng(1) if rng is None else rng
     out = []
-    for i, (cid, fam, kind, m, n, k, extra) in enumerate(cases):
-        warm = extra.get("warm", False)
+    for cid, fam, kind, m, n, k, extra in selected_cases(quick):
+        warm = bool(extra.get("warm", False))
         probe, call = _operands(kind, m, n, k, extra, rng, 1)
         copies = 1 if warm else max(2, math.ceil(2 * llc_bytes / max(_nbytes(probe[0]), 1)))
-        ws = probe if copies == 1 else _operands(kind, m, n, k, extra, rng, copies)[0]
-        counter = [0]
-
-        def run():
-            counter[0] += 1
-            return call(ws[counter[0] % len(ws)])
-
-        t = median_time(run, repeat=3 if quick else 5, min_time=0.02 if quick else 0.05)
-        out.append({"id": cid, "family": fam, "m": m, "n": n, "k": k, "comp": _comp(kind, extra),
-                    "warm": bool(warm), "time_s": t})
-        del ws, probe
-        if progress is not None:
-            progress(i + 1, len(cases), cid)
+        ws = _copies(probe[0], copies)
+        out.append({"id": cid, "family": fam, "m": m, "n": n, "k": k, "comp": _comp(kind, extra), "warm": warm,
+                    "call": _rotating(ws, call)})
     return out
 
 
-def measured_crossovers(*, quick: bool = False) -> dict:
-    """Measured crossover sparsity vs dense fp32 of CSR, BSR 16x16 and 32x32 on :data:`CROSSOVER_SHAPE`.
-
-    The dense baseline is timed in one block, then every sparse point in its own block: interleaving BLAS and
-    Numba calls call by call makes each library's spinning worker threads steal the cores of the other
-    (OpenBLAS and OpenMP both spin for a while after a parallel region), which on 2 cores doubles either time.
-    """
+def build_crossover(*, quick: bool = False, rng=None) -> dict:
+    """Operands of the crossover sweep on :data:`CROSSOVER_SHAPE`: the dense NumPy (BLAS) product ``W @ X`` and
+    every sparse point ``spmm(A, X)`` of the same orientation, batch and threads.  One copy of each operand
+    (repeated calls: what fits the LLC stays there; the prediction is made the same way, ``warm=True``)."""
     from ..kernels.formats import BSRMatrix, CSRMatrix
-    from ..kernels.spmm import crossover_point, spmm
-    from .validate import median_time
+    from ..kernels.spmm import spmm
 
+    rng = np.random.default_rng(2) if rng is None else rng
     s = CROSSOVER_SHAPE
     rows, cols, batch = s["n"], s["k"], s["m"]
-    rng = np.random.default_rng(2)
     W = rng.standard_normal((rows, cols), dtype=np.float32)
     X = rng.standard_normal((cols, batch), dtype=np.float32)
-    rep, mt = (3, 0.02) if quick else (7, 0.05)
-    dense = median_time(lambda: W @ X, repeat=rep, min_time=mt)
-    summary, points = [], []
-    for fmt, name in (("csr", "csr"), ("bsr16", "bsr:16x16"), ("bsr32", "bsr:32x32")):
-        speedups = []
-        for sp in CROSSOVER_SPARSITIES:
+    sparsities = _QUICK_CROSSOVER_SPARSITIES if quick else CROSSOVER_SPARSITIES
+    points = [{"id": "crossover dense fp32", "format": "dense", "sparsity": 0.0, "call": lambda: W @ X}]
+    for fmt, name in CROSSOVER_FORMATS:
+        for sp in sparsities:
             if fmt == "csr":
                 A = CSRMatrix.from_dense(W, mask=rng.random(W.shape) >= sp)
             else:
                 b = int(fmt[3:])
                 A = BSRMatrix.from_dense(W, (b, b), mask=rng.random((rows // b, cols // b)) >= sp)
-            t = median_time(lambda: spmm(A, X), repeat=rep, min_time=mt)
-            speedups.append(dense / t)
-            points.append({"format": name, "sparsity": sp, "sparse_ms": t * 1e3, "dense_ms": dense * 1e3,
-                           "speedup": dense / t})
-        summary.append({"format": name, "crossover": crossover_point(CROSSOVER_SPARSITIES, speedups)})
-    return {"shape": dict(s), "rows": summary, "points": points}
+            points.append({"id": f"crossover {name} {sp:g}", "format": name, "sparsity": sp,
+                           "call": (lambda A=A: spmm(A, X))})
+    return {"shape": dict(s), "sparsities": tuple(sparsities), "points": points}
+
+
+def build_anchors(*, llc_bytes: int = 32 << 20, rng=None) -> list[dict]:
+    """Two calibration points re-measured during validation (the noise floor: how far this machine has
+    drifted from the moment it was calibrated): the FP32 BLAS GEMM and the INT4 GEMV with cold weights, at
+    the full calibration shapes."""
+    from ..kernels.gemm import pack_weights, quantized_linear
+    from .calibrate import CALIBRATION_POINTS
+
+    rng = np.random.default_rng(3) if rng is None else rng
+    n = CALIBRATION_POINTS["sgemm"][0]
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    rows, cols = CALIBRATION_POINTS["int4_gemv"]
+    w = rng.standard_normal((rows, cols), dtype=np.float32)
+    p0 = pack_weights(w, bits=4, group_size=128)
+    packs = _copies(p0, max(2, math.ceil(2 * llc_bytes / max(int(p0.nbytes), 1))))
+    x = rng.standard_normal((1, cols), dtype=np.float32)
+    return [
+        {"id": f"anchor sgemm {n}^3 (calibration point)", "m": n, "n": n, "k": n,
+         "comp": {"weights": "fp32", "acts": "fp32"}, "warm": True, "call": lambda: a @ b},
+        {"id": f"anchor int4 gemv g128 {rows}x{cols} cold (calibration point)", "m": 1, "n": rows, "k": cols,
+         "comp": {"weights": "int4", "acts": "fp32", "group_size": 128}, "warm": False,
+         "call": _rotating(packs, lambda p: quantized_linear(x, p))},
+    ]
+
+
+def measure(*, quick: bool = False, progress=None, llc_bytes: int = 32 << 20, threads: int | None = None,
+            crossover: bool = True, anchors: bool = True, sweep_cases: bool = True,
+            budget_s: float | None = None) -> dict:
+    """Build, then time the sweep, the crossover points and the anchors in interleaved rounds.
+
+    Returns ``{"cases": [...], "crossover": {...} or None, "anchors": [...], "timing": {...}}``; every timed
+    entry carries ``time_s`` (the minimum over rounds), ``median_s`` and ``samples``."""
+    from .validate import interleaved_times, thread_limits
+
+    with thread_limits(threads) as used:
+        cases = build_sweep(quick=quick, llc_bytes=llc_bytes) if sweep_cases else []
+        cross = build_crossover(quick=quick) if crossover else None
+        anch = build_anchors(llc_bytes=llc_bytes) if anchors else []
+        entries = cases + (cross["points"] if cross else []) + anch
+        budget = BUDGET_S[bool(quick)] if budget_s is None else budget_s
+        timing = interleaved_times({e["id"]: e["call"] for e in entries}, min_time=MIN_TIME_S,
+                                   min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS, budget_s=budget,
+                                   progress=progress)
+    for e in entries:
+        t = timing["times"][e["id"]]
+        e.pop("call")
+        e.update(time_s=t["min_s"], median_s=t["median_s"], samples=t["n"])
+    if cross:
+        cross["rows"] = _crossover_rows(cross)
+    return {"cases": cases, "crossover": cross, "anchors": anch,
+            "timing": {"statistic": timing["statistic"], "rounds": timing["rounds"], "wall_s": timing["wall_s"],
+                       "min_time_s": MIN_TIME_S, "threads": used}}
+
+
+def _crossover_rows(cross: dict) -> list[dict]:
+    from ..kernels.spmm import crossover_point
+
+    dense = next(p for p in cross["points"] if p["format"] == "dense")
+    rows = []
+    for _, name in CROSSOVER_FORMATS:
+        pts = [p for p in cross["points"] if p["format"] == name]
+        for p in pts:
+            p["speedup"] = dense["time_s"] / p["time_s"]
+        rows.append({"format": name, "crossover": crossover_point([p["sparsity"] for p in pts],
+                                                                  [p["speedup"] for p in pts])})
+    return rows
+
+
+def sweep(*, quick: bool = False, progress=None, llc_bytes: int = 32 << 20) -> list[dict]:
+    """The sweep cases alone (no crossover points, no anchors), timed as :func:`measure` does."""
+    return measure(quick=quick, progress=progress, llc_bytes=llc_bytes, crossover=False, anchors=False)["cases"]
+
+
+def measured_crossovers(*, quick: bool = False) -> dict:
+    """Measured crossover sparsity vs dense fp32 of CSR, BSR 16x16 and 32x32 on :data:`CROSSOVER_SHAPE` (timed
+    alone, as :func:`measure` times it)."""
+    return measure(quick=quick, anchors=False, sweep_cases=False, budget_s=BUDGET_S[True])["crossover"]

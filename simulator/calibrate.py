@@ -4,7 +4,12 @@
 
 * read bandwidth at working sets sized for each cache level (detected from the OS) and DRAM, plus the
   STREAM triad, with all threads (and single-thread DRAM bandwidth, kept as a comment);
-* peak FP64 / FP32 through BLAS (NumPy matmul), peak INT8 through our VNNI GEMM;
+* peak FP64 through BLAS; peak FP32 through BLAS together with the BLAS packing pass
+  (-> ``blas_pack_bandwidth_fraction``), solved from two products: the square GEMM and 64 tokens through a
+  large weight (the sparse-benchmark shape), where the pass over the weights shows;
+* INT8 through our W8A8 path as ``quantized_linear`` runs it (VNNI GEMM with its dequantizing epilogue),
+  less its per-token activation quantization pass, which is measured on its own
+  (-> ``quantize_vector_fraction``);
 * the bandwidth our INT4 GEMV reaches with weights cold in DRAM (-> ``dram_bandwidth_fraction``);
 * the efficiency of our sparse kernels, as useful ops over the FP32 GEMM peak: CSR
   (-> ``csr_vector_fraction``), BSR 16x16 (-> ``bsr_matrix_fraction``: on a CPU, the software block kernel)
@@ -16,11 +21,18 @@ saying "measured by memwall calibrate on <cpu>, <date>, <threads> threads, numba
 ``devices.save_profile``: validated, then written atomically, so an interrupted calibration leaves the old
 profile intact.
 
+How it times: every measurement is built first, then interleaved rounds visit each once (a warm-up call, then
+calls until a minimum time passes) until the wall budget is spent, and each keeps the *minimum* over rounds
+(:func:`memwall.simulator.validate.interleaved_times`) -- the statistic ``memwall validate`` uses for the
+cases it compares with the model.  Interference on a shared machine only adds time; the rounds spread each
+measurement over the whole calibration so a slow phase hits all of them alike.
+
 The shapes measured here are listed in :data:`CALIBRATION_POINTS`; ``memwall validate`` measures different
 ones, so the published error is not the error of a fit on its own data.
 """
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import math
 import os
@@ -34,7 +46,8 @@ __all__ = ["calibrate", "detect_caches", "profile_doc", "CALIBRATION_POINTS"]
 CALIBRATION_POINTS = {
     "sgemm": (2048, 2048, 2048),
     "dgemm": (1536, 1536, 1536),
-    "int8_gemm": (2048, 2048, 2048),
+    "int8_gemm": (2048, 2048, 2048),  # raw VNNI GEMM, and W8A8 quantized_linear + its quantization pass
+    "blas_pack": {"shape": (4096, 4096), "batch": 64},  # NumPy W @ X: the fp32 BLAS packing pass
     "int4_gemv": (4096, 4096),
     "csr": {"shape": (4096, 4096), "batch": 64, "sparsity": 0.9},
     "bsr16": {"shape": (4096, 4096), "batch": 64, "sparsity": 0.75},
@@ -96,62 +109,67 @@ class _Steps:
             self.progress(self.done, self.total, what)
 
 
+#: Wall budget (seconds) of the timed rounds of a full / quick calibration; every measurement gets at least
+#: ``_MIN_ROUNDS`` samples either way.
+_BUDGET_S = {False: 24.0, True: 6.0}
+_MIN_ROUNDS = 3
+_DRAM_SAMPLES = 6
+
+
 def _measure(quick: bool, threads: int, progress, scale: int | None = None) -> dict:
-    from threadpoolctl import threadpool_limits
-
-    import numba
-
     from ..kernels import membench
     from ..kernels.formats import BSRMatrix, CSRMatrix, NMSparseMatrix
     from ..kernels.gemm import int8_gemm, pack_int8, pack_weights, quantized_linear
+    from ..kernels.quant import quantize_rows_int8
     from ..kernels.spmm import spmm
-    from .validate import median_time
+    from .validate import Sampler, interleaved_times, thread_limits
 
     s = scale or (_QUICK_SCALE if quick else 1)
-    rep = 3 if quick or s > 1 else 7
     caches = detect_caches()
     llc_total = max(c["bytes"] * c["instances"] for c in caches)
-    step = _Steps(len(caches) + 12, progress)
     rng = np.random.default_rng(0)
     m: dict = {}
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    with threadpool_limits(limits=threads):
+    entries: dict = {}
+    work: dict = {}  # entry -> bytes (bandwidth) or ops (compute) per timed unit
+    with thread_limits(threads):
         # --- bandwidth per level: half of one instance's capacity per thread ---------------------
+        def bw_sampler(ws, nthreads):
+            # seconds per GB of one read_bandwidth run: the minimum over rounds is the best bandwidth; DRAM
+            # working sets are allocated per run, so they sample in the first rounds only
+            return Sampler(lambda: 1e9 / membench.read_bandwidth(ws, threads=nthreads, repeats=1),
+                           max_samples=_DRAM_SAMPLES if ws > llc_total else None)
+
         for c in caches:
             per_thread = c["bytes"] // 2 if c["instances"] > 1 else c["bytes"] // (2 * threads)
-            ws = max(4096, per_thread * threads)
-            m[f"read_bw_{c['name']}"] = membench.read_bandwidth(ws, threads=threads, repeats=rep)
-            step(f"read bandwidth {c['name']}")
-        dram_ws = max(4 * llc_total, (128 << 20) if s > 1 else (512 << 20))
-        m["read_bw_dram"] = membench.read_bandwidth(dram_ws, threads=threads, repeats=rep)
-        step("read bandwidth dram")
-        m["triad_bw_dram"] = membench.stream_bandwidth(dram_ws, kind="triad", threads=threads, repeats=rep)
-        step("STREAM triad dram")
-        m["read_bw_dram_1thread"] = membench.read_bandwidth(dram_ws, threads=1, repeats=rep)
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        step("read bandwidth dram, 1 thread")
+            entries[f"read_bw_{c['name']}"] = bw_sampler(max(4096, per_thread * threads), threads)
+        dram_ws = max(4 * llc_total, 128 << 20)
+        entries["read_bw_dram"] = bw_sampler(dram_ws, threads)
+        entries["triad_bw_dram"] = Sampler(
+            lambda: 1e9 / membench.stream_bandwidth(dram_ws, kind="triad", threads=threads, repeats=1),
+            max_samples=_DRAM_SAMPLES)
+        entries["read_bw_dram_1thread"] = bw_sampler(dram_ws, 1)
 
         # --- compute peaks ------------------------------------------------------------------------
         n = CALIBRATION_POINTS["sgemm"][0] // s
         a = rng.standard_normal((n, n), dtype=np.float32)
         b = rng.standard_normal((n, n), dtype=np.float32)
-        m["fp32_gemm_ops"] = 2 * n**3 / median_time(lambda: a @ b, repeat=rep)
-        step("fp32 GEMM (BLAS)")
+        entries["sgemm"], work["sgemm"] = (lambda: a @ b), (n, n, n)
         n = CALIBRATION_POINTS["dgemm"][0] // s
         a64, b64 = a[:n, :n].astype(np.float64), b[:n, :n].astype(np.float64)
-        m["fp64_gemm_ops"] = 2 * n**3 / median_time(lambda: a64 @ b64, repeat=rep)
-        step("fp64 GEMM (BLAS)")
+        entries["dgemm"], work["dgemm"] = (lambda: a64 @ b64), (n, n, n)
         n = CALIBRATION_POINTS["int8_gemm"][0] // s
+        xq = rng.standard_normal((n, n), dtype=np.float32)
+        p8 = pack_weights(rng.standard_normal((n, n), dtype=np.float32), bits=8)
+        entries["w8a8"], work["w8a8"] = (lambda: quantized_linear(xq, p8)), (n, n, n)
+        entries["quantize_rows"] = lambda: quantize_rows_int8(xq)
         ai = rng.integers(-128, 128, (n, n), dtype=np.int8)
         pb = pack_int8(rng.integers(-128, 128, (n, n), dtype=np.int8))
-        m["int8_gemm_ops"] = 2 * n**3 / median_time(lambda: int8_gemm(ai, pb), repeat=rep)
-        step("int8 GEMM (memwall VNNI)")
+        entries["int8_gemm"], work["int8_gemm"] = (lambda: int8_gemm(ai, pb)), (n, n, n)
 
         # --- call overhead ------------------------------------------------------------------------
         a1 = np.ones((1, 4), np.int8)
         p1 = pack_int8(np.ones((4, 1), np.int8))
-        m["call_overhead_s"] = median_time(lambda: int8_gemm(a1, p1), repeat=rep, min_time=0.01)
-        step("kernel call overhead")
+        entries["call_overhead"] = lambda: int8_gemm(a1, p1)
 
         # --- INT4 GEMV, weights cold in DRAM ------------------------------------------------------
         rows, cols = CALIBRATION_POINTS["int4_gemv"]
@@ -160,17 +178,13 @@ def _measure(quick: bool, threads: int, progress, scale: int | None = None) -> d
         packed0 = pack_weights(w, bits=4, group_size=128)
         wbytes = _packed_nbytes(packed0)
         copies = max(2, math.ceil(2 * llc_total / wbytes))
-        packs = [packed0] + [pack_weights(w * (1 + 1e-3 * i), bits=4, group_size=128) for i in range(1, copies)]
+        packs = [packed0] + [copy.deepcopy(packed0) for _ in range(1, copies)]  # same values, separate memory
         x = rng.standard_normal((1, cols), dtype=np.float32)
         it = iter(range(10**12))
-        t_gemv = median_time(lambda: quantized_linear(x, packs[next(it) % copies]), repeat=rep, min_time=0.05)
-        m["int4_gemv_bw"] = wbytes / t_gemv
-        m["int4_gemv_weights_per_s"] = rows * cols / t_gemv
-        del packs
-        step("int4 GEMV, cold weights")
+        entries["int4_gemv"] = lambda: quantized_linear(x, packs[next(it) % copies])
 
         # --- sparse kernels -----------------------------------------------------------------------
-        X = None
+        sparse = {}
         for key, build in (("csr", lambda W, sp: CSRMatrix.from_dense(W, mask=rng.random(W.shape) >= sp)),
                            ("bsr16", lambda W, sp: BSRMatrix.from_dense(
                                W, (16, 16), mask=rng.random((W.shape[0] // 16, W.shape[1] // 16)) >= sp)),
@@ -180,19 +194,65 @@ def _measure(quick: bool, threads: int, progress, scale: int | None = None) -> d
             W = rng.standard_normal((r, c), dtype=np.float32)
             X = rng.standard_normal((c, pt["batch"]), dtype=np.float32)
             A = build(W, pt.get("sparsity", 0.5))
-            t = median_time(lambda: spmm(A, X), repeat=rep)
-            kept = A.nnz * pt["batch"]  # stored values (whole blocks for BSR)
-            m[f"{key}_ops"] = 2 * kept / t
-            m[f"{key}_dense_equiv_ops"] = 2 * r * c * pt["batch"] / t
-            step(f"{key} spmm")
-        # dense reference on the same sparse-benchmark shape (what sparse must beat)
+            sparse[key] = (A, r, c, pt["batch"])
+            entries[key] = (lambda A=A, X=X: spmm(A, X))
+        # dense reference on the same sparse-benchmark shape (what sparse must beat; the BLAS packing pass)
         Wd = rng.standard_normal((r, c), dtype=np.float32)
-        m["fp32_gemm_ops_spmm_shape"] = 2 * r * c * pt["batch"] / median_time(lambda: Wd @ X, repeat=rep)
-        step("dense fp32 on the sparse shape")
+        entries["dense_spmm_shape"] = lambda: Wd @ X
+        t = interleaved_times(entries, min_time=0.01 if s > 1 else 0.02, min_rounds=_MIN_ROUNDS,
+                              max_rounds=_MIN_ROUNDS if s > 2 else 40, budget_s=_BUDGET_S[bool(quick)],
+                              progress=progress)
+        best = {k: v["min_s"] for k, v in t["times"].items()}
+        del packs
+    for key in ("read_bw_" + c["name"] for c in caches):
+        m[key] = 1e9 / best[key]
+    for key in ("read_bw_dram", "triad_bw_dram", "read_bw_dram_1thread"):
+        m[key] = 1e9 / best[key]
+    flops = {k: 2.0 * math.prod(v) for k, v in work.items()}
+    m["fp64_gemm_ops"] = flops["dgemm"] / best["dgemm"]
+    m["int8_gemm_ops_raw"] = flops["int8_gemm"] / best["int8_gemm"]
+    m["quantize_elements_per_s"] = xq.size / best["quantize_rows"]
+    # W8A8 as quantized_linear runs it: VNNI GEMM with its dequantizing epilogue, less the quantization pass
+    m["int8_gemm_ops"] = flops["w8a8"] / max(best["w8a8"] - best["quantize_rows"], 0.5 * best["w8a8"])
+    m["call_overhead_s"] = best["call_overhead"]
+    m["int4_gemv_bw"] = wbytes / best["int4_gemv"]
+    m["int4_gemv_weights_per_s"] = rows * cols / best["int4_gemv"]
+    for key, (A, r, c, batch) in sparse.items():
+        m[f"{key}_ops"] = 2 * A.nnz * batch / best[key]  # stored values (whole blocks for BSR)
+        m[f"{key}_dense_equiv_ops"] = 2 * r * c * batch / best[key]
+    m["fp32_gemm_ops_spmm_shape"] = 2 * r * c * batch / best["dense_spmm_shape"]
+    m.update(_blas_peak_and_packing(flops["sgemm"], best["sgemm"], work["sgemm"], 2.0 * r * c * batch,
+                                    best["dense_spmm_shape"], 4.0 * r * c, m["read_bw_llc"] if "read_bw_llc" in m
+                                    else m["read_bw_" + caches[-1]["name"]], m["read_bw_dram"], llc_total))
     m["caches"] = caches
     m["dram_bytes"] = _dram_bytes()
     m["threads"] = threads
+    m["timing"] = {"statistic": t["statistic"], "rounds": t["rounds"], "wall_s": t["wall_s"]}
     return m
+
+
+def _blas_peak_and_packing(sq_ops: float, t_sq: float, sq_shape, sk_ops: float, t_sk: float, sk_wbytes: float,
+                           llc_bw: float, dram_bw: float, llc_bytes: float) -> dict:
+    """FP32 BLAS peak and packing rate from two products (the model's dense-float-GEMM-on-a-CPU terms):
+
+    ``t_sq = ops_sq / peak + W_sq / (bw_sq * f)`` (square GEMM; its weights are LLC-resident when they fit)
+    ``t_sk = ops_sk / peak + W_sk / (bw_sk * f)`` (64 tokens through a large weight streamed from DRAM)
+
+    solved for ``peak`` and ``f`` (``blas_pack_bandwidth_fraction``) by fixed-point iteration.  When the skinny
+    product is no slower than its compute at the peak, no packing pass is measurable: ``f`` is None and the
+    peak is the square GEMM's rate."""
+    w_sq = 4.0 * sq_shape[1] * sq_shape[2]
+    bw_sq = llc_bw if w_sq <= llc_bytes else dram_bw
+    bw_sk = llc_bw if sk_wbytes <= llc_bytes else dram_bw
+    peak, f = sq_ops / t_sq, None
+    for _ in range(20):
+        pack_sk = t_sk - sk_ops / peak
+        if pack_sk <= 0:
+            f = None
+            break
+        f = min(1.0, sk_wbytes / (bw_sk * pack_sk))
+        peak = sq_ops / max(t_sq - w_sq / (bw_sq * f), 0.5 * t_sq)
+    return {"fp32_gemm_ops": peak, "blas_pack_fraction": f}
 
 
 def _packed_nbytes(packed) -> int:
@@ -246,7 +306,9 @@ def profile_doc(m: dict, *, cpu: str, date: str, versions: str) -> tuple[dict, s
         "compute": {"vector": {
             "fp64_dense_tops": m["fp64_gemm_ops"] / 1e12, "fp32_dense_tops": fp32 / 1e12,
             "int8_dense_tops": m["int8_gemm_ops"] / 1e12,
-            "source": f"{src}: best large GEMM (fp64/fp32: NumPy BLAS; int8: memwall AVX-512 VNNI GEMM)"}},
+            "source": f"{src}: best large GEMM (fp64: NumPy BLAS; fp32: NumPy BLAS, less its packing pass; int8: "
+                      "memwall W8A8 quantized_linear -- AVX-512 VNNI GEMM with its dequantizing epilogue -- less its "
+                      "activation-quantization pass)"}},
         "memory": memory,
         "efficiency": {
             "vector_gemm_fraction": 1.0,
@@ -267,6 +329,18 @@ def profile_doc(m: dict, *, cpu: str, date: str, versions: str) -> tuple[dict, s
                                          "kernel on vector units)",
         },
     }
+    eff = doc["efficiency"]
+    if m.get("quantize_elements_per_s"):
+        eff["quantize_vector_fraction"] = min(1.0, max(1e-4, 4.0 * m["quantize_elements_per_s"] / fp32))
+        eff["source_quantize_vector_fraction"] = (
+            f"{src}: memwall per-token INT8 activation quantizer (quantize_rows_int8) at the INT8 GEMM shape, "
+            "4 vector ops per element (as the model counts them) / fp32 GEMM peak")
+    if m.get("blas_pack_fraction"):
+        eff["blas_pack_bandwidth_fraction"] = min(1.0, max(1e-3, m["blas_pack_fraction"]))
+        eff["source_blas_pack_bandwidth_fraction"] = (
+            f"{src}: NumPy BLAS W @ X at the sparse-benchmark shape (64 tokens, weights streamed from DRAM): its time "
+            "beyond the product at the fp32 peak is one pass over the weights at this fraction of the DRAM read "
+            "bandwidth (solved together with the fp32 peak of the square GEMM)")
     return doc, comment
 
 
@@ -305,7 +379,8 @@ def calibrate(out=None, *, quick: bool = False, threads: int | None = None, prog
     doc, comment = profile_doc(m, cpu=cpu_model(), date=date, versions=versions)
     save_profile(doc, path, comment=comment)  # validated before it atomically replaces the old profile
     measured = {k: v for k, v in m.items() if isinstance(v, (int, float))}
-    return {"path": str(path), "measured": measured, "profile": path.read_text(encoding="utf-8")}
+    return {"path": str(path), "measured": measured, "timing": m["timing"],
+            "profile": path.read_text(encoding="utf-8")}
 
 
 def check_host_profile(device) -> str | None:

@@ -37,6 +37,16 @@ Vector work besides the main product (same SMs / cores: its time *adds* to the m
       the activations in the high-precision dtype (fp16 on GPUs, fp32 on CPUs) and writing them quantized, and
       one more kernel launch.
     * decompressing a non-2:4 N:M weight to dense: 1 op per dense weight element per re-read.
+    * the activation-quantization pass runs at ``quantize_vector_fraction`` of the fp32 vector peak when the
+      profile gives one (a calibrated host profile measures memwall's per-token INT8 quantizer: max-abs,
+      scale, round and clip per element are float work), else at the conversion fraction of the compute
+      dtype's vector peak.
+    * CPUs whose profile gives ``blas_pack_bandwidth_fraction``: a BLAS copies the weight operand of a dense
+      float GEMM with more than one token into its packed panel layout before the product (GotoBLAS-style),
+      a pass that does not overlap it: ``weight bytes / (bandwidth of the level the weights come from x
+      fraction)`` — the LLC when they are resident (warm), else DRAM.  It is why a BLAS GEMM of a few
+      tokens through a large weight runs far below the BLAS peak (calibration measures it as the time of a
+      64-token product beyond its compute at the peak).
 
 Efficiency that falls for small shapes
     ``efficiency = unit fraction (large GEMM) x padding x waves``: padding = (m / m padded to the unit
@@ -186,6 +196,12 @@ class _Tables:
         self.f_bsr_top = self.f_bsr if (self.soft_sparse and self.f_bsr > 0) else self.f_vector
         # conversion work (dequantize, unpack, quantize activations) is not FMA work: its own fraction when known
         self.f_conv = eff.conversion_vector_fraction or self.f_vector
+        # the activation-quantization pass (its own kernel: max-abs, scale, round, clip) at its own rate
+        # (given: a fraction of the fp32 vector peak, the dtype the activations are quantized from on CPUs)
+        self.q_rate = ((eff.quantize_vector_fraction * self.v_dense[_D["fp32"]])
+                       if eff.quantize_vector_fraction and self.v_dense[_D["fp32"]] > 0 else 0.0)
+        # CPUs: the BLAS packs the weight operand of a dense float GEMM (m > 1) before the product
+        self.f_pack = eff.blas_pack_bandwidth_fraction or 0.0
         self.dense_rate = np.where(self.tensor_best, self.t_dense * self.f_tensor,
                                    self.v_dense[self.vdt] * self.f_vector)
         # conversion ops per element from dtype x (stored) to dtype c (computed): 0 when equal; int: convert +
@@ -405,10 +421,18 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     deq_ops = _sel(wop, kept1, n * k) * count * reuse_w * deq_per
     conv_ops = m * k * count * reuse_a * T.conv_base_f[a * len(DTYPES) + c]
     quant_ops = qact * (4.0 * m * k * count)
-    extra = deq_ops + conv_ops + quant_ops
+    conv_extra = deq_ops + conv_ops
     if any_nm:  # decompressing a non-2:4 N:M weight to dense
-        extra = extra + (is_nm & ~nm_sparse) * (n * k * count * reuse_w)
-    t_extra = extra / (vpeak * T.f_conv)
+        conv_extra = conv_extra + (is_nm & ~nm_sparse) * (n * k * count * reuse_w)
+    extra = conv_extra + quant_ops
+    t_extra = conv_extra / (vpeak * T.f_conv) + quant_ops / (T.q_rate if T.q_rate > 0 else vpeak * T.f_conv)
+    if T.f_pack > 0:  # BLAS packing pass over the (float, dense) weights, read from where they reside
+        blas = wop & ~_IS_INT[w_eff] & ((fmt == _F["dense"]) | (fmt == _F["channel"])) & (m >= 2)
+        src_bw = _sel(resident, T.bw[L - 2], T.bw[L - 1])
+        t_pack = blas * (W / (src_bw * T.f_pack))
+        t_extra = t_extra + t_pack
+    else:
+        t_pack = 0.0 * m
     t_tensor = t_main * use_tensor
     t_vector = t_main * ~use_tensor + t_extra
     t_compute = t_tensor + t_vector
@@ -438,7 +462,7 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
         "weight_bytes": W, "act_bytes": A + C, "quant_pass_bytes": Q, "compute_dtype": c, "vector_dtype": vdt,
         "use_tensor": use_tensor, "nm_sparse": nm_sparse, "resident": resident, "vector_extra_ops": extra,
         "dequant_ops": deq_ops, "conv_ops": conv_ops, "reuse_w": reuse_w, "shape_eff": shape_eff,
-        "t_extra": t_extra,
+        "t_extra": t_extra, "t_pack": t_pack,
     }
     for j in range(L):
         out[f"bytes_{j}"] = traffic[j]
@@ -949,6 +973,10 @@ def _notes(dev: Device, T: _Tables, op, comp: Compression, row: dict, base_time:
             notes.append(f"{comp.weights} weights are converted to {c} on vector units "
                          f"({int(row['reuse_w'])} re-read(s) of each weight tile): {row['t_extra']:.3g} s of "
                          f"conversion work added to the {main:.3g} s product")
+    if float(row.get("t_pack", 0.0)) > 0:
+        notes.append(f"the BLAS packs the {_fmt_bytes(row['weight_bytes'])} of weights into its panel layout before "
+                     f"the product: {float(row['t_pack']):.3g} s, not overlapped (blas_pack_bandwidth_fraction "
+                     f"{T.f_pack:.2g} of the bandwidth of the level they come from)")
     if comp.acts in ("int8", "int4", "fp8"):
         notes.append(f"quantizing activations to {comp.acts} costs a pass: "
                      f"{_fmt_bytes(row['quant_pass_bytes'])} and one more kernel launch")
@@ -1066,6 +1094,7 @@ def _record(dev, T, op, comp, core, pub, j, base_time, warm) -> Estimate:
     row.setdefault("nm_sparse", False)
     row.setdefault("dequant_ops", 0.0)
     row.setdefault("quant_pass_bytes", 0.0)
+    row.setdefault("t_pack", 0.0)
     levels = [lv.name for lv in dev.memory_levels]
     bytes_by_level = {levels[i]: float(row[f"bytes_{i}"]) for i in range(L)}
     time_by_roof = {levels[i]: float(row[f"t_mem_{i}"]) for i in range(L)}

@@ -56,6 +56,7 @@ class Case:
     bound: str = ""
     source: str = "measured by memwall validate"
     note: str = ""
+    measured_median: float | None = None
     error: float = field(init=False)
 
     def __post_init__(self):
@@ -138,26 +139,171 @@ def gpu_cases() -> list[Case]:
 # --- this machine ------------------------------------------------------------------------------------
 
 def median_time(fn: Callable[[], object], *, repeat: int = 7, min_time: float = 0.02, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` samples; each sample loops until ``min_time`` passes."""
+    """Median wall time of ``fn()`` over ``repeat`` samples; each sample loops until ``min_time`` passes.
+
+    Kept for callers that want the median; calibration and validation use :func:`interleaved_times`."""
     for _ in range(warmup):
         fn()
-    samples = []
-    for _ in range(repeat):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-        samples.append(dt / n)
+    samples = [_sample(fn, min_time) for _ in range(repeat)]
     return float(np.median(samples))
 
 
-def _rotating(make: Callable[[int], object], bytes_each: int, cold_bytes: int) -> list:
-    """Enough copies of an operand that cycling through them evicts the last-level cache (cold runs)."""
-    copies = max(1, math.ceil(cold_bytes / max(bytes_each, 1)))
-    return [make(i) for i in range(copies)]
+#: The statistic of a measured time in ``memwall calibrate`` and ``memwall validate`` (both use
+#: :func:`interleaved_times`): the minimum over interleaved rounds of the mean call time of one sample.
+TIMING_STATISTIC = ("min over interleaved rounds of per-sample means (interference only adds time); "
+                    "each sample: one warm-up call, then calls until min_time passes")
+
+
+def _sample(fn: Callable[[], object], min_time: float) -> float:
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_time:
+            return dt / n
+
+
+class Sampler:
+    """An entry of :func:`interleaved_times` that takes its own sample: ``fn()`` returns seconds (e.g. a
+    bandwidth benchmark that times its kernel internally)."""
+
+    def __init__(self, fn: Callable[[], float], max_samples: int | None = None):
+        if not callable(fn):
+            raise TypeError(f"fn: expected a callable returning seconds, got {type(fn).__name__}")
+        if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                        or max_samples < 1):
+            raise ValueError(f"max_samples: expected None or an integer >= 1, got {max_samples!r}")
+        self.fn = fn
+        self.max_samples = max_samples  # expensive samplers (large allocations) sit out later rounds
+
+
+def interleaved_times(entries, *, min_time: float = 0.01, min_rounds: int = 3, max_rounds: int = 20,
+                      budget_s: float | None = None, warmup: bool = True, progress=None,
+                      clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Time several calls in interleaved rounds and return the minimum (and median) per call.
+
+    Parameters
+    ----------
+    entries : mapping of id -> callable (timed: one warm-up call, then calls until ``min_time`` passes; the
+        sample is the mean per call) or :class:`Sampler` (returns its own sample in seconds).
+    min_rounds, max_rounds : every entry gets at least ``min_rounds`` samples, at most ``max_rounds``.
+    budget_s : wall seconds after which no new round starts once ``min_rounds`` are done (None: no budget).
+    progress : ``progress(done, total, what)`` after each round.
+
+    Each round visits every entry once, starting one entry later than the round before, so a slow phase of
+    a shared machine (seconds to minutes) is spread over all entries instead of hitting a few; the warm-up
+    call absorbs the previous entry's state (the other thread pool still spinning, evicted caches).
+
+    Returns ``{"times": {id: {"min_s", "median_s", "n", "samples"}}, "rounds", "wall_s", "statistic"}``.
+    """
+    if not hasattr(entries, "items"):
+        raise TypeError(f"entries: expected a mapping of id -> callable, got {type(entries).__name__}")
+    ids = list(entries)
+    for i in ids:
+        e = entries[i]
+        if not (callable(e) or isinstance(e, Sampler)):
+            raise TypeError(f"entries[{i!r}]: expected a callable or a Sampler, got {type(e).__name__}")
+    if not (isinstance(min_rounds, int) and isinstance(max_rounds, int) and 1 <= min_rounds <= max_rounds):
+        raise ValueError(f"min_rounds, max_rounds: expected integers 1 <= min_rounds <= max_rounds, got "
+                         f"{min_rounds!r}, {max_rounds!r}")
+    if not (isinstance(min_time, (int, float)) and min_time >= 0):
+        raise ValueError(f"min_time: expected a number >= 0, got {min_time!r}")
+    samples: dict = {i: [] for i in ids}
+    t_start = clock()
+    rounds = 0
+    while rounds < max_rounds:
+        if rounds >= min_rounds and budget_s is not None and clock() - t_start >= budget_s:
+            break
+        off = rounds % max(len(ids), 1)
+        for i in ids[off:] + ids[:off]:
+            e = entries[i]
+            if isinstance(e, Sampler):
+                if e.max_samples is not None and len(samples[i]) >= e.max_samples:
+                    continue
+                s = float(e.fn())
+            else:
+                if warmup:
+                    e()
+                s = _sample(e, min_time)
+            if not (math.isfinite(s) and s > 0):
+                raise ValueError(f"entries[{i!r}]: a sample of {s!r} s (expected a finite time > 0)")
+            samples[i].append(s)
+        rounds += 1
+        if progress is not None:
+            progress(rounds, max_rounds if budget_s is None else max(rounds, min_rounds), f"round {rounds}")
+    times = {i: {"min_s": float(min(v)), "median_s": float(np.median(v)), "n": len(v), "samples": list(v)}
+             for i, v in samples.items()}
+    return {"times": times, "rounds": rounds, "wall_s": clock() - t_start, "statistic": TIMING_STATISTIC}
+
+
+def best_time(fn: Callable[[], object], *, repeat: int = 5, min_time: float = 0.02) -> float:
+    """The statistic of :func:`interleaved_times` for one call: the minimum of ``repeat`` samples."""
+    return interleaved_times({"fn": fn}, min_time=min_time, min_rounds=repeat, max_rounds=repeat)["times"]["fn"]["min_s"]
+
+
+class thread_limits:
+    """Context: BLAS (threadpoolctl) and Numba both use ``threads`` threads (None: all of Numba's); yields the
+    count used and restores Numba's setting afterwards."""
+
+    def __init__(self, threads: int | None):
+        self.threads = threads
+
+    def __enter__(self) -> int:
+        import numba
+        from threadpoolctl import threadpool_limits
+
+        n = numba.config.NUMBA_NUM_THREADS if self.threads is None else int(self.threads)
+        if n < 1:
+            raise ValueError(f"threads: expected an integer >= 1, got {self.threads!r}")
+        n = min(n, numba.config.NUMBA_NUM_THREADS)
+        self._old = numba.get_num_threads()
+        numba.set_num_threads(n)
+        self._tp = threadpool_limits(limits=n)
+        self._tp.__enter__()
+        return n
+
+    def __exit__(self, *exc):
+        import numba
+
+        self._tp.__exit__(*exc)
+        numba.set_num_threads(self._old)
+        return False
+
+
+def _predict(dev, spec: dict):
+    from .compression import Compression
+    from .ops import GemmOp
+    from .roofline import estimate
+
+    op = GemmOp(spec["id"], spec["m"], spec["n"], spec["k"])
+    return estimate(dev, op, Compression(**spec["comp"]), warm=spec["warm"])
+
+
+def _host_case(dev, spec: dict) -> "Case":
+    est = _predict(dev, spec)
+    spread = spec["median_s"] / spec["time_s"] - 1.0
+    return Case(id=spec["id"], family=spec["family"], measured=spec["time_s"], predicted=est.time_s,
+                bound=est.bound, measured_median=spec["median_s"],
+                note=f"{spec['samples']} samples; median +{spread:.0%} over the minimum")
+
+
+def _anchor_rows(dev, anchors: list[dict]) -> list[dict]:
+    rows = []
+    for a in anchors:
+        pred = _predict(dev, a).time_s
+        rows.append({"id": a["id"], "measured": a["time_s"], "median": a["median_s"], "calibrated": pred,
+                     "drift": a["time_s"] / pred - 1.0})
+    return rows
+
+
+def _host_device(device):
+    from .calibrate import check_host_profile
+    from .devices import load_device
+
+    dev = load_device(device)
+    check_host_profile(dev)
+    return dev
 
 
 def host_cases(device="host", *, quick: bool = False, progress=None) -> list[Case]:
@@ -165,24 +311,12 @@ def host_cases(device="host", *, quick: bool = False, progress=None) -> list[Cas
 
     The shapes and sparsities here are deliberately different from those calibration measures
     (:data:`memwall.simulator.calibrate.CALIBRATION_POINTS`)."""
-    from .compression import Compression
-    from .devices import load_device
-    from .ops import GemmOp
-    from .roofline import estimate
-    from ._host_sweep import sweep
+    from ._host_sweep import measure
 
-    from .calibrate import check_host_profile
-
-    dev = load_device(device)
-    check_host_profile(dev)
-    cases = []
-    for spec in sweep(quick=quick, progress=progress, llc_bytes=_llc_bytes(dev)):
-        op = GemmOp(spec["id"], spec["m"], spec["n"], spec["k"])
-        comp = Compression(**spec["comp"])
-        est = estimate(dev, op, comp, warm=spec["warm"])
-        cases.append(Case(id=spec["id"], family=spec["family"], measured=spec["time_s"], predicted=est.time_s,
-                          bound=est.bound))
-    return cases
+    dev = _host_device(device)
+    res = measure(quick=quick, progress=progress, llc_bytes=_llc_bytes(dev), threads=dev.tiling.parallel_units,
+                  crossover=False, anchors=False)
+    return [_host_case(dev, spec) for spec in res["cases"]]
 
 
 def _llc_bytes(dev) -> int:
@@ -190,39 +324,67 @@ def _llc_bytes(dev) -> int:
     return int(max(l.capacity_bytes * getattr(l, "instances", 1) for l in caches)) if caches else 32 << 20
 
 
-def crossover_check(device="host", *, quick: bool = False) -> list[dict]:
-    """Measured vs predicted crossover sparsity (where each sparse format beats dense FP32) on this machine."""
-    from .analysis import format_crossover
-    from ._host_sweep import measured_crossovers
+def crossover_check(device="host", *, quick: bool = False, measured: dict | None = None) -> list[dict]:
+    """Measured vs predicted crossover sparsity (where each sparse format beats dense FP32) on this machine.
 
-    rows = []
-    measured = measured_crossovers(quick=quick)
+    Both sides compare the same thing: the sparse kernel against NumPy's FP32 BLAS product at the same shape,
+    batch and thread count, timed with the same statistic, one copy of each operand (``warm=True`` in the
+    model: what fits the LLC is read from it), and the crossover read off the same sparsity grid with the same
+    interpolation (:func:`memwall.kernels.spmm.crossover_point`).  ``predicted_continuous`` is the model's
+    exact crossover (:func:`memwall.simulator.analysis.format_crossover`), for reference.
+    ``measured``: the ``crossover`` part of :func:`memwall.simulator._host_sweep.measure` (else measured now)."""
+    from ..kernels.spmm import crossover_point
+    from .analysis import format_crossover
+    from .compression import Compression
+    from .ops import GemmOp
+    from .roofline import estimate
+    from ._host_sweep import CROSSOVER_FORMATS, measured_crossovers
+
+    dev = _host_device(device)
+    if measured is None:
+        measured = measured_crossovers(quick=quick)
     shape = measured["shape"]
-    pred = format_crossover(device, shape["m"], shape["n"], shape["k"], weights="fp32", acts="fp32",
-                            formats=[r["format"] for r in measured["rows"]])
-    pred_by_fmt = {p.format: p for p in (pred if isinstance(pred, list) else pred.rows)}
+    op = GemmOp("crossover", shape["m"], shape["n"], shape["k"])
+    dense_t = estimate(dev, op, Compression(weights="fp32", acts="fp32"), warm=True).time_s
+    grid = list(measured["sparsities"])
+    cont = format_crossover(dev, shape["m"], shape["n"], shape["k"], weights="fp32", acts="fp32",
+                            formats=[name for _, name in CROSSOVER_FORMATS], targets=("dense",), warm=True)
+    cont_by_fmt = {p.format: p.vs_dense for p in cont}
+    rows = []
     for r in measured["rows"]:
-        p = pred_by_fmt.get(r["format"])
-        ps = getattr(p, "vs_dense", None) if p is not None else None
+        comps = [Compression.parse(weights="fp32", acts="fp32", format=r["format"], sparsity=s) for s in grid]
+        speed = [dense_t / estimate(dev, op, c, warm=True).time_s for c in comps]
+        ps = crossover_point(grid, speed)
         ms = r["crossover"]
         diff = None if (ps is None or ms is None) else abs(ps - ms)
         rows.append({"format": r["format"], "measured_crossover": ms, "predicted_crossover": ps,
-                     "difference": diff, "target_met": diff is not None and diff <= TARGET_CROSSOVER_PP})
+                     "predicted_continuous": cont_by_fmt.get(r["format"]), "difference": diff,
+                     "target_met": (diff is not None and diff <= TARGET_CROSSOVER_PP) or (ps is None and ms is None)})
     return rows
 
 
 def validate(device="host", *, quick: bool = False, progress=None, include_host: bool = True,
              include_gpu: bool = True, include_crossover: bool = True) -> dict:
     """Everything ``memwall validate`` reports, as one dict (the ``--json`` object)."""
+    from ._host_sweep import measure
+
     out: dict = {}
     if include_host:
-        host = host_cases(device, quick=quick, progress=progress)
-        out["host"] = {"device": str(device), **summarize(host), "cases": [c.to_dict() for c in host]}
+        dev = _host_device(device)
+        res = measure(quick=quick, progress=progress, llc_bytes=_llc_bytes(dev),
+                      threads=dev.tiling.parallel_units, crossover=include_crossover, anchors=True)
+        host = [_host_case(dev, spec) for spec in res["cases"]]
+        on_medians = summarize(Case(c.id, c.family, c.measured_median, c.predicted) for c in host)
+        out["host"] = {"device": str(device), **summarize(host), "cases": [c.to_dict() for c in host],
+                       "anchors": _anchor_rows(dev, res["anchors"]), "timing": res["timing"],
+                       "on_medians": {k: on_medians[k] for k in ("median_abs_error", "p90_abs_error")}
+                       | {"families": {f: v["median_abs_error"] for f, v in on_medians["families"].items()}}}
+        if include_crossover:
+            out["crossover"] = crossover_check(dev, quick=quick, measured=res["crossover"])
+            out["crossover_points"] = [{k: v for k, v in p.items()} for p in res["crossover"]["points"]]
     if include_gpu:
         gpu = gpu_cases()
         out["gpu"] = {**summarize(gpu), "cases": [c.to_dict() for c in gpu]}
-    if include_crossover and include_host:
-        out["crossover"] = crossover_check(device, quick=quick)
     every = [Case(**{k: v for k, v in c.items() if k != "error"})
              for part in ("host", "gpu") if part in out for c in out[part]["cases"]]
     overall = summarize(every)

@@ -38,7 +38,12 @@ Schema (every number has its unit in its key and a source)
                        ``bsr_matrix_fraction`` (block-sparse on the matrix unit, of dense peak),
                        ``nm_sparse_fraction`` (2:4 kernels, of the sparse peak), optional
                        ``conversion_vector_fraction`` (dequantization / conversion ops, of the vector peak;
-                       default ``vector_gemm_fraction``).
+                       default ``vector_gemm_fraction``), optional ``quantize_vector_fraction`` (the 4 vector ops
+                       per element of the separate activation-quantization pass, of the fp32 vector peak;
+                       absent: at the conversion fraction of the compute dtype's vector peak), optional ``blas_pack_bandwidth_fraction`` (CPUs: a BLAS copies
+                       the weight operand of a dense float GEMM with more than one token into its packed
+                       layout before the product, a pass that does not overlap it, at this fraction of the
+                       bandwidth of the level the weights come from; absent: no packing pass is modelled).
     ``[interconnect.<name>]`` ``kind`` (``nvlink|pcie|ethernet|infiniband|loopback|...``),
                        ``bandwidth_gb_per_s`` (per direction), ``latency_us``.  The entries of
                        ``_network.toml`` (Ethernet, InfiniBand) are added to every device unless it defines
@@ -99,8 +104,10 @@ _EFFICIENCY_FIELDS = (
     "bsr_matrix_fraction",
     "nm_sparse_fraction",
     "conversion_vector_fraction",
+    "quantize_vector_fraction",
+    "blas_pack_bandwidth_fraction",
 )
-_OPTIONAL_EFFICIENCY = ("conversion_vector_fraction",)
+_OPTIONAL_EFFICIENCY = ("conversion_vector_fraction", "quantize_vector_fraction", "blas_pack_bandwidth_fraction")
 _TENSOR_ONLY_EFFICIENCY = ("tensor_gemm_fraction", "bsr_matrix_fraction", "nm_sparse_fraction")
 
 
@@ -168,6 +175,8 @@ class Efficiency:
     bsr_matrix_fraction: float | None
     nm_sparse_fraction: float | None
     conversion_vector_fraction: float | None = None
+    quantize_vector_fraction: float | None = None
+    blas_pack_bandwidth_fraction: float | None = None
 
 
 @dataclass(frozen=True)
