@@ -98,8 +98,11 @@ def test_calibration_on_a_tiny_budget_writes_a_valid_profile(tmp_path):
     assert out.exists() and res["path"] == str(out)
     dev = load_device(out)
     assert dev.id == "host" and dev.peak("fp32") > 0 and dev.peak("int8") > 0
-    for key in ("read_bw_dram", "fp32_gemm_ops", "int8_gemm_ops", "int4_gemv_bw", "csr_ops"):
+    for key in ("read_bw_dram", "fp32_gemm_ops", "int8_gemm_ops", "int4_gemv_bw", "csr_ops",
+                "quantize_elements_per_s"):
         assert math.isfinite(res["measured"][key]) and res["measured"][key] > 0
+    assert res["timing"]["rounds"] == 3 and "min over interleaved rounds" in res["timing"]["statistic"]
+    assert 0 < dev.efficiency.quantize_vector_fraction <= 1
     # caches are faster than DRAM on any machine
     assert dev.memory_levels[0].bandwidth_bytes_per_s > dev.memory_levels[-1].bandwidth_bytes_per_s
 
@@ -137,3 +140,98 @@ def test_validate_cli_gpu_only_json(capsys):
     for key in ("median_abs_error", "p90_abs_error", "families", "gpu"):
         assert key in res
     assert res["gpu"]["cases"] and all("error" in c for c in res["gpu"]["cases"])
+
+
+def test_profile_doc_writes_the_calibrated_model_terms(tmp_path):
+    dev = _saved(tmp_path, _fake_measurements(quantize_elements_per_s=5e9, blas_pack_fraction=0.4))
+    # 4 ops per quantized element at 5e9 elements/s of the 250e9 fp32 peak
+    assert dev.efficiency.quantize_vector_fraction == pytest.approx(4 * 5e9 / 250e9, rel=1e-9)
+    assert dev.efficiency.blas_pack_bandwidth_fraction == pytest.approx(0.4, rel=1e-9)
+    assert "memwall calibrate" in dev.sources["efficiency.blas_pack_bandwidth_fraction"]
+    old = _saved(tmp_path, _fake_measurements(), name="old.toml")  # measurements without them: fields absent
+    assert old.efficiency.quantize_vector_fraction is None and old.efficiency.blas_pack_bandwidth_fraction is None
+
+
+def test_blas_peak_and_packing_are_recovered_from_two_products():
+    peak, f, llc_bw, dram_bw, llc = 250e9, 0.5, 60e9, 20e9, 36 << 20
+    sq_ops, w_sq = 2.0 * 2048**3, 4.0 * 2048 * 2048  # 16 MiB: LLC-resident
+    sk_ops, w_sk = 2.0 * 64 * 4096 * 4096, 4.0 * 4096 * 4096  # 64 MiB: from DRAM
+    t_sq = sq_ops / peak + w_sq / (llc_bw * f)
+    t_sk = sk_ops / peak + w_sk / (dram_bw * f)
+    got = cal._blas_peak_and_packing(sq_ops, t_sq, (2048, 2048, 2048), sk_ops, t_sk, w_sk, llc_bw, dram_bw, llc)
+    assert got["fp32_gemm_ops"] == pytest.approx(peak, rel=1e-6)
+    assert got["blas_pack_fraction"] == pytest.approx(f, rel=1e-6)
+    # the skinny product no slower than its compute at the square GEMM's rate: nothing to attribute to packing
+    got = cal._blas_peak_and_packing(sq_ops, 0.07, (2048, 2048, 2048), sk_ops, 0.9 * sk_ops * 0.07 / sq_ops, w_sk,
+                                     llc_bw, dram_bw, llc)
+    assert got["blas_pack_fraction"] is None and got["fp32_gemm_ops"] == pytest.approx(sq_ops / 0.07)
+
+
+def test_interleaved_rounds_keep_the_minimum_and_rotate():
+    order = []
+
+    def sampler(name, values):
+        it = iter(values)
+
+        def fn():
+            order.append(name)
+            return next(it)
+
+        return val.Sampler(fn)
+
+    entries = {"a": sampler("a", [3.0, 1.0, 2.0]), "b": sampler("b", [5.0, 6.0, 4.0]),
+               "c": val.Sampler(lambda: order.append("c") or 7.0, max_samples=1)}
+    res = val.interleaved_times(entries, min_rounds=3, max_rounds=3)
+    assert res["rounds"] == 3
+    assert res["times"]["a"] == {"min_s": 1.0, "median_s": 2.0, "n": 3, "samples": [3.0, 1.0, 2.0]}
+    assert res["times"]["b"]["min_s"] == 4.0 and res["times"]["b"]["median_s"] == 5.0
+    assert res["times"]["c"]["n"] == 1  # an expensive sampler sits out later rounds
+    assert order == ["a", "b", "c", "b", "a", "a", "b"]  # each round starts one entry later
+
+
+def test_interleaved_rounds_stop_at_the_budget_after_the_minimum():
+    ticks = iter(range(0, 10**6, 10))  # every clock reading is 10 s later
+    res = val.interleaved_times({"x": val.Sampler(lambda: 1.0)}, min_rounds=2, max_rounds=50, budget_s=5,
+                                clock=lambda: next(ticks))
+    assert res["rounds"] == 2
+    calls = []
+    res = val.interleaved_times({"f": lambda: calls.append(1)}, min_time=0.0, min_rounds=4, max_rounds=4)
+    t = res["times"]["f"]
+    assert t["n"] == 4 and len(calls) == 8 and 0 < t["min_s"] <= t["median_s"]  # a warm-up call per sample
+
+
+def test_interleaved_rounds_reject_bad_input():
+    with pytest.raises(TypeError, match="entries"):
+        val.interleaved_times([lambda: None])
+    with pytest.raises(TypeError, match=r"entries\['x'\]"):
+        val.interleaved_times({"x": 3})
+    with pytest.raises(ValueError, match="min_rounds"):
+        val.interleaved_times({"x": lambda: None}, min_rounds=5, max_rounds=2)
+    with pytest.raises(ValueError, match=r"entries\['x'\]"):
+        val.interleaved_times({"x": val.Sampler(lambda: 0.0)})
+    with pytest.raises(ValueError, match="max_samples"):
+        val.Sampler(lambda: 1.0, max_samples=0)
+
+
+def test_measured_crossover_arithmetic():
+    from memwall.simulator import _host_sweep as H
+
+    pts = [{"format": "dense", "sparsity": 0.0, "time_s": 0.010}]
+    for name, _ in ((n, None) for _, n in H.CROSSOVER_FORMATS):
+        pts += [{"format": name, "sparsity": 0.5, "time_s": 0.020}, {"format": name, "sparsity": 0.7, "time_s": 0.008},
+                {"format": name, "sparsity": 0.9, "time_s": 0.004}]
+    rows = H._crossover_rows({"points": pts})
+    # speed-ups 0.5, 1.25, 2.5: crossing 1 at 0.5 + (1 - 0.5) * 0.2 / 0.75
+    assert rows[0]["crossover"] == pytest.approx(0.5 + 0.5 * 0.2 / 0.75)
+    assert pts[1]["speedup"] == pytest.approx(0.5)
+
+
+def test_anchor_drift_against_the_calibrated_prediction(tmp_path):
+    dev = _saved(tmp_path, _fake_measurements(blas_pack_fraction=0.5))
+    anchor = {"id": "anchor", "m": 2048, "n": 2048, "k": 2048, "comp": {"weights": "fp32", "acts": "fp32"},
+              "warm": True, "time_s": 0.0762, "median_s": 0.08}
+    # compute at 250e9 + packing 16 MiB from the LLC at 60 GB/s x 0.5 + the 3 us call overhead
+    predicted = 2 * 2048**3 / 250e9 + 4 * 2048 * 2048 / (60e9 * 0.5) + 3e-6
+    row = val._anchor_rows(dev, [anchor])[0]
+    assert row["calibrated"] == pytest.approx(predicted, rel=1e-6)
+    assert row["drift"] == pytest.approx(0.0762 / predicted - 1, rel=1e-6)

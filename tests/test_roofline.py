@@ -423,3 +423,60 @@ def test_vector_path_with_per_config_operands_and_warmth(rng):
         e = estimate(A100, op, Compression.parse("int4", group=128), warm=bool(warm[i]))
         assert out["time_s"][i] == pytest.approx(e.time_s, rel=1e-12)
         assert out["dram_bytes"][i] == e.dram_bytes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# calibrated host terms (optional profile fields): BLAS packing pass, activation-quantization rate.
+# The host template: fp32 0.32 / int8 1.28 TOPS vector, vector_gemm_fraction 0.8, DRAM 20 GB/s x 0.9,
+# LLC 32 MiB at 100 GB/s x 0.8, no conversion fraction (conversions at 0.8).
+# ----------------------------------------------------------------------------------------------------------
+def _template_with(tmp_path, name, **eff):
+    from pathlib import Path
+
+    import memwall.simulator.devices as D
+
+    text = (Path(D.__file__).parent / "host-template.toml").read_text()
+    assert text.rstrip().splitlines()[-1].startswith("source")  # [efficiency] is the last table
+    text += "".join(f"{k} = {v}\n" for k, v in eff.items())
+    p = tmp_path / f"{name}.toml"
+    p.write_text(text)
+    return load_device(p)
+
+
+def test_blas_packing_pass_on_paper(tmp_path):
+    plain = _template_with(tmp_path, "plain")
+    dev = _template_with(tmp_path, "pack", blas_pack_bandwidth_fraction=0.5)
+    fp32 = Compression(weights="fp32", acts="fp32")
+    op = GemmOp("fc", 64, 4096, 4096)  # 64 MiB of weights, cold: streamed from DRAM at 18 GB/s
+    t_main = 2 * 64 * 4096 * 4096 / (0.32e12 * 0.8)
+    t_pack = 4096 * 4096 * 4 / (20e9 * 0.9 * 0.5)
+    assert estimate(plain, op, fp32).time_by_roof["vector"] == pytest.approx(t_main, rel=1e-9)
+    e = estimate(dev, op, fp32)
+    assert e.time_by_roof["vector"] == pytest.approx(t_main + t_pack, rel=1e-9)
+    assert any("packs" in n for n in e.notes)
+    # warm weights that fit the LLC are packed from it (100 GB/s x 0.8)
+    op2 = GemmOp("fc", 64, 2048, 2048)
+    want = 2 * 64 * 2048 * 2048 / (0.32e12 * 0.8) + 2048 * 2048 * 4 / (100e9 * 0.8 * 0.5)
+    assert estimate(dev, op2, fp32, warm=True).time_by_roof["vector"] == pytest.approx(want, rel=1e-9)
+    # no packing for one token (GEMV), for quantized weights, for sparse formats, nor on shipped profiles
+    for o, c in ((GemmOp("fc", 1, 4096, 4096), fp32), (op, Compression(weights="int8", acts="fp32")),
+                 (op, Compression(weights="fp32", acts="fp32", format="csr", sparsity=0.5))):
+        assert estimate(dev, o, c).time_by_roof["vector"] == estimate(plain, o, c).time_by_roof["vector"]
+    assert load_device(A100).efficiency.blas_pack_bandwidth_fraction is None
+    # the vector path agrees with the scalar one
+    out = estimate_gemm_arrays(dev, np.array([1, 64]), 4096, 4096, weights="fp32", acts="fp32")
+    assert out["time_s"][1] == pytest.approx(e.time_s, rel=1e-12)
+
+
+def test_quantize_pass_at_its_calibrated_rate(tmp_path):
+    plain = _template_with(tmp_path, "plain")
+    dev = _template_with(tmp_path, "quant", quantize_vector_fraction=0.05)
+    op = GemmOp("fc", 256, 1024, 1024)
+    w8a8 = Compression(weights="int8", acts="int8")
+    # 4 ops per activation element: at 0.05 of the fp32 peak when calibrated, else at the conversion
+    # fraction (0.8) of the int8 vector peak (the compute dtype's)
+    t_cal = 4 * 256 * 1024 / (0.32e12 * 0.05)
+    t_default = 4 * 256 * 1024 / (1.28e12 * 0.8)
+    diff = estimate(dev, op, w8a8).time_by_roof["vector"] - estimate(plain, op, w8a8).time_by_roof["vector"]
+    assert diff == pytest.approx(t_cal - t_default, rel=1e-9)
+    assert load_device(A100).efficiency.quantize_vector_fraction is None
