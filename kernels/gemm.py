@@ -7,7 +7,9 @@ Two implementations of the INT8 GEMM sit behind one validated wrapper:
     ``MR x NR`` micro-kernel over packed panels (A: ``MR`` rows, K grouped by 4, offset by +128 so it is
     unsigned; B: ``NR`` columns, K grouped by 4), threads over (row block, column panel) tasks.
 ``"generic"``
-    Pure Numba loops, no intrinsics (any CPU); exact int32 accumulation over the same packed B panels.
+    No intrinsics (any CPU): the same tiling with a micro-kernel in target-independent IR over int16 K pairs
+    (:mod:`memwall.kernels._generic_ir`; LLVM lowers it to ``vpmaddwd`` on AVX-512, or to ``vpdpwssd`` where the
+    CPU has VNNI), exact int32 accumulation over the same packed B panels seen as int16 pairs.
 
 The path is chosen at import from the CPU features and ``MEMWALL_ISA`` (:func:`memwall.kernels.config.requested_isa`),
 and can be forced per call with ``path=``.
@@ -24,6 +26,7 @@ from numba import get_num_threads, njit, prange
 
 from . import config
 from ._validate import as_array, check_choice, check_finite, check_int, check_positive, check_range
+from ._generic_ir import KB2, make_madd_microkernel
 from .cpu import has_avx512_vnni
 
 __all__ = [
@@ -89,7 +92,7 @@ def active_paths() -> dict[str, str]:
     """Which implementation each kernel family uses by default on this host (for ``memwall info``)."""
     vnni = _DEFAULT_PATH == "vnni"
     return {
-        "int8_gemm": "avx512-vnni (vpdpbusd 12x32 micro-kernel)" if vnni else "generic (pure Numba, float32-exact)",
+        "int8_gemm": "avx512-vnni (vpdpbusd 12x32 micro-kernel)" if vnni else "generic (int16-pair 12x32 IR micro-kernel, no intrinsics)",
         "int8_epi": "fused dequant epilogue on the L1 tile",
         "int4_gemv": ("zmm IR rows (vpermps nibble lookup, vector group sums), 4 rows/task + prefetch" if vnni
                       else "numba (auto-vectorized)") + ", nibbles dequantized in registers",
@@ -134,7 +137,7 @@ class PackedInt8:
     the overflow check), ``nbytes``.  Build it with :func:`pack_int8`; the constructor is not public API.
     """
 
-    __slots__ = ("k", "n", "data", "comp", "colsum", "max_abs", "_fpanels")
+    __slots__ = ("k", "n", "data", "comp", "colsum", "max_abs", "_hpanels")
 
     def __init__(self, k: int, n: int, data: np.ndarray, comp: np.ndarray, colsum: np.ndarray, max_abs: int):
         # O(1) structure checks: the kernels index these arrays without bounds checks, so a hand-built
@@ -152,17 +155,17 @@ class PackedInt8:
                                  "(build it with pack_int8)")
         max_abs = check_int(max_abs, "max_abs", minimum=0, maximum=128)
         self.k, self.n, self.data, self.comp, self.colsum, self.max_abs = k, n, data, comp, colsum, max_abs
-        self._fpanels = None
+        self._hpanels = None
 
-    def float_panels(self) -> np.ndarray:
-        """float32 copy of the panels for the generic (no-intrinsics) path, built on first use and kept."""
-        if self._fpanels is None:
-            kp4 = (self.k + 3) // 4
-            fp = np.zeros(-(-self.n // NRG) * kp4 * 4 * NRG, dtype=np.float32)
-            if self.n and kp4:
-                _float_panels_kernel(self.data, self.n, kp4, fp)
-            self._fpanels = fp
-        return self._fpanels
+    def pair_panels(self) -> np.ndarray:
+        """The panels as int16 K pairs ``[N/NR][2*ceil(K/4)][NR][2]`` for the generic (no-intrinsics) path,
+        built on first use and kept (twice the bytes of ``data``)."""
+        if self._hpanels is None:
+            npan, kp4 = -(-self.n // NR), -(-self.k // 4)
+            # [jp][k4][j][pair][2] -> [jp][k4][pair][j][2]: K pair 2*k4 + pair of column j
+            h = self.data.reshape(npan, kp4, NR, 2, 2).transpose(0, 1, 3, 2, 4).astype(np.int16)
+            self._hpanels = h.reshape(-1)
+        return self._hpanels
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -361,90 +364,82 @@ if has_avx512_vnni():
                 sfence()
 
 
-#: generic path: columns per float32 panel, rows per register block, K per exact float32 partial sum
-NRG = 64
-RBG = 4  # the full-block branch of _generic_gemm_kernel is written out for 4 rows
-#: |partial sum| <= KCG * 128 * 128 = 2**24: every float32 partial sum of INT8 products is an exact integer
-KCG = 1024
+#: generic path: K pairs per micro-kernel call (the int16 B chunk, KC2G * 2 * 2 * NR bytes = 16 KiB, stays in L1)
+KC2G = 128
+_ZERO_INIT = np.zeros(NR, dtype=np.int32)
+
+_gmk = make_madd_microkernel(MR, NV)
+_gmk1 = make_madd_microkernel(1, NV, MR)
+
+
+@njit(inline="always")
+def _pack_a_pairs(a8, m, k, ip0, ip1, k2_lo, k2n, nkb, abuf):  # pragma: no cover - compiled
+    """Rows of A panels [ip0, ip1), K pairs [k2_lo, k2_lo + k2n), sign-extended to int16, into abuf (int16)
+    ``[panel][block][MR][2 * KB2]`` (zero past K and past M)."""
+    kend = min(k, 2 * (k2_lo + k2n))
+    w = 2 * KB2
+    for ip in range(ip0, ip1):
+        for kb in range(nkb):
+            kk0 = 2 * k2_lo + w * kb
+            full = min(w, max(0, kend - kk0))
+            for r in range(MR):
+                o = np.uint64((((ip - ip0) * nkb + kb) * MR + r) * w)
+                i = ip * MR + r
+                if i >= m:
+                    full = 0
+                src = np.uint64(i * k + kk0)
+                for j in range(full):
+                    u = np.uint64(j)
+                    abuf[o + u] = np.int16(a8[src + u])
+                for j in range(full, w):
+                    abuf[o + np.uint64(j)] = 0
 
 
 @njit(parallel=True, cache=True)
-def _float_panels_kernel(bp, n, kp4, out):  # pragma: no cover - compiled
-    """int8 VNNI panels -> float32 panels [n/NRG][kp4*4][NRG] for the generic path (zero padded)."""
-    npg = (n + NRG - 1) // NRG
-    kp = kp4 * 4
-    for g in prange(npg):
-        for jj in range(NRG):
-            j = g * NRG + jj
-            if j < n:
-                jp = j // NR
-                jr = j - jp * NR
-                for kk in range(kp):
-                    out[(g * kp + kk) * NRG + jj] = np.float32(bp[(jp * kp4 + (kk >> 2)) * NR * 4 + jr * 4 + (kk & 3)])
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _generic_gemm_kernel(af, bf, m, n, kp, k_lo, k_hi, mb_rows,
+def _generic_gemm_kernel(a8, bh, m, n, k, kp2, k2_lo, k2_hi, mb_panels, jc_panels, kc2,
                          c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk):  # pragma: no cover - compiled
-    """Pure-Numba A @ B without intrinsics: INT8 values held in float32, FMA partial sums over at most KCG
-    K values (each an exact integer below 2**24, so reassociation is harmless), converted to int32 and
-    summed with wrap-around (exact mod 2**32).  af: (m, kp) float32, zero padded; bf: float32 panels."""
-    npg = (n + NRG - 1) // NRG
-    nmb = (m + mb_rows - 1) // mb_rows
-    ntask = nmb * npg
-    for t in prange(ntask):
-        mb = t // npg
-        g = t - mb * npg
-        facc = np.empty((RBG, NRG), dtype=np.float32)
-        iacc = np.empty(RBG * NRG, dtype=np.int32)
-        cols = min(NRG, n - g * NRG)
-        for i0 in range(mb * mb_rows, min(m, (mb + 1) * mb_rows), RBG):
-            rows = min(RBG, m - i0)
-            iacc[:] = 0
-            for kb in range(k_lo, k_hi, KCG):
-                facc[:] = 0
-                for k0 in range(kb, min(k_hi, kb + KCG), 4):
-                    p = (g * kp + k0) * NRG
-                    b0 = bf[p:p + NRG]
-                    b1 = bf[p + NRG:p + 2 * NRG]
-                    b2 = bf[p + 2 * NRG:p + 3 * NRG]
-                    b3 = bf[p + 3 * NRG:p + 4 * NRG]
-                    if rows == 4:  # full block: each B value loaded once for the 4 rows, A in registers
-                        r0 = af[i0]
-                        r1 = af[i0 + 1]
-                        r2 = af[i0 + 2]
-                        r3 = af[i0 + 3]
-                        a00, a01, a02, a03 = r0[k0], r0[k0 + 1], r0[k0 + 2], r0[k0 + 3]
-                        a10, a11, a12, a13 = r1[k0], r1[k0 + 1], r1[k0 + 2], r1[k0 + 3]
-                        a20, a21, a22, a23 = r2[k0], r2[k0 + 1], r2[k0 + 2], r2[k0 + 3]
-                        a30, a31, a32, a33 = r3[k0], r3[k0 + 1], r3[k0 + 2], r3[k0 + 3]
-                        f0 = facc[0]
-                        f1 = facc[1]
-                        f2 = facc[2]
-                        f3 = facc[3]
-                        for jj in range(NRG):
-                            v0 = b0[jj]
-                            v1 = b1[jj]
-                            v2 = b2[jj]
-                            v3 = b3[jj]
-                            f0[jj] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
-                            f1[jj] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
-                            f2[jj] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
-                            f3[jj] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+    """A @ B without intrinsics (:mod:`memwall.kernels._generic_ir`): the schedule of the VNNI kernel over int16
+    pairs.  a8: A (M, K) flat int8; bh: B panels as int16 pairs ``[N/NR][kp2][NR][2]``; K pairs
+    [k2_lo, k2_hi); exact int32 accumulation (wrapping), written to c or dequantized into out."""
+    mpan = (m + MR - 1) // MR
+    npan = (n + NR - 1) // NR
+    nmb = (mpan + mb_panels - 1) // mb_panels
+    njc = (npan + jc_panels - 1) // jc_panels
+    k2n = k2_hi - k2_lo
+    nkb = (k2n + KB2 - 1) // KB2
+    for t in prange(nmb * njc):
+        mb = t // njc
+        jc = t - mb * njc
+        ip0 = mb * mb_panels
+        ip1 = min(mpan, ip0 + mb_panels)
+        cbuf = np.empty((ip1 - ip0) * MR * NR, dtype=np.int32)
+        abuf = np.empty((ip1 - ip0) * nkb * MR * 2 * KB2, dtype=np.int16)
+        _pack_a_pairs(a8, m, k, ip0, ip1, k2_lo, k2n, nkb, abuf)
+        a32 = abuf.view(np.int32)
+        for jp in range(jc * jc_panels, min(npan, (jc + 1) * jc_panels)):
+            cols = min(NR, n - jp * NR)
+            for kc in range(0, k2n, kc2):
+                kn = min(kc2, k2n - kc)
+                first = 1 if kc == 0 else 0
+                last = kc + kc2 >= k2n
+                b_off = ((jp * kp2 + k2_lo + kc) * NR) * 2
+                for ip in range(ip0, ip1):
+                    a_base = ((ip - ip0) * nkb + kc // KB2) * MR * KB2
+                    t_off = (ip - ip0) * MR * NR
+                    rows = min(MR, m - ip * MR)
+                    if last and epi == 0 and rows == MR and cols == NR:
+                        _gmk(a32, a_base, bh, b_off, kn, cbuf, t_off, NR, first, _ZERO_INIT, 0,
+                             c, ip * MR * n + jp * NR, n)
                         continue
-                    for r in range(rows):
-                        ar = af[i0 + r]
-                        a0 = ar[k0]
-                        a1 = ar[k0 + 1]
-                        a2 = ar[k0 + 2]
-                        a3 = ar[k0 + 3]
-                        fr = facc[r]
-                        for jj in range(NRG):
-                            fr[jj] += a0 * b0[jj] + a1 * b1[jj] + a2 * b2[jj] + a3 * b3[jj]
-                for r in range(rows):
-                    for jj in range(NRG):
-                        iacc[r * NRG + jj] += np.int32(facc[r, jj])
-            _store_tile(iacc, NRG, i0, rows, g * NRG, cols, n, c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
+                    if rows > MR // 2:
+                        _gmk(a32, a_base, bh, b_off, kn, cbuf, t_off, NR, first, _ZERO_INIT, 0, cbuf, t_off, NR)
+                    else:
+                        for r in range(rows):
+                            _gmk1(a32, a_base + KB2 * r, bh, b_off, kn, cbuf, t_off + r * NR, NR, first, _ZERO_INIT, 0,
+                                  cbuf, t_off + r * NR, NR)
+                    if last:
+                        _store_tile(cbuf[t_off:], NR, ip * MR, rows, jp * NR, cols, n,
+                                    c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
 
 
 _EMPTY_F32 = np.zeros(1, dtype=np.float32)
@@ -529,12 +524,11 @@ def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp:
         _vnni_gemm_kernel(np.ascontiguousarray(a).reshape(-1).view(np.uint8), pb.data, comp, m, n, a.shape[1], kp4, k4_lo, k4_hi,
                           mb_panels, jc_panels, KC4, nt, c, out, *args)
     else:
-        npg = (n + NRG - 1) // NRG
-        nmb = max(1, min(-(-m // RBG), -(-2 * threads // npg)))
-        mb_rows = -(-(-(-m // nmb)) // RBG) * RBG
-        af = np.zeros((m, kp4 * 4), dtype=np.float32)
-        af[:, :a.shape[1]] = a
-        _generic_gemm_kernel(af, pb.float_panels(), m, n, kp4 * 4, 4 * k4_lo, 4 * k4_hi, mb_rows, c, out, *args)
+        mpan = (m + MR - 1) // MR
+        # the A block holds int16: twice the bytes per K group of the VNNI path
+        mb_panels, jc_panels = _vnni_schedule(mpan, npan, 2 * (k4_hi - k4_lo), threads)
+        _generic_gemm_kernel(np.ascontiguousarray(a).reshape(-1), pb.pair_panels(), m, n, a.shape[1], 2 * kp4,
+                             2 * k4_lo, 2 * k4_hi, mb_panels, jc_panels, KC2G, c, out, *args)
     return res.reshape(m, n)
 
 

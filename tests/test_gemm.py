@@ -19,8 +19,8 @@ from memwall.kernels.membench import last_level_cache_bytes, read_bandwidth, str
 from memwall.kernels.quant import quantize_rows_int8
 
 PATHS = G.available_paths()
-# tile edges of both paths: MR rows / NR columns (VNNI), RBG rows / NRG columns (generic), K groups of 4
-EDGE_DIMS = sorted({0, 1, 2, 3, 4, 5, 7, G.MR - 1, G.MR, G.MR + 1, G.NR - 1, G.NR, G.NR + 1, G.NRG + 1})
+# tile edges of both paths (same MR x NR tiles; the generic path steps K in pairs, VNNI in groups of 4)
+EDGE_DIMS = sorted({0, 1, 2, 3, 4, 5, 7, G.MR - 1, G.MR, G.MR + 1, G.NR - 1, G.NR, G.NR + 1, 2 * G.NR + 1})
 
 
 # ================================================================================================

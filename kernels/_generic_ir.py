@@ -1,0 +1,197 @@
+"""Target-independent LLVM IR micro-kernel for the generic (no intrinsics) INT8 GEMM path.
+
+The fallback path of :mod:`memwall.kernels.gemm` must run on any CPU, so it uses no ``llvm.x86.*`` call; it is
+still written in IR (through ``numba.extending.intrinsic``) because Numba's auto-vectorizer neither register-
+blocks a GEMM nor, on CPUs tuned to prefer 256-bit vectors, emits 512-bit code.  The product of int16 pairs,
+``add(mul(sext even), mul(sext odd))`` on ``<32 x i16>`` -> ``<16 x i32>``, is the pattern LLVM's X86 backend
+lowers to ``vpmaddwd`` (other targets get their own widening multiply-adds or plain vector code); the function
+attribute ``"min-legal-vector-width"="512"`` keeps the 16-lane vectors whole on AVX-512 CPUs (elsewhere they are
+split into legal halves).
+
+Layouts (built by :mod:`memwall.kernels.gemm`; the micro-kernel trusts them):
+
+* packed A micro-panel, ``a_rows`` rows: blocks of ``KB2`` K pairs, ``[block][a_rows][KB2]`` int32 words, each
+  word two sign-extended int16 values ``(a[i, 2p], a[i, 2p + 1])`` (low half first);
+* packed B micro-panel, ``NR = 16 * nv`` columns: ``[k2][NR][2]`` int16 (column ``j``, K values ``2*k2, 2*k2+1``);
+* C: int32 tiles, leading dimension in elements.
+
+Every product and pair sum is exact in int32 (|sum| <= 2 * 128 * 128); the accumulators wrap modulo 2**32 as
+the VNNI path does, and the caller bounds K so the true result fits.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_I16 = ir.IntType(16)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_I8 = ir.IntType(8)
+_V16 = ir.VectorType(_I32, 16)
+_V32H = ir.VectorType(_I16, 32)
+_V32W = ir.VectorType(_I32, 32)
+_WIDE = '"min-legal-vector-width"="512"'
+
+#: K pairs per block of the packed A panel (each row's 64 bytes of a block contiguous)
+KB2 = 16
+
+
+def _mark_wide(function) -> None:
+    """Let the X86 backend keep 512-bit vectors in this function (llvmlite only knows enum attributes, so the
+    string attribute goes into the underlying set directly; it is printed verbatim)."""
+    set.add(function.attributes, _WIDE)
+
+
+def _madd(builder, a_pairs, b_pairs):
+    """<16 x i32> sum of the even and odd int16 products: vpmaddwd where the target has it."""
+    prod = builder.mul(builder.sext(a_pairs, _V32W), builder.sext(b_pairs, _V32W))
+    even = builder.shuffle_vector(prod, prod, ir.Constant(_V16, list(range(0, 32, 2))))
+    odd = builder.shuffle_vector(prod, prod, ir.Constant(_V16, list(range(1, 32, 2))))
+    return builder.add(even, odd)
+
+
+def make_madd_microkernel(mr: int, nv: int, a_rows: int | None = None):
+    """An intrinsic ``mk(ap, a_off, bp, b_off, k2n, cin, cin_off, ldin, first, init, init_off, cout, cout_off,
+    ldout)`` with the calling convention of :func:`memwall.kernels._vnni.make_microkernel` (element offsets;
+    ``ap`` int32 words, ``bp`` int16, tiles int32; ``k2n`` K pairs; accumulators from ``init`` when ``first``
+    != 0, else from ``cin``; the full ``mr x 16*nv`` tile is stored to ``cout``)."""
+    nr = 16 * nv
+    a_rows = mr if a_rows is None else a_rows
+
+    @intrinsic
+    def mk(typingctx, ap, a_off, bp, b_off, k2n, cin, cin_off, ldin, first, init, init_off, cout, cout_off, ldout):
+        ints = (a_off, b_off, k2n, cin_off, ldin, first, init_off, cout_off, ldout)
+        if not all(isinstance(t, types.Integer) for t in ints):
+            return None
+        sig = types.void(ap, a_off, bp, b_off, k2n, cin, cin_off, ldin, first, init, init_off, cout, cout_off, ldout)
+
+        def codegen(context, builder, signature, args):
+            st = signature.args
+            _mark_wide(builder.function)
+
+            def i64(i):
+                return context.cast(builder, args[i], st[i], types.int64)
+
+            def data(i, ty):
+                return builder.bitcast(context.make_array(st[i])(context, builder, args[i]).data, ty.as_pointer())
+
+            def c64(x):
+                return ir.Constant(_I64, x)
+
+            a0 = builder.gep(data(0, _I32), [i64(1)])
+            b0 = builder.gep(data(2, _I16), [i64(3)])
+            k2n_v, ldin_v, first_v, ldout_v = i64(4), i64(7), i64(8), i64(13)
+            ci0 = builder.gep(data(5, _I32), [i64(6)])
+            i0 = builder.gep(data(9, _I32), [i64(10)])
+            co0 = builder.gep(data(11, _I32), [i64(12)])
+
+            def load(ptr, off, vty):
+                p = builder.gep(ptr, [off if not isinstance(off, int) else c64(off)])
+                return builder.load(builder.bitcast(p, vty.as_pointer()), align=4)
+
+            from_init_bb = builder.append_basic_block("gmk_from_init")
+            from_c_bb = builder.append_basic_block("gmk_from_c")
+            pre_bb = builder.append_basic_block("gmk_pre")
+            blk_head = builder.append_basic_block("gmk_blk_head")
+            blk_body = builder.append_basic_block("gmk_blk_body")
+            rem_pre = builder.append_basic_block("gmk_rem_pre")
+            rem_head = builder.append_basic_block("gmk_rem_head")
+            rem_body = builder.append_basic_block("gmk_rem_body")
+            exit_bb = builder.append_basic_block("gmk_exit")
+            builder.cbranch(builder.icmp_signed("!=", first_v, c64(0)), from_init_bb, from_c_bb)
+
+            builder.position_at_end(from_init_bb)
+            init_vals = [load(i0, 16 * v, _V16) for v in range(nv)]
+            builder.branch(pre_bb)
+            builder.position_at_end(from_c_bb)
+            c_acc = [[load(ci0, builder.add(builder.mul(ldin_v, c64(r)), c64(16 * v)), _V16) for v in range(nv)]
+                     for r in range(mr)]
+            builder.branch(pre_bb)
+            builder.position_at_end(pre_bb)
+            acc = []
+            for r in range(mr):
+                row = []
+                for v in range(nv):
+                    phi = builder.phi(_V16)
+                    phi.add_incoming(init_vals[v], from_init_bb)
+                    phi.add_incoming(c_acc[r][v], from_c_bb)
+                    row.append(phi)
+                acc.append(row)
+            nblk = builder.sdiv(k2n_v, c64(KB2))
+            builder.branch(blk_head)
+
+            undef = ir.Constant(_V16, ir.Undefined)
+            zeros = ir.Constant(_V16, [0] * 16)
+
+            def step(a_ptr, b_ptr, u, accs):
+                """One K pair (``u``: index inside the block, constant or value)."""
+                if isinstance(u, int):
+                    b_off, a_off = c64(u * nr * 2), c64(u)
+                else:
+                    b_off, a_off = builder.mul(u, c64(nr * 2)), u
+                bvec = [load(b_ptr, builder.add(b_off, c64(32 * v)), _V32H) for v in range(nv)]
+                out = []
+                for r in range(mr):
+                    w = builder.load(builder.gep(a_ptr, [builder.add(a_off, c64(KB2 * r))]), align=4)
+                    splat = builder.shuffle_vector(builder.insert_element(undef, w, ir.Constant(_I32, 0)), undef, zeros)
+                    a_pairs = builder.bitcast(splat, _V32H)
+                    out.append([builder.add(accs[r][v], _madd(builder, a_pairs, bvec[v])) for v in range(nv)])
+                return out
+
+            def loop_phis(incoming, bb):
+                phis = [[builder.phi(_V16) for _ in range(nv)] for _ in range(mr)]
+                for r in range(mr):
+                    for v in range(nv):
+                        phis[r][v].add_incoming(incoming[r][v], bb)
+                return phis
+
+            def close_loop(phis, vals, bb):
+                for r in range(mr):
+                    for v in range(nv):
+                        phis[r][v].add_incoming(vals[r][v], bb)
+
+            builder.position_at_end(blk_head)
+            kb = builder.phi(_I64)
+            kb.add_incoming(c64(0), pre_bb)
+            blk_acc = loop_phis(acc, pre_bb)
+            builder.cbranch(builder.icmp_signed("<", kb, nblk), blk_body, rem_pre)
+            builder.position_at_end(blk_body)
+            a_ptr = builder.gep(a0, [builder.mul(kb, c64(a_rows * KB2))])
+            b_ptr = builder.gep(b0, [builder.mul(kb, c64(KB2 * nr * 2))])
+            cur = blk_acc
+            for u in range(KB2):
+                cur = step(a_ptr, b_ptr, u, cur)
+            kb.add_incoming(builder.add(kb, c64(1)), builder.basic_block)
+            close_loop(blk_acc, cur, builder.basic_block)
+            builder.branch(blk_head)
+
+            builder.position_at_end(rem_pre)
+            rem = builder.sub(k2n_v, builder.mul(nblk, c64(KB2)))
+            a_last = builder.gep(a0, [builder.mul(nblk, c64(a_rows * KB2))])
+            b_last = builder.gep(b0, [builder.mul(nblk, c64(KB2 * nr * 2))])
+            builder.branch(rem_head)
+            builder.position_at_end(rem_head)
+            u = builder.phi(_I64)
+            u.add_incoming(c64(0), rem_pre)
+            rem_acc = loop_phis(blk_acc, rem_pre)
+            builder.cbranch(builder.icmp_signed("<", u, rem), rem_body, exit_bb)
+            builder.position_at_end(rem_body)
+            cur = step(a_last, b_last, u, rem_acc)
+            u.add_incoming(builder.add(u, c64(1)), builder.basic_block)
+            close_loop(rem_acc, cur, builder.basic_block)
+            builder.branch(rem_head)
+
+            builder.position_at_end(exit_bb)
+            for r in range(mr):
+                row_off = builder.mul(ldout_v, c64(r))
+                for v in range(nv):
+                    p = builder.bitcast(builder.gep(co0, [builder.add(row_off, c64(16 * v))]), _V16.as_pointer())
+                    builder.store(rem_acc[r][v], p, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    mk.__name__ = f"madd_mk_{mr}x{nr}_a{a_rows}"
+    return mk
