@@ -9,6 +9,17 @@ Two sources of "measured":
 * published GPU results — :func:`gpu_cases` predicts every case of ``data/published_gpu.toml`` (each with its
   source) with the shipped device profiles.
 
+How this machine is timed (the same statistic ``memwall calibrate`` uses, :func:`interleaved_times`): all
+operands are built first, then rounds visit every case, every crossover point and two *anchors* once each (a
+warm-up call, then calls until ``min_time`` passes: one sample), until a wall budget is spent; a case's time
+is the minimum over its samples.  On a shared machine, co-tenants make everything 1.5-2x slower for stretches
+of seconds to minutes, and interference only ever adds time: the minimum is the stable statistic, and the
+rounds spread each case over the whole sweep so a slow phase hits all of them alike.  The median of the
+samples is kept beside it (``measured_median``, and the summary ``on_medians``).  The anchors are
+calibration points (the FP32 BLAS GEMM and the cold INT4 GEMV) measured again now: their ``drift``
+(measured / what the calibrated profile predicts for them - 1) shows how far this machine has moved since
+calibration, i.e. the noise floor of every error below.
+
 Error of a case: ``|predicted - measured| / measured`` on time (for throughput metrics on the throughput:
 the same absolute percentage).  :func:`summarize` reports the median and 90th percentile overall and per
 family, and whether the targets (median <= 15% overall, <= 25% per family) are met.
