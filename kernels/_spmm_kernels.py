@@ -20,6 +20,8 @@ Conventions shared by all kernels
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -427,6 +429,155 @@ def _make_nm24_row(nv):
     return nm24_row
 
 
+def nm_period(n, m):
+    """Kept values one unrolled step of the general N:M micro-kernel covers: a whole number of groups (``n``
+    values each) whose positions fill a whole number of metadata bytes, at least 8 values (loop overhead).
+    Returns 0 when the metadata fields are wider than 8 bits (m > 256) or the step would exceed 64 values:
+    those shapes take the decode-then-CSR kernel (``nm_mm``)."""
+    bits = int(m - 1).bit_length()
+    if bits > 8:
+        return 0
+    per_byte = 8 // math.gcd(bits, 8) if bits else 1  # values that fill a whole number of bytes
+    u = n * per_byte // math.gcd(n, per_byte)
+    u *= -(-8 // u)
+    return u if u <= 64 else 0
+
+
+def _make_nm_row(nv):
+    """``nm_row(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag, mtag)``: one N:M
+    row segment, n = ``len(ntag)`` and m = ``len(mtag)`` fixed at compile time (the tags are tuples: their
+    lengths are part of the type, so every (n, m) gets its own unrolled code).
+
+    ``nvals`` kept values ``data[d_off ...]`` (a multiple of n) starting at a group boundary of the row whose
+    metadata bit stream starts at byte ``meta[m_off]`` (the wrapper makes segment starts byte-aligned); value
+    ``q`` sits in column ``(q // n) * m + pos_q`` relative to the segment's first column, whose X row starts at
+    ``X[x_off]``.  Steps of ``nm_period(n, m)`` values decode their positions with constant byte offsets and
+    shifts (fields straddling a byte are read as two bytes) beside the multiply-adds, in up to four register
+    sets (4*nv FMA chains in flight); the last < period values go one at a time.  ``init`` as for ``csr_row``.
+    Same value types as ``csr_row`` (float32, float16 bit patterns, int8 times ``scale``)."""
+
+    @intrinsic
+    def nm_row(typingctx, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag, mtag):
+        if not (isinstance(ntag, types.UniTuple) and isinstance(mtag, types.UniTuple)):
+            return None
+        n, m = ntag.count, mtag.count
+        U = nm_period(n, m)
+        if not (1 <= n <= m and U):
+            return None
+        bits = int(m - 1).bit_length()
+        sig = types.void(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag, mtag)
+        scaled = data.dtype == types.int8
+        nsets = min(4, U)
+
+        def codegen(context, builder, signature, args):
+            e = _Emit(context, builder, signature, args)
+            b = builder
+            dtype = signature.args[5].dtype
+            op = e.ptr(0, e.i64(1))
+            ldx_v = e.i64(3)
+            xp = e.ptr(2, e.i64(4))
+            dp = e.ptr(5, e.i64(6))
+            mp = e.ptr(7, e.i64(8))
+            n_v = e.i64(9)
+            scale_v = e.f32(10) if scaled else None
+            mask = e.c64((1 << bits) - 1)
+            offs = [e.c64(16 * j) for j in range(nv)]
+            start = e.start_tile(e.i64(11), op, offs)
+            bb_pre = b.basic_block
+            hu = b.append_basic_block("nm_hu")
+            bodyu = b.append_basic_block("nm_bodyu")
+            h1 = b.append_basic_block("nm_h1")
+            body1 = b.append_basic_block("nm_body1")
+            done = b.append_basic_block("nm_done")
+
+            def byte_at(mb, k):
+                return b.zext(b.load(b.gep(mp, [b.add(mb, e.c64(k))])), _I64)
+
+            def step(acc, q, c):
+                w = e.splat(e.value(dp, q, dtype, scale_v))
+                return e.axpy(acc, w, xp, b.mul(c, ldx_v), nv)
+
+            b.branch(hu)
+            # whole steps: U values, positions at constant bit offsets from the byte mb
+            b.position_at_end(hu)
+            q = b.phi(_I64)
+            mb = b.phi(_I64)
+            cb = b.phi(_I64)
+            sets = [e.phis(nv) for _ in range(nsets)]
+            for v in (q, mb, cb):
+                v.add_incoming(e.c64(0), bb_pre)
+            for j in range(nv):
+                sets[0][j].add_incoming(start[j], bb_pre)
+                for s in sets[1:]:
+                    s[j].add_incoming(_ZERO_VF, bb_pre)
+            b.cbranch(b.icmp_signed("<=", b.add(q, e.c64(U)), n_v), bodyu, h1)
+            b.position_at_end(bodyu)
+            cur = list(sets)
+            loaded = {}
+            for t in range(U):
+                bp = t * bits
+                byte, sh = bp >> 3, bp & 7
+                if bits == 0:
+                    pos = None
+                else:
+                    if byte not in loaded:
+                        loaded[byte] = byte_at(mb, byte)
+                    field = loaded[byte]
+                    if sh + bits > 8:
+                        if byte + 1 not in loaded:
+                            loaded[byte + 1] = byte_at(mb, byte + 1)
+                        field = b.or_(field, b.shl(loaded[byte + 1], e.c64(8)))
+                    pos = b.and_(b.lshr(field, e.c64(sh)), mask) if sh else b.and_(field, mask)
+                c = b.add(cb, e.c64((t // n) * m))
+                if pos is not None:
+                    c = b.add(c, pos)
+                k = t % nsets
+                cur[k] = step(cur[k], b.add(q, e.c64(t)), c)
+            q.add_incoming(b.add(q, e.c64(U)), bodyu)
+            mb.add_incoming(b.add(mb, e.c64(U * bits // 8)), bodyu)
+            cb.add_incoming(b.add(cb, e.c64(U // n * m)), bodyu)
+            for s, nw in zip(sets, cur):
+                for j in range(nv):
+                    s[j].add_incoming(nw[j], bodyu)
+            b.branch(hu)
+            # the last values (fewer than a step), one at a time into set 0; a field is read as the byte it
+            # starts in and the next one only where it straddles (never past the row's metadata)
+            b.position_at_end(h1)
+            t1 = b.phi(_I64)
+            a1 = e.phis(nv)
+            t1.add_incoming(q, hu)
+            for j in range(nv):
+                a1[j].add_incoming(sets[0][j], hu)
+            b.cbranch(b.icmp_signed("<", t1, n_v), body1, done)
+            b.position_at_end(body1)
+            c = b.mul(b.udiv(t1, e.c64(n)), e.c64(m))
+            if bits:
+                bp = b.mul(t1, e.c64(bits))
+                byte = b.lshr(bp, e.c64(3))
+                sh = b.and_(bp, e.c64(7))
+                lo = byte_at(byte, 0)
+                straddle = b.icmp_unsigned(">", b.add(sh, e.c64(bits)), e.c64(8))
+                hi = b.zext(b.load(b.gep(mp, [b.select(straddle, b.add(byte, e.c64(1)), byte)])), _I64)
+                field = b.or_(lo, b.shl(hi, e.c64(8)))
+                c = b.add(c, b.and_(b.lshr(field, sh), mask))
+            n1 = step(a1, t1, c)
+            t1.add_incoming(b.add(t1, e.c64(1)), body1)
+            for j in range(nv):
+                a1[j].add_incoming(n1[j], body1)
+            b.branch(h1)
+            b.position_at_end(done)
+            for j in range(nv):
+                tot = a1[j]
+                for s in sets[1:]:
+                    tot = b.fadd(tot, s[j])
+                e.vstore(tot, op, offs[j])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return nm_row
+
+
 @intrinsic
 def _fetch_add(typingctx, counter, idx):
     """Atomically ``old = counter[idx]; counter[idx] += 1; return old`` (int64 array): the work queue of the
@@ -449,6 +600,8 @@ _bsr_strip = {(R, nv): _make_bsr_strip(R, nv) for R in (1, 2, 4) for nv in (1, 2
 _nm24_row = [None] + [_make_nm24_row(nv) for nv in (1, 2, 3, 4)]
 csr_row1, csr_row2, csr_row3, csr_row4 = _csr_row[1:]
 nm24_row1, nm24_row2, nm24_row3, nm24_row4 = _nm24_row[1:]
+_nm_row = [None] + [_make_nm_row(nv) for nv in (1, 2, 3, 4)]
+nm_row1, nm_row2, nm_row3, nm_row4 = _nm_row[1:]
 bsr_strip1_1, bsr_strip1_2, bsr_strip1_3, bsr_strip1_4 = (_bsr_strip[1, nv] for nv in (1, 2, 3, 4))
 bsr_strip2_1, bsr_strip2_2, bsr_strip2_3, bsr_strip2_4 = (_bsr_strip[2, nv] for nv in (1, 2, 3, 4))
 bsr_strip4_1, bsr_strip4_2, bsr_strip4_3, bsr_strip4_4 = (_bsr_strip[4, nv] for nv in (1, 2, 3, 4))
@@ -475,6 +628,19 @@ def _nm24_seg(nv, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, sc
         nm24_row2(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
     else:
         nm24_row1(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
+
+
+@njit(inline="always")
+def _nm_seg(nv, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag,
+            mtag):  # pragma: no cover - compiled
+    if nv == 4:
+        nm_row4(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag, mtag)
+    elif nv == 3:
+        nm_row3(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag, mtag)
+    elif nv == 2:
+        nm_row2(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag, mtag)
+    else:
+        nm_row1(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag, mtag)
 
 
 @njit(inline="always")
@@ -821,6 +987,40 @@ def nm24_mm(data, meta, scales, X, P, bounds, workers, out):  # pragma: no cover
                         s = scales[i] if has_scales else np.float32(1.0)
                         _nm24_seg(nv, out, i * B + b0, X, B, k0 * B + b0, data, i * kr + t0, meta, i * nmeta + t0 // 4,
                                   t1 - t0, s, init)
+                    init = 0
+            ch = _fetch_add(queue, 0)
+
+
+@njit(parallel=True, cache=True)
+def nm_mm_tiled(data, meta, bits, scales, X, P, bounds, workers, out, ntag, mtag):  # pragma: no cover - compiled
+    """N:M with n = len(ntag), m = len(mtag) fixed at compile time: data (rows, kr), meta (rows, nmeta); the
+    register micro-kernel ``nm_row`` decodes the positions beside its multiply-adds.  Panels of P rows of X, P a
+    multiple of ``nm_period(n, m) // n * m`` (so every panel's segment starts on a metadata byte); chunks of
+    rows (``bounds``) from a shared queue, as in csr_mm."""
+    B = X.shape[1]
+    K = X.shape[0]
+    kr = data.shape[1]
+    nmeta = meta.shape[1]
+    n = len(ntag)
+    m = len(mtag)
+    has_scales = scales.shape[0] > 0
+    nch = bounds.shape[0] - 1
+    queue = np.zeros(1, np.int64)
+    for _w in prange(workers):
+        ch = _fetch_add(queue, 0)
+        while ch < nch:
+            r0 = bounds[ch]
+            r1 = bounds[ch + 1]
+            for b0 in range(0, B, 64):
+                nv = min(4, (B - b0) // 16)
+                init = 1
+                for k0 in range(0, K, P):
+                    t0 = k0 // m * n
+                    t1 = min(kr, t0 + P // m * n)
+                    for i in range(r0, r1):
+                        s = scales[i] if has_scales else np.float32(1.0)
+                        _nm_seg(nv, out, i * B + b0, X, B, k0 * B + b0, data, i * kr + t0, meta,
+                                i * nmeta + (t0 * bits) // 8, t1 - t0, s, init, ntag, mtag)
                     init = 0
             ch = _fetch_add(queue, 0)
 

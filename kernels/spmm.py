@@ -169,10 +169,13 @@ def spmm(A, X, *, x_scale=None) -> np.ndarray:
     else:
         work = np.arange(rows + 1, dtype=np.int64)
         bounds = _chunks(work, _ROW_CHUNK)
-        if A.n == 2 and A.m == 4:
+        step = _k.nm_period(A.n, A.m)
+        if step:
+            # n and m as tuple lengths: compile-time constants of the unrolled micro-kernel (one build per n:m)
             d2 = A.data.view(np.uint16) if A.data.dtype == np.float16 else A.data
-            _k.nm24_mm(d2, A.metadata, scales, Xp, _panel_rows(Xp.shape[1], 8), bounds, _workers(), out)
-        else:
+            P = _panel_rows(Xp.shape[1], step // A.n * A.m, A.n / A.m, _NM_PANEL_MIN_KEPT)
+            _k.nm_mm_tiled(d2, A.metadata, A.bits, scales, Xp, P, bounds, _workers(), out, (0,) * A.n, (0,) * A.m)
+        else:  # m > 256 (positions wider than a byte) or an unroll step over 64 values: decode, then CSR
             _k.nm_mm(data, A.metadata.reshape(-1), A.metadata.shape[1], A.kr, A.n, A.m, A.bits, scales, Xp,
                      _panel_rows(Xp.shape[1], A.m), bounds, _workers(), out)
     return out if out.shape[1] == batch else np.ascontiguousarray(out[:, :batch])
@@ -189,6 +192,9 @@ _BSR_GROUP_BYTES = 4096
 _ROW_CHUNK = 64
 #: the same for CSR (measured: 256 rows 8% faster than 64 at 90% and 65% sparsity, 512 no better)
 _CSR_ROW_CHUNK = 256
+#: fewest kept values of an N:M row per panel (measured, 4096 x 4096, batch 64: 1:4 and 2:8 ran ~1.4x faster
+#: with panels of 128 rows = 32 kept values than with the 64 rows the panel bytes alone give; 2:4 and 4:8 keep 64)
+_NM_PANEL_MIN_KEPT = 32
 #: work of one output row in units of stored values (tile load/store, loop set-up) when balancing chunks.
 _ROW_COST = 8
 _ALIGN = 64
@@ -232,13 +238,13 @@ def _chunks(work: np.ndarray, rows_per_chunk: int) -> np.ndarray:
     return np.maximum.accumulate(b)
 
 
-def _panel_rows(batch: int, multiple: int, density: float = 1.0) -> int:
+def _panel_rows(batch: int, multiple: int, density: float = 1.0, min_nnz: int = SPMM_PANEL_MIN_NNZ) -> int:
     """Panel height P (rows of X, a multiple of ``multiple``): about _PANEL_BYTES of the (at most 64-column)
-    batch slice a kernel pass covers, but at least enough columns that a row holds ~SPMM_PANEL_MIN_NNZ stored
-    values per panel (very sparse rows: per-panel overhead dominates)."""
+    batch slice a kernel pass covers, but at least enough columns that a row holds ~``min_nnz`` stored values
+    per panel (very sparse rows: per-panel overhead dominates)."""
     P = (_PANEL_BYTES // (4 * min(max(batch, 1), 64))) // multiple * multiple
     if density > 0:
-        P = max(P, int(math.ceil(SPMM_PANEL_MIN_NNZ / density / multiple)) * multiple)
+        P = max(P, int(math.ceil(min_nnz / density / multiple)) * multiple)
     return max(P, multiple)
 
 

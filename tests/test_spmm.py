@@ -341,3 +341,81 @@ def test_spmm_many_panels_every_format(rng):
         for A in (CSRMatrix.from_dense(w, value_dtype=vdt), NMSparseMatrix.from_dense(w, 2, 4, value_dtype=vdt),
                   NMSparseMatrix.from_dense(w, 1, 4, value_dtype=vdt), BSRMatrix.from_dense(w, (4, 32), value_dtype=vdt)):
             assert_close(spmm(A, X), ref_float(A, X), A, X)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# general N:M (register micro-kernel unrolled per n:m): odd group counts (a partial unroll step at the end of
+# every row), rows 0 / 1 / odd, batch 1 / 7 / 33 (a 16-column remainder), long rows over several panels
+# ----------------------------------------------------------------------------------------------------------
+NM_CASES = [(1, 2), (1, 4), (2, 8), (4, 8), (3, 8)]
+
+
+@pytest.mark.parametrize("n,m", NM_CASES)
+def test_nm_general_float32(rng, n, m):
+    for rows, groups, batch in [(0, 5, 7), (1, 1, 1), (7, 37, 33), (13, 3 * 64 + 5, 7), (3, 600, 70)]:
+        w = rng.standard_normal((rows, groups * m)).astype(np.float32)
+        X = rng.standard_normal((groups * m, batch)).astype(np.float32)
+        A = NMSparseMatrix.from_dense(w, n, m)
+        got = spmm(A, X)
+        assert got.shape == (rows, batch)
+        assert_close(got, ref_float(A, X), A, X)
+
+
+@pytest.mark.parametrize("n,m,vdt", [(2, 8, np.float16), (4, 8, np.int8), (1, 4, np.float16), (3, 8, np.int8)])
+def test_nm_general_value_types(rng, n, m, vdt):
+    # float16 decoded exactly, int8 times its per-row scale: the dense reference is the same matrix (to_dense)
+    w = rng.standard_normal((11, 101 * m)).astype(np.float32)
+    X = rng.standard_normal((101 * m, 33)).astype(np.float32)
+    A = NMSparseMatrix.from_dense(w, n, m, value_dtype=vdt)
+    assert_close(spmm(A, X), ref_float(A, X), A, X)
+    assert_close(spmm_t(X.T, A).T, ref_float(A, X), A, X)  # the Linear layout (batch, in) @ A.T
+
+
+@pytest.mark.parametrize("n,m", [(2, 8), (3, 8)])
+def test_nm_general_int8_exact(rng, n, m):
+    w = rng.standard_normal((9, 45 * m)).astype(np.float32)
+    A = NMSparseMatrix.from_dense(w, n, m, value_dtype=np.int8)
+    Xq = rng.integers(-128, 128, (45 * m, 7)).astype(np.int8)
+    xs = (rng.random(7) + 0.01).astype(np.float32)
+    np.testing.assert_array_equal(spmm(A, Xq, x_scale=xs), ref_int8_rows(A, Xq, xs))
+
+
+def test_nm_general_threads_identical(rng):
+    w = rng.standard_normal((133, 40 * 8)).astype(np.float32)
+    X = rng.standard_normal((40 * 8, 33)).astype(np.float32)
+    mats = [NMSparseMatrix.from_dense(w, n, m) for n, m in NM_CASES]
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for nt in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(nt)
+            results.append([spmm(A, X) for A in mats])
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_nm_wide_step_falls_back(rng):
+    # 9:24 (5-bit positions, an unroll step would cover 72 values) takes the decode-then-CSR kernel
+    from memwall.kernels._spmm_kernels import nm_period
+
+    assert nm_period(9, 24) == 0 and nm_period(2, 4) > 0 and nm_period(1, 300) == 0
+    w = rng.standard_normal((5, 24 * 7)).astype(np.float32)
+    X = rng.standard_normal((24 * 7, 20)).astype(np.float32)
+    A = NMSparseMatrix.from_dense(w, 9, 24)
+    assert_close(spmm(A, X), ref_float(A, X), A, X)
+
+
+@given(nm=st.sampled_from(NM_CASES), rows=st.integers(0, 9), groups=st.integers(0, 70),
+       batch=st.sampled_from([1, 2, 7, 16, 33]), seed=st.integers(0, 2**16))
+def test_nm_general_hypothesis(nm, rows, groups, batch, seed):
+    n, m = nm
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, groups * m)).astype(np.float32)
+    w[rng.random(w.shape) < 0.3] = 0  # groups with fewer than n nonzeros store explicit zeros
+    X = rng.standard_normal((groups * m, batch)).astype(np.float32)
+    A = NMSparseMatrix.from_dense(w, n, m)
+    got = spmm(A, X)
+    assert got.shape == (rows, batch)
+    assert_close(got, ref_float(A, X), A, X)
