@@ -31,14 +31,17 @@ is recorded (``cpu_busy``: their user + system time over wall time x cores).
 With more workers than cores (p = 4 on 2) the workers time-share the cores: the "link" of each is then a
 share of the host.  ``shared_cores_check`` tests that reading without fitting anything at p = 4: it predicts
 every p = 4 case from the p = 2 fit with each worker's bandwidths scaled by ``cores / p`` and the latency by
-``p / cores`` (reported, not part of the 25% target: a wake-up of an oversubscribed process costs more
-than its share of the cores).
+``p / cores`` (reported, not part of the 25% target).  Measured with both world sizes in the same rounds, this naive
+reading over-predicts p = 4 (by 20-40% at the median): at p = 2 the workers leave the cores idle for
+part of each call (waiting for wake-ups), so at p = 4 each keeps about 75% of its p = 2 bandwidth, not 50%,
+while the latency per message about doubles — p = 4 is oversubscribed, not simply CPU-starved, and is fitted
+on its own.
 
     python benchmarks/bench_comm_gloo.py            # table + JSON summary on stdout
     python benchmarks/report.py -k comm_gloo        # through pytest-benchmark (table in extra_info)
 
 Skipped with a reason when torch is absent (``pip install torch==2.13.0``, the local CPU build; torch is
-never a runtime dependency of memwall).  Bounded: about 1.5 minutes on 2 cores; a hard timeout stops it.
+never a runtime dependency of memwall).  Bounded: about 1.5 minutes on 2 cores (70 s of rounds); a hard timeout (140 s) stops it.
 """
 from __future__ import annotations
 
@@ -59,10 +62,10 @@ TOPK_SIZES = tuple(1 << i for i in range(6, 20))
 WORLD_SIZES = (2, 4)
 #: Hard bound on the whole measurement (both world sizes, spawn included).
 TIMEOUT_S = 140.0
-#: Interleaved rounds over all cases (at least ROUNDS, more while ROUND_S seconds per world size have not
+#: Interleaved rounds over all cases of all world sizes (at least ROUNDS, more while ROUND_S seconds have not
 #: passed, at most MAX_ROUNDS); each case is summarized by a low quantile of its samples (QUANTILE).
 ROUNDS = 5
-ROUND_S = 36.0
+ROUND_S = 70.0
 MAX_ROUNDS = 400
 TARGET_REL_ERR = 0.25
 #: The statistic of a case's interleaved samples (some hundred) that the model is fitted to and checked
@@ -93,27 +96,29 @@ def _encode_topk(grad: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([sg.indices.view(np.uint8), sg.values.view(np.uint8)])
 
 
-def _sample(fn, dist, torch) -> float:
-    """Time of one call started together by all ranks (after a barrier), on the slowest rank.
+def _sample(fn, dist, torch, group) -> float:
+    """Time of one call started together by the ranks of ``group`` (after a barrier), on the slowest rank.
 
     One call per sample, for every size alike: back-to-back calls overlap (a rank starts the next
     collective while its neighbour still finishes the last one), so a mean over several calls is a
     throughput that undercuts one call's latency by an amount that depends on how many calls the sample
     holds — a bias from size to size when that number is sized per case."""
-    dist.barrier()
+    dist.barrier(group=group)
     t0 = time.perf_counter()
     fn()
     t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return float(t.item())
 
 
-def _worker(rank: int, world: int, port: int, queue, dense_sizes, topk_sizes, rounds: int, round_s: float,
+def _worker(rank: int, worlds: tuple, port: int, queue, dense_sizes, topk_sizes, rounds: int, round_s: float,
             max_rounds: int) -> None:
-    """Time every case in interleaved rounds (round-robin over the cases) — at least ``rounds``, more while
+    """One of ``max(worlds)`` processes; world size ``w`` is the group of ranks ``0 .. w-1``.  Time every
+    case of every world size in interleaved rounds (round-robin over all cases, the largest world first;
+    ranks outside a smaller group wait, asleep, in the round's closing broadcast) — at least ``rounds``, more while
     ``round_s`` seconds have not passed, at most ``max_rounds`` — and return every sample: on a shared host
     other processes only ever add time, and interleaving spreads a burst of foreign load over all cases
-    instead of ruining one."""
+    (and world sizes) instead of ruining one."""
     import warnings
 
     import torch
@@ -122,22 +127,30 @@ def _worker(rank: int, world: int, port: int, queue, dense_sizes, topk_sizes, ro
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    top = max(worlds)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=top)
+    groups = {w: (None if w == top else dist.new_group(list(range(w)))) for w in worlds}  # every rank calls
     rng = np.random.default_rng(1000 + rank)
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    cases = []
+    cases = []  # (meta, fn, group) of the cases this rank takes part in
     try:
-        for n in dense_sizes:
-            t = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
-            cases.append(({"op": "allreduce", "p": world, "elements": n, "bytes": n * 4},
-                          (lambda t=t: dist.all_reduce(t))))
-        full = rng.standard_normal(max(topk_sizes) * 8).astype(np.float32)
-        for k in topk_sizes:
-            buf = torch.from_numpy(_encode_topk(full[: k * 8], k))
-            out_buf = torch.empty(world * buf.numel(), dtype=buf.dtype)
-            cases.append(({"op": "allgather", "p": world, "elements": k, "bytes": int(buf.numel())},
-                          (lambda o=out_buf, b=buf: gather(o, b))))
-        for _, fn in cases:  # warm up (buffers, connections, allocator)
+        # largest world first: after its block the ranks outside the smaller groups wait in the closing
+        # broadcast, which sends them nothing, so they cannot wake the smaller groups' ranks mid-sample
+        for w in sorted(worlds, reverse=True):
+            if rank >= w:
+                continue
+            g = groups[w]
+            for n in dense_sizes:
+                t = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+                cases.append(({"op": "allreduce", "p": w, "elements": n, "bytes": n * 4},
+                              (lambda t=t, g=g: dist.all_reduce(t, group=g)), g))
+            full = rng.standard_normal(max(topk_sizes) * 8).astype(np.float32)
+            for k in topk_sizes:
+                buf = torch.from_numpy(_encode_topk(full[: k * 8], k))
+                out_buf = torch.empty(w * buf.numel(), dtype=buf.dtype)
+                cases.append(({"op": "allgather", "p": w, "elements": k, "bytes": int(buf.numel())},
+                              (lambda o=out_buf, b=buf, g=g: gather(o, b, group=g)), g))
+        for _, fn, _ in cases:  # warm up (buffers, connections, allocator)
             for _ in range(3):
                 fn()
         samples = [[] for _ in cases]
@@ -145,8 +158,8 @@ def _worker(rank: int, world: int, port: int, queue, dense_sizes, topk_sizes, ro
         t_end = wall0 + round_s
         done = 0
         while True:
-            for i, (_, fn) in enumerate(cases):
-                samples[i].append(_sample(fn, dist, torch))
+            for i, (_, fn, g) in enumerate(cases):
+                samples[i].append(_sample(fn, dist, torch, g))
             done += 1
             # rank 0 decides whether another round fits in the time bound; every rank follows
             go = torch.tensor([1 if (done < rounds or time.monotonic() < t_end) and done < max_rounds else 0])
@@ -160,8 +173,9 @@ def _worker(rank: int, world: int, port: int, queue, dense_sizes, topk_sizes, ro
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
-        queue.put({"cases": [dict(c, samples_s=sm) for (c, _), sm in zip(cases, samples)],
-                   "rounds": done, "cpu_busy": float(busy.item()) / (wall * (os.cpu_count() or 1))})
+        queue.put({"cases": [dict(c, samples_s=sm) for (c, _, _), sm in zip(cases, samples)],
+                   "rounds": done, "wall_s": wall,
+                   "cpu_busy": float(busy.item()) / (wall * (os.cpu_count() or 1))})
 
 
 def _summarize(case: dict) -> dict:
@@ -174,40 +188,36 @@ def _summarize(case: dict) -> dict:
 def measure(world_sizes=WORLD_SIZES, dense_sizes=DENSE_SIZES, topk_sizes=TOPK_SIZES, rounds: int = ROUNDS,
             round_s: float = ROUND_S, max_rounds: int = MAX_ROUNDS,
             timeout_s: float = TIMEOUT_S) -> tuple[list[dict], dict]:
-    """Spawn the workers for each world size; return the measured cases and, per world size, the rounds
-    run and the workers' CPU busy fraction.  Raises when a worker dies or the time bound passes."""
+    """Spawn ``max(world_sizes)`` workers on 127.0.0.1 and measure every world size in the same interleaved
+    rounds; return the measured cases and ``{"rounds", "wall_s", "cpu_busy"}`` (the workers' CPU seconds
+    over wall time x cores).  Raises when a worker dies or the time bound passes."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    cases, info = [], {}
+    worlds = tuple(sorted(set(world_sizes)))
     deadline = time.monotonic() + timeout_s
-    for world in world_sizes:
-        q = ctx.Queue()
-        port = _free_port()
-        args = (world, port, q, tuple(dense_sizes), tuple(topk_sizes), rounds, round_s, max_rounds)
-        procs = [ctx.Process(target=_worker, args=(r, *args), daemon=True) for r in range(world)]
+    q = ctx.Queue()
+    args = (worlds, _free_port(), q, tuple(dense_sizes), tuple(topk_sizes), rounds, round_s, max_rounds)
+    procs = [ctx.Process(target=_worker, args=(r, *args), daemon=True) for r in range(max(worlds))]
+    for pr in procs:
+        pr.start()
+    try:
+        while True:
+            try:
+                got = q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                dead = [pr.exitcode for pr in procs if pr.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"gloo benchmark: a worker exited with code {dead[0]}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gloo benchmark: did not finish within the {timeout_s:g} s bound") from None
+    finally:
         for pr in procs:
-            pr.start()
-        try:
-            while True:
-                try:
-                    got = q.get(timeout=1.0)
-                    break
-                except queue.Empty:
-                    dead = [pr.exitcode for pr in procs if pr.exitcode not in (None, 0)]
-                    if dead:
-                        raise RuntimeError(f"gloo benchmark: a p={world} worker exited with code {dead[0]}") from None
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"gloo benchmark: p={world} did not finish within the {timeout_s:g} s "
-                                           "bound") from None
-            cases += [_summarize(c) for c in got["cases"]]
-            info[world] = {"rounds": got["rounds"], "cpu_busy": got["cpu_busy"]}
-        finally:
-            for pr in procs:
-                pr.join(timeout=10)
-                if pr.is_alive():
-                    pr.terminate()
-    return cases, info
+            pr.join(timeout=10)
+            if pr.is_alive():
+                pr.terminate()
+    return [_summarize(c) for c in got["cases"]], {k: got[k] for k in ("rounds", "wall_s", "cpu_busy")}
 
 
 # --- the model's view of each case ------------------------------------------------------------------
@@ -354,9 +364,9 @@ def run(measured: tuple[list[dict], dict] | None = None) -> dict:
             "held_out_max_rel_err": float(max(err)), "held_out_median_rel_err": float(np.median(err)),
             "line_held_out_within_target": int(sum(e <= TARGET_REL_ERR for e in err_line)),
             "line_held_out_max_rel_err": float(max(err_line)),
-            "worlds": {str(k): v for k, v in info.items()}, "shared_cores_check": shared,
+            "measurement": info, "shared_cores_check": shared,
             "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0], "table": rows,
-            "raw": {"cases": cases, "worlds": info}}
+            "raw": {"cases": cases, "measurement": info}}
 
 
 def _shared_cores_check(cases: list[dict]) -> dict:
@@ -427,11 +437,11 @@ def main(argv=None) -> int:
     if args.refit:
         with open(args.refit, encoding="utf-8") as fh:
             raw = json.load(fh)
-        measured = ([_summarize(c) for c in raw["cases"]], {int(k): v for k, v in raw["worlds"].items()})
+        measured = ([_summarize(c) for c in raw["cases"]], raw.get("measurement", {}))
     s = run(measured)
     if args.raw:
         with open(args.raw, "w", encoding="utf-8") as fh:
-            json.dump({"cases": s["raw"]["cases"], "worlds": {str(k): v for k, v in s["raw"]["worlds"].items()}}, fh)
+            json.dump(s["raw"], fh)
     print(f"{'op':9s} {'p':>1s} {'bytes':>9s} {'set':8s} {'msgs':>4s} {'regime':6s} {'min_ms':>8s} "
           f"{f'q{QUANTILE * 100:.0f}_ms':>8s} {'median_ms':>9s} {'predicted':>9s} {'err':>7s} {'line_err':>8s}")
     for r in s["table"]:
