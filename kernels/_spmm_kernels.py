@@ -330,105 +330,6 @@ def _make_bsr_strip(R, nv):
         return sig, codegen
 
     return bsr_strip
-
-
-#: register sets of the 2:4 kernel (one per value of a metadata byte; 2 measured the same, 4 keeps more FMA
-#: chains in flight for narrow batches)
-_NM24_SETS = 4
-
-
-def _make_nm24_row(nv):
-    """``nm24_row(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)``: a 2:4 row segment.
-
-    ``nvals`` (even) kept values ``data[d_off ...]`` starting at a multiple of 4 of the row, positions from the
-    metadata bytes ``meta[m_off ...]`` (one byte = two groups = four values: 2 bits each, little-endian);
-    value ``q`` of the segment sits in column ``(q // 2) * 4 + pos`` relative to the segment's first column,
-    whose X row starts at ``X[x_off]``.  Four register sets (one per value of a byte) keep 4*nv independent
-    FMA chains in flight; ``init`` as for ``csr_row``."""
-
-    @intrinsic
-    def nm24_row(typingctx, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init):
-        sig = types.void(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
-        scaled = data.dtype == types.int8
-
-        def codegen(context, builder, signature, args):
-            e = _Emit(context, builder, signature, args)
-            b = builder
-            dtype = signature.args[5].dtype
-            op = e.ptr(0, e.i64(1))
-            ldx_v = e.i64(3)
-            xp = e.ptr(2, e.i64(4))
-            dp = e.ptr(5, e.i64(6))
-            mp = e.ptr(7, e.i64(8))
-            n_v = e.i64(9)
-            scale_v = e.f32(10) if scaled else None
-            offs = [e.c64(16 * j) for j in range(nv)]
-            start = e.start_tile(e.i64(11), op, offs)
-            bb_pre = b.basic_block
-            h4 = b.append_basic_block("nm_h4")
-            body4 = b.append_basic_block("nm_body4")
-            h2 = b.append_basic_block("nm_h2")
-            body2 = b.append_basic_block("nm_body2")
-            done = b.append_basic_block("nm_done")
-
-            def col(byte, base, shift, extra):
-                pos = b.and_(b.lshr(byte, e.c64(shift)), e.c64(3))
-                return b.add(b.add(base, pos), e.c64(extra))
-
-            def step(acc, q, c):
-                w = e.splat(e.value(dp, q, dtype, scale_v))
-                return e.axpy(acc, w, xp, b.mul(c, ldx_v), nv)
-
-            b.branch(h4)
-            b.position_at_end(h4)
-            q = b.phi(_I64)
-            sets = [e.phis(nv) for _ in range(_NM24_SETS)]
-            q.add_incoming(e.c64(0), bb_pre)
-            for j in range(nv):
-                sets[0][j].add_incoming(start[j], bb_pre)
-                for s in sets[1:]:
-                    s[j].add_incoming(_ZERO_VF, bb_pre)
-            b.cbranch(b.icmp_signed("<=", b.add(q, e.c64(4)), n_v), body4, h2)
-            b.position_at_end(body4)
-            byte = b.zext(b.load(b.gep(mp, [b.lshr(q, e.c64(2))])), _I64)
-            base = b.add(q, q)
-            cur = list(sets)
-            for t in range(4):
-                k = t % len(sets)
-                cur[k] = step(cur[k], b.add(q, e.c64(t)), col(byte, base, 2 * t, 4 * (t // 2)))
-            q.add_incoming(b.add(q, e.c64(4)), body4)
-            for s, nw in zip(sets, cur):
-                for j in range(nv):
-                    s[j].add_incoming(nw[j], body4)
-            b.branch(h4)
-            # two values (one group) left: the low half of the next byte
-            b.position_at_end(h2)
-            b.cbranch(b.icmp_signed("<=", b.add(q, e.c64(2)), n_v), body2, done)
-            b.position_at_end(body2)
-            byte = b.zext(b.load(b.gep(mp, [b.lshr(q, e.c64(2))])), _I64)
-            base = b.add(q, q)
-            t0 = step(sets[0], q, col(byte, base, 0, 0))
-            t1 = step(sets[1], b.add(q, e.c64(1)), col(byte, base, 2, 0))
-            b.branch(done)
-            b.position_at_end(done)
-            f0, f1 = e.phis(nv), e.phis(nv)
-            for j in range(nv):
-                f0[j].add_incoming(sets[0][j], h2)
-                f0[j].add_incoming(t0[j], body2)
-                f1[j].add_incoming(sets[1][j], h2)
-                f1[j].add_incoming(t1[j], body2)
-            for j in range(nv):
-                tot = b.fadd(f0[j], f1[j])
-                if len(sets) == 4:
-                    tot = b.fadd(tot, b.fadd(sets[2][j], sets[3][j]))
-                e.vstore(tot, op, offs[j])
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return nm24_row
-
-
 def nm_period(n, m):
     """Kept values one unrolled step of the general N:M micro-kernel covers: a whole number of groups (``n``
     values each) whose positions fill a whole number of metadata bytes, at least 8 values (loop overhead).
@@ -597,9 +498,7 @@ def _fetch_add(typingctx, counter, idx):
 
 _csr_row = [None] + [_make_csr_row(nv) for nv in (1, 2, 3, 4)]
 _bsr_strip = {(R, nv): _make_bsr_strip(R, nv) for R in (1, 2, 4) for nv in (1, 2, 3, 4)}
-_nm24_row = [None] + [_make_nm24_row(nv) for nv in (1, 2, 3, 4)]
 csr_row1, csr_row2, csr_row3, csr_row4 = _csr_row[1:]
-nm24_row1, nm24_row2, nm24_row3, nm24_row4 = _nm24_row[1:]
 _nm_row = [None] + [_make_nm_row(nv) for nv in (1, 2, 3, 4)]
 nm_row1, nm_row2, nm_row3, nm_row4 = _nm_row[1:]
 bsr_strip1_1, bsr_strip1_2, bsr_strip1_3, bsr_strip1_4 = (_bsr_strip[1, nv] for nv in (1, 2, 3, 4))
@@ -619,18 +518,6 @@ def _csr_seg(nv, out, o_off, X, ldx, x_off, idx, i_off, data, d_off, n, klim, sc
 
 
 @njit(inline="always")
-def _nm24_seg(nv, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init):  # pragma: no cover
-    if nv == 4:
-        nm24_row4(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
-    elif nv == 3:
-        nm24_row3(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
-    elif nv == 2:
-        nm24_row2(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
-    else:
-        nm24_row1(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init)
-
-
-@njit(inline="always")
 def _nm_seg(nv, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag,
             mtag):  # pragma: no cover - compiled
     if nv == 4:
@@ -641,6 +528,26 @@ def _nm_seg(nv, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scal
         nm_row2(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag, mtag)
     else:
         nm_row1(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, ntag, mtag)
+
+
+# The 2:4 names of earlier versions: 2:4 is nm_row with n = 2, m = 4 (one generator serves every n:m).
+_T2, _T4 = (0, 0), (0, 0, 0, 0)
+
+
+@njit(inline="always")
+def _nm24_seg(nv, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init):  # pragma: no cover
+    _nm_seg(nv, out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, _T2, _T4)
+
+
+def _nm24_row_alias(row):
+    @njit(inline="always")
+    def nm24_row(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init):  # pragma: no cover
+        row(out, o_off, X, ldx, x_off, data, d_off, meta, m_off, nvals, scale, init, _T2, _T4)
+
+    return nm24_row
+
+
+nm24_row1, nm24_row2, nm24_row3, nm24_row4 = (_nm24_row_alias(r) for r in _nm_row[1:])
 
 
 @njit(inline="always")
@@ -962,36 +869,6 @@ def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, bounds, workers, out)
 
 
 @njit(parallel=True, cache=True)
-def nm24_mm(data, meta, scales, X, P, bounds, workers, out):  # pragma: no cover - compiled
-    """2:4: data (rows, kr) and meta (rows, kr/4); the register micro-kernel ``nm24_row`` decodes each metadata
-    byte (two groups, four columns) beside its multiply-adds.  Panels of P (a multiple of 8) rows of X."""
-    B = X.shape[1]
-    K = X.shape[0]
-    kr = data.shape[1]
-    nmeta = meta.shape[1]
-    has_scales = scales.shape[0] > 0
-    nch = bounds.shape[0] - 1
-    queue = np.zeros(1, np.int64)
-    for _w in prange(workers):
-        ch = _fetch_add(queue, 0)
-        while ch < nch:
-            r0 = bounds[ch]
-            r1 = bounds[ch + 1]
-            for b0 in range(0, B, 64):
-                nv = min(4, (B - b0) // 16)
-                init = 1
-                for k0 in range(0, K, P):
-                    t0 = k0 // 2
-                    t1 = min(kr, t0 + P // 2)
-                    for i in range(r0, r1):
-                        s = scales[i] if has_scales else np.float32(1.0)
-                        _nm24_seg(nv, out, i * B + b0, X, B, k0 * B + b0, data, i * kr + t0, meta, i * nmeta + t0 // 4,
-                                  t1 - t0, s, init)
-                    init = 0
-            ch = _fetch_add(queue, 0)
-
-
-@njit(parallel=True, cache=True)
 def nm_mm_tiled(data, meta, bits, scales, X, P, bounds, workers, out, ntag, mtag):  # pragma: no cover - compiled
     """N:M with n = len(ntag), m = len(mtag) fixed at compile time: data (rows, kr), meta (rows, nmeta); the
     register micro-kernel ``nm_row`` decodes the positions beside its multiply-adds.  Panels of P rows of X, P a
@@ -1023,6 +900,12 @@ def nm_mm_tiled(data, meta, bits, scales, X, P, bounds, workers, out, ntag, mtag
                                 i * nmeta + (t0 * bits) // 8, t1 - t0, s, init, ntag, mtag)
                     init = 0
             ch = _fetch_add(queue, 0)
+
+
+def nm24_mm(data, meta, scales, X, P, bounds, workers, out):
+    """2:4 (the name of earlier versions): ``nm_mm_tiled`` with n = 2, m = 4; P is rounded up to the 16 columns
+    of one unrolled step."""
+    nm_mm_tiled(data, meta, 2, scales, X, -(-P // 16) * 16, bounds, workers, out, _T2, _T4)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
