@@ -6,6 +6,8 @@ BLAS, Numba and torch to the same count).  Targets from the issue (same-run medi
 * CSR, 90% random sparsity: >= 4x scipy.sparse.csr_matrix @ X; CSR at 65%: beats dense (>= 1x).
 * BSR 16x16 and 32x32, 90% block sparsity: >= 20x scipy.sparse.bsr_matrix @ X; at 40%: beats dense.
 * 2:4: >= 1.3x dense.
+* general N:M (1:4, 2:8; issue #5): about the 2:4 kernel's speed per kept multiply-add (Gop/s column), with
+  dense NumPy and scipy.sparse CSR beside them.
 
 Each case runs memwall and its baselines back to back (15 rounds each, scipy 5), so a ratio compares
 timings taken seconds apart; on the shared 2-core host a neighbour process still shifts single runs, so
@@ -50,11 +52,15 @@ def _bsr(rng, W, s, b):
 CASES = [("csr", 0.9, {"scipy": 4.0}), ("csr", 0.65, {"numpy": 1.0}),
          ("bsr16", 0.9, {"scipy": 20.0}), ("bsr16", 0.4, {"numpy": 1.0}),
          ("bsr32", 0.9, {"scipy": 20.0}), ("bsr32", 0.4, {"numpy": 1.0}),
-         ("nm2:4", 0.5, {"numpy": 1.3})]
+         ("nm2:4", 0.5, {"numpy": 1.3}),
+         # general N:M (issue: about 2:4's speed per kept MAC; compare the Gop/s column, counted on kept values)
+         ("nm1:4", 0.75, {}), ("nm2:8", 0.75, {})]
+#: cases timed against scipy.sparse CSR as well, without a target
+SCIPY_ALSO = {"nm1:4", "nm2:8"}
 # Each case's implementations run back to back (memwall, then its baselines), so the ratios compare timings
 # taken minutes apart at most on this shared host, not at opposite ends of the run.
 RUNS = [(fmt, s, t, impl) for fmt, s, t in CASES for impl in ("memwall", "scipy", "numpy")
-        if impl == "memwall" or impl == "numpy" or "scipy" in t]
+        if impl == "memwall" or impl == "numpy" or "scipy" in t or fmt in SCIPY_ALSO]
 ROUNDS = 15
 
 
@@ -72,7 +78,8 @@ def matrices(data):
         elif fmt.startswith("bsr"):
             mats[(fmt, s)] = _bsr(rng, W, s, int(fmt[3:]))
         else:
-            mats[(fmt, s)] = NMSparseMatrix.from_dense(W, 2, 4)
+            n, m = (int(v) for v in fmt[2:].split(":"))
+            mats[(fmt, s)] = NMSparseMatrix.from_dense(W, n, m)
     return mats
 
 
