@@ -347,3 +347,67 @@ def make_int4_rows64(rows: int):
 
     int4_rows64.__name__ = f"int4_rows64_{rows}"
     return int4_rows64
+
+
+def make_int4_rows_tokens(rows: int, tokens: int):
+    """An intrinsic ``f(q, q_off, nb, xe, xo, ldx, scale, s_off, ngroups, gb, pf, out, out_off, ldo)``: the INT4
+    GEMV of :func:`make_int4_rows` for ``tokens`` activation rows at once (few-token weight-only products).
+
+    Each 16-byte step of a weight row is decoded once and used for every token:
+    ``out[out_off + t*ldo + r] = sum_g scale[s_off + r*ngroups + g] * sum_{i in g} (xe[t*ldx + i] * lo + xo[t*ldx + i]
+    * hi)`` for ``r < rows``, ``t < tokens`` (one vector accumulator per (row, token) and group, folded into a
+    vector total with the broadcast group scale)."""
+
+    @intrinsic
+    def int4_rows_tok(typingctx, q, q_off, nb, xe, xo, ldx, scale, s_off, ngroups, gb, pf, out, out_off, ldo):
+        if not all(isinstance(t, types.Integer) for t in (q_off, nb, ldx, s_off, ngroups, gb, pf, out_off, ldo)):
+            return None
+        sig = types.void(q, q_off, nb, xe, xo, ldx, scale, s_off, ngroups, gb, pf, out, out_off, ldo)
+
+        def codegen(context, builder, signature, args):
+            e = _Em(context, builder, signature, args)
+            b = builder
+            q_off_v, nb_v, ldx_v, s_off_v, ng_v, gb_v, pf_v, o_off_v, ldo_v = (
+                e.i64(i) for i in (1, 2, 5, 7, 8, 9, 10, 12, 13))
+            qp = b.gep(e.ptr(0, _I8), [q_off_v])
+            xes = [b.gep(e.ptr(3, _F32), [b.mul(ldx_v, e.k(t))]) for t in range(tokens)]
+            xos = [b.gep(e.ptr(4, _F32), [b.mul(ldx_v, e.k(t))]) for t in range(tokens)]
+            sp = b.gep(e.ptr(6, _F32), [s_off_v])
+            op = b.gep(e.ptr(11, _F32), [o_off_v])
+            rowq = [b.gep(qp, [b.mul(nb_v, e.k(r))]) for r in range(rows)]
+            rows_s = [b.gep(sp, [b.mul(ng_v, e.k(r))]) for r in range(rows)]
+            do_pf = b.icmp_signed("!=", pf_v, e.k(0))
+            nacc = rows * tokens
+            gl = _Loop(b, "i4tg", e.k(0), ng_v, 1, [_ZERO] * nacc)
+            g = gl.i
+            gstart = b.mul(g, gb_v)
+            with b.if_then(do_pf):
+                for r in range(rows):
+                    e.prefetch(rowq[r], b.add(gstart, pf_v))
+            sl = _Loop(b, "i4ts", gstart, b.add(gstart, gb_v), 16, [_ZERO] * nacc)
+            i = sl.i
+            acc = list(sl.vals)
+            nibs = [e.nibbles(rowq[r], i) for r in range(rows)]
+            for t in range(tokens):
+                xv_e = e.vload(xes[t], i)
+                xv_o = e.vload(xos[t], i)
+                for r in range(rows):
+                    a = e.fma(xv_e, nibs[r][0], acc[r * tokens + t])
+                    acc[r * tokens + t] = e.fma(xv_o, nibs[r][1], a)
+            accs = sl.close(acc)
+            tots = []
+            for r in range(rows):
+                sv = e.splat(b.load(b.gep(rows_s[r], [g]), align=4))
+                for t in range(tokens):
+                    tots.append(e.fma(sv, accs[r * tokens + t], gl.vals[r * tokens + t]))
+            tots = gl.close(tots)
+            for r in range(rows):
+                for t in range(tokens):
+                    o = b.add(b.mul(ldo_v, e.k(t)), e.k(r))
+                    b.store(e.hsum(tots[r * tokens + t]), b.gep(op, [o]), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    int4_rows_tok.__name__ = f"int4_rows_{rows}x{tokens}tok"
+    return int4_rows_tok

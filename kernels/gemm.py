@@ -1038,8 +1038,163 @@ def _dequant_rows_kernel(bits, q4u, q8, scale4, zp4, scale8, zp8, gb, r0, out): 
             out[i, kk] = w[kk]
 
 
+#: output channels per dequantized weight panel of the fused batched INT4 kernel (two 8-row register tiles)
+_WO_PANEL = 16
+#: bytes of transposed activations (reduction slice x tokens) one K block of the fused kernel covers: they stay
+#: in L1 while every weight panel of the thread passes
+_WO_XT_BYTES = 16384
+#: panels per super-block: the K loop runs over a super-block's panels (their output rows stay in L1/L2)
+_WO_SUPER = 4
+#: few-token kernel: tokens per pass (each decoded 16-byte weight step serves all of them) and rows per task
+#: (measured 4096x4096 g128, 2 threads, interleaved: 4 rows x 2 tokens <= 3x4, 6x2, 5x2 < 2x4 < 1x8)
+_WO_TOK = 2
+_WO_TOK_ROWS = 4
+
+if has_avx512_vnni():
+    from ._vnni import prefetch as _prefetch
+    from ._wo_ir import make_dequant4_panel, make_int4_rows_tokens, make_wo_tile
+
+    _deq4_panel = make_dequant4_panel(_WO_PANEL)
+    _deq4_row = make_dequant4_panel(1)
+    _wo_tile_8x32 = make_wo_tile(8, 2)
+    _wo_tile_16x16 = make_wo_tile(16, 1)
+
+    @njit(parallel=True, cache=True)
+    def _wo4_fused_kernel(xt, mpad, q4u, scale, zp8, gb, kcb, nthr, outt):  # pragma: no cover - compiled
+        """outt (npad, mpad) += W (n, K) @ x^T for INT4 weights, fused: per K block of ``kcb`` bytes and panel of
+        16 output channels, the nibbles are dequantized (:func:`._wo_ir.make_dequant4_panel`) into a small
+        float32 panel (L1) and register tiles (:func:`._wo_ir.make_wo_tile`: 8 channels x 32 tokens or 16 x 16)
+        multiply it with the transposed activations ``xt`` ((2 * nb, mpad) in chunk order, mpad % 16 == 0).
+        Thread ``t`` owns a contiguous range of panels (and their outt rows); every output sums its terms in
+        one fixed order, so the thread count does not change the bits.  gb % 16 == 0, nb % 16 == 0, kcb % 16 == 0."""
+        n, nb = q4u.shape
+        ng = scale.shape[1]
+        qf = q4u.reshape(n * nb)
+        sf = scale.reshape(n * ng)
+        zf = zp8.reshape(n * ng)
+        npan = (n + _WO_PANEL - 1) // _WO_PANEL
+        ldb = 2 * kcb
+        nv = mpad // 16
+        for t in prange(nthr):
+            pa = t * npan // nthr
+            pb = (t + 1) * npan // nthr
+            buf = np.zeros(_WO_PANEL * ldb, dtype=np.float32)
+            for s0 in range(pa, pb, _WO_SUPER):
+                for b0 in range(0, nb, kcb):
+                    b1 = min(nb, b0 + kcb)
+                    kc = 2 * (b1 - b0)
+                    for p in range(s0, min(pb, s0 + _WO_SUPER)):
+                        c0 = p * _WO_PANEL
+                        if c0 + _WO_PANEL <= n:
+                            if b1 < nb:  # this panel's lines of the next K block (used after SUPER panels)
+                                for r in range(_WO_PANEL):
+                                    for ln in range(b1, min(nb, b1 + kcb), 64):
+                                        _prefetch(qf, (c0 + r) * nb + ln)
+                            _deq4_panel(qf, c0 * nb, nb, b0, b1, gb, sf, zf, c0 * ng, ng, buf, ldb)
+                        else:
+                            buf[:] = 0.0
+                            for r in range(n - c0):
+                                _deq4_row(qf, (c0 + r) * nb, nb, b0, b1, gb, sf, zf, (c0 + r) * ng, ng,
+                                          buf[r * ldb:], ldb)
+                        xo = 2 * b0 * mpad
+                        j = 0
+                        while j + 2 <= nv:
+                            _wo_tile_8x32(buf, 0, ldb, xt, xo + 16 * j, mpad, kc, outt, c0 * mpad + 16 * j, mpad)
+                            _wo_tile_8x32(buf, 8 * ldb, ldb, xt, xo + 16 * j, mpad, kc, outt,
+                                          (c0 + 8) * mpad + 16 * j, mpad)
+                            j += 2
+                        if j < nv:
+                            _wo_tile_16x16(buf, 0, ldb, xt, xo + 16 * j, mpad, kc, outt, c0 * mpad + 16 * j, mpad)
+
+
+    _int4_tok_rows = make_int4_rows_tokens(_WO_TOK_ROWS, _WO_TOK)
+    _int4_tok_1 = make_int4_rows_tokens(1, 1)
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _int4_tokens_kernel(xe, xo, xgs, q4u, scale, zp8, out, gb):  # pragma: no cover - compiled
+        """out (mpad, n) = x @ W^T (no bias) for few tokens: the GEMV kernel decoding each weight step once for
+        ``_WO_TOK`` tokens (xe/xo: (mpad, nb) even/odd inputs, mpad % _WO_TOK == 0; xgs (mpad, ngroups)).
+        ``_WO_TOK_ROWS`` rows per task (the x vectors of a step loaded once for all of them); gb % 16 == 0."""
+        n, nb = q4u.shape
+        ngroups = scale.shape[1]
+        mpad = xe.shape[0]
+        qf = q4u.reshape(n * nb)
+        sf = scale.reshape(n * ngroups)
+        xef = xe.reshape(mpad * nb)
+        xof = xo.reshape(mpad * nb)
+        of = out.reshape(mpad * n)
+        nblk = n // _WO_TOK_ROWS
+        for t in prange(nblk + 1):
+            j0 = _WO_TOK_ROWS * t
+            j1 = min(n, j0 + _WO_TOK_ROWS)
+            for t0 in range(0, mpad, _WO_TOK):
+                if t < nblk:
+                    pf = _WO_TOK_ROWS * nb if (t0 == 0 and j0 + 2 * _WO_TOK_ROWS <= n) else 0
+                    _int4_tok_rows(qf, j0 * nb, nb, xef[t0 * nb:], xof[t0 * nb:], nb, sf, j0 * ngroups, ngroups,
+                                   gb, pf, of, t0 * n + j0, n)
+                else:
+                    for tt in range(t0, t0 + _WO_TOK):
+                        for j in range(j0, j1):
+                            _int4_tok_1(qf, j * nb, nb, xef[tt * nb:], xof[tt * nb:], nb, sf, j * ngroups, ngroups,
+                                        gb, 0, of, tt * n + j, n)
+            for j in range(j0, j1):
+                for tt in range(mpad):
+                    c = np.float32(0.0)
+                    for g in range(ngroups):
+                        c += scale[j, g] * zp8[j, g] * xgs[tt, g]
+                    out[tt, j] -= c
+
+
+def _wo4_fused(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
+    """x (M, K) float32 @ W^T for INT4 weights on the fused AVX-512 path (see :func:`_wo4_fused_kernel`);
+    needs ``bytes per row % 16 == 0`` and ``group bytes % 16 == 0`` (the caller checks)."""
+    m, k = x.shape
+    n = pw.out_features
+    nb = pw._q4u.shape[1]
+    gb = nb if pw.n_groups == 1 else pw.group_size // 2
+    mpad = -(-m // 16) * 16
+    # activations transposed to (2 * nb, mpad) in chunk order: row 2i + 16h + l of step i (i % 16 == 0) is input
+    # 2 * (i + l) + h (low nibbles of the step's 16 bytes first, then the high nibbles)
+    xpad = np.zeros((mpad, 2 * nb), dtype=np.float32)
+    xpad[:m, :k] = x
+    xt = np.ascontiguousarray(xpad.reshape(mpad, nb // 16, 16, 2).transpose(1, 3, 2, 0)).reshape(-1)
+    kcb = max(16, (_WO_XT_BYTES // (8 * mpad)) // 16 * 16)
+    npad = -(-n // _WO_PANEL) * _WO_PANEL
+    outt = np.zeros(npad * mpad, dtype=np.float32)
+    nthr = max(1, min(get_num_threads(), npad // _WO_PANEL))
+    _wo4_fused_kernel(xt, mpad, pw._q4u, pw.scale, pw._zp8, gb, kcb, nthr, outt)
+    y = outt.reshape(npad, mpad)[:n, :m].T + bias_v
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _wo4_tokens(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
+    """x (M, K) float32 @ W^T for few tokens on the AVX-512 GEMV-style kernel (:func:`_int4_tokens_kernel`);
+    needs ``group bytes % 16 == 0`` (the caller checks)."""
+    m, k = x.shape
+    n = pw.out_features
+    nb = pw._q4u.shape[1]
+    ng = pw.n_groups
+    gb = nb if ng == 1 else pw.group_size // 2
+    mpad = -(-m // _WO_TOK) * _WO_TOK
+    xp = np.zeros((mpad, 2 * nb), dtype=np.float32)
+    xp[:m, :k] = x
+    xe = np.ascontiguousarray(xp[:, 0::2])
+    xo = np.ascontiguousarray(xp[:, 1::2])
+    xgs = xp[:, : ng * 2 * gb].reshape(mpad, ng, 2 * gb).sum(axis=2, dtype=np.float32)
+    out = np.empty((mpad, n), dtype=np.float32)
+    _int4_tokens_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, out, gb)
+    y = out[:m]
+    y += bias_v
+    return y
+
+
 #: tokens from which weight-only products dequantize blocks of weights and hand them to BLAS
 WEIGHT_ONLY_BLAS_TOKENS = 16
+#: INT4 weights on AVX-512: most tokens on the few-token GEMV-style kernel, and tokens from which blocks
+#: dequantized for BLAS beat the fused kernel (4096x4096 g128, 2 threads, interleaved medians: tokens 5.1 ms vs
+#: fused 5.4 ms at 12 tokens, fused 5.5 vs 6.4 at 16; fused 31 vs BLAS 43 ms at 128, 62 vs 60 at 256)
+WEIGHT_ONLY_FEW_TOKENS = 12
+WEIGHT_ONLY_FUSED_BLAS_TOKENS = 256
 #: float32 bytes of one dequantized weight block on that path
 _WO_BLOCK_BYTES = 16 << 20
 
@@ -1067,11 +1222,32 @@ def _weight_only_blas(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> n
     return out
 
 
+def _wo4_ir_ok(pw: PackedWeights) -> bool:
+    """Whether the AVX-512 IR kernels can take these INT4 weights: the CPU has them (and ``MEMWALL_ISA`` does
+    not force the generic path) and every 16-byte load stays inside one group of one packed row."""
+    if _DEFAULT_PATH != "vnni":
+        return False
+    nb = pw._q4u.shape[1]
+    gb = nb if pw.n_groups == 1 else pw.group_size // 2
+    return nb % 16 == 0 and gb % 16 == 0
+
+
 def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
-    """x (M, K) float32 @ W^T for M > 1 (weight-only): weights dequantized row by row inside the kernel, or
-    for many tokens in blocks handed to BLAS (:func:`_weight_only_blas`)."""
+    """x (M, K) float32 @ W^T for M > 1 (weight-only).
+
+    INT4 on AVX-512 (:func:`_wo4_ir_ok`): up to ``WEIGHT_ONLY_FEW_TOKENS`` tokens on the GEMV-style kernel
+    (:func:`_wo4_tokens`), then the fused dequantize-panel + register-tile GEMM (:func:`_wo4_fused`), from
+    ``WEIGHT_ONLY_FUSED_BLAS_TOKENS`` dequantized blocks handed to BLAS.  Otherwise (INT8, other CPUs, odd
+    group sizes): weight rows dequantized one by one inside the row-buffer kernel, or from
+    ``WEIGHT_ONLY_BLAS_TOKENS`` tokens blocks handed to BLAS (:func:`_weight_only_blas`)."""
     m = x.shape[0]
     n, k = pw.shape
+    if pw.bits == 4 and _wo4_ir_ok(pw):
+        if m <= WEIGHT_ONLY_FEW_TOKENS:
+            return _wo4_tokens(x, pw, bias_v)
+        if m < WEIGHT_ONLY_FUSED_BLAS_TOKENS:
+            return _wo4_fused(x, pw, bias_v)
+        return _weight_only_blas(x, pw, bias_v)
     if m >= WEIGHT_ONLY_BLAS_TOKENS:
         return _weight_only_blas(x, pw, bias_v)
     out = np.empty((m, n), dtype=np.float32)

@@ -426,3 +426,85 @@ def test_weight_only_many_tokens_blas_path_matches_reference(bits, group, monkey
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
     few = G.quantized_linear(x[: G.WEIGHT_ONLY_BLAS_TOKENS - 1], pw, bias, act_quant="none")  # row-buffer path
     np.testing.assert_allclose(few, ref[: G.WEIGHT_ONLY_BLAS_TOKENS - 1], rtol=1e-4, atol=1e-4)
+
+
+# ================================================================================================
+# INT4 weight-only on AVX-512: GEMV row blocks, few-token kernel, fused panel GEMM (explicit IR)
+# ================================================================================================
+IR = G._DEFAULT_PATH == "vnni"
+needs_ir = pytest.mark.skipif(not IR, reason="the IR weight-only kernels need AVX-512 (and MEMWALL_ISA != generic)")
+# (in_features, group_size): several K blocks of the fused kernel with a short last one (k=320), one group per
+# row, groups of 16 and 32 bytes, and a row of 16 bytes
+IR_SHAPES = [(32, None), (64, 32), (96, 32), (256, 128), (320, 64), (512, 32)]
+
+
+def _wo_case(rng, m, n, k, group, sym):
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[:, rng.integers(0, k)] *= 50.0  # an outlier feature, as real activations have
+    bias = rng.standard_normal(n).astype(np.float32)
+    pw = G.pack_weights(w, bits=4, group_size=group, symmetric=sym)
+    want, terms = _linear_reference(x, pw, bias, "none")
+    return x, pw, bias, want, terms
+
+
+@needs_ir
+@settings(max_examples=20)
+@given(m=st.sampled_from([1, 2, 3, 5, 12, 13, 16, 17, 31, 33, 40]),
+       n=st.sampled_from([1, 3, 15, 16, 17, 33, 64, 150]),
+       shape=st.sampled_from(IR_SHAPES), sym=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_int4_weight_only_ir_paths_match_reference(m, n, shape, sym, seed):
+    """Each IR path, called directly, and the dispatching quantized_linear against the float64 reference."""
+    k, group = shape
+    x, pw, bias, want, terms = _wo_case(np.random.default_rng(seed), m, n, k, group, sym)
+    assert G._wo4_ir_ok(pw)
+    for fn in (G._wo4_tokens, G._wo4_fused):
+        y = fn(x, pw, bias)
+        assert y.shape == (m, n)
+        assert_close(y, want, terms)
+    assert_close(G.quantized_linear(x, pw, bias, act_quant="none"), want, terms)
+    assert_close(G.int4_gemv(x[0], pw, bias), want[0], terms[0])
+
+
+@needs_ir
+def test_int4_weight_only_ir_threads_identical(rng):
+    """Threads own disjoint rows / panels and every output sums in a fixed order: 1 and 2 threads agree bitwise."""
+    x, pw, bias, want, terms = _wo_case(rng, 20, 150, 320, 64, False)
+    before = numba.get_num_threads()
+    outs = []
+    try:
+        for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(t)
+            outs.append([G._wo4_tokens(x[:5], pw, bias), G._wo4_fused(x, pw, bias), G.int4_gemv(x[0], pw, bias)])
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    assert_close(outs[0][1], want, terms)
+
+
+@needs_ir
+def test_int4_weight_only_dispatch_by_token_count(rng, monkeypatch):
+    """quantized_linear picks the few-token kernel, the fused kernel or BLAS blocks by the token count."""
+    x, pw, bias, want, terms = _wo_case(rng, 9, 37, 256, 128, True)
+    monkeypatch.setattr(G, "WEIGHT_ONLY_FEW_TOKENS", 3)
+    monkeypatch.setattr(G, "WEIGHT_ONLY_FUSED_BLAS_TOKENS", 7)
+    np.testing.assert_array_equal(G.quantized_linear(x[:3], pw, bias), G._wo4_tokens(x[:3], pw, bias))
+    np.testing.assert_array_equal(G.quantized_linear(x[:6], pw, bias), G._wo4_fused(x[:6], pw, bias))
+    np.testing.assert_array_equal(G.quantized_linear(x, pw, bias), G._weight_only_blas(x, pw, bias))
+    assert_close(G._weight_only_blas(x, pw, bias), want, terms)
+    # groups whose bytes are not a multiple of 16 stay on the portable kernels
+    odd = G.pack_weights(rng.standard_normal((5, 24)).astype(np.float32), bits=4, group_size=8)
+    assert not G._wo4_ir_ok(odd)
+
+
+def test_int4_gemv_generic_and_ir_kernels_agree(rng):
+    """The portable GEMV kernel (other CPUs, MEMWALL_ISA=generic) and the default one on the same inputs."""
+    x, pw, bias, want, terms = _wo_case(rng, 1, 37, 256, 32, False)
+    nb = pw._q4u.shape[1]
+    xe, xo = x[0, 0::2].copy(), x[0, 1::2].copy()
+    xgs = x[0].reshape(pw.n_groups, -1).sum(axis=1, dtype=np.float32)
+    out = np.empty(37, np.float32)
+    G._int4_gemv_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, bias, out, nb // pw.n_groups)
+    assert_close(out, want[0], terms[0])
+    assert_close(G.int4_gemv(x[0], pw, bias), want[0], terms[0])
