@@ -14,6 +14,13 @@ With ``p`` workers and a gradient of ``n`` bytes:
   ``2 ceil(log2 p) (alpha + n / beta) + ceil(log2 p) n gamma``; interior workers send up to ``2 n``;
 * ring all-gather of ``e`` bytes from each worker: ``(p-1) (alpha + e / beta)``; each sends ``(p-1) e``.
 
+Backend regimes (off by default, so the shipped links price exactly the formulas above): a segmented ring
+(``segment_bytes`` / ``min_segments``: gloo cuts its ring all-reduce into segments of at most 1 MiB, at least
+2 per rank, paying ``2 (p-1) s`` latencies — :func:`ring_segments`), several messages per all-gather step
+(``segments``: gloo sends each block as two halves), and a second bandwidth past a breakpoint in the bytes a
+worker sends per call (:class:`Network` ``breakpoint_bytes`` / ``large_bandwidth_bytes_per_s``).
+``benchmarks/bench_comm_gloo.py`` fits them for torch's gloo on 127.0.0.1 and checks held-out sizes.
+
 Sparsified gradients are exchanged as top-k (index, value) pairs with an all-gather (each worker contributes
 its own ``k`` pairs; sums are formed locally after the gather).  The encoding matches
 :mod:`memwall.kernels.gradient`: values in the chosen dtype, indices int32 when the gradient has fewer than
