@@ -12,6 +12,8 @@
   (target 0.8x: weight bytes/s >= 0.8 x triad bytes/s), and vs NumPy float32 GEMV (target 5.0x).
 * ``quantized_linear 4096x4096 batch B``: W8A8 and W4A16 through :func:`quantized_linear` vs NumPy float32
   ``x @ W.T`` (informational: the issue sets no target for these).
+* ``w4a16 4096x4096 g128 tokens T``: batched weight-only INT4 (the few-token and fused kernels) vs NumPy float32
+  ``x @ W.T`` with dense weights (target 1.5x, issue 5).
 """
 from __future__ import annotations
 
@@ -189,6 +191,34 @@ def test_bench_quantized_linear(benchmark, linear_layer, batch, mode, impl):
     if impl == "memwall":
         pw = packed[mode]
         benchmark.extra_info.update(bytes=pw.nbytes)
+
+        def fn():
+            return G.quantized_linear(x, pw)
+    else:
+        benchmark.extra_info.update(bytes=w.nbytes)
+        wt = w.T
+
+        def fn():
+            return x @ wt
+    fn()
+    benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# batched W4A16 (weight-only INT4, group 128) vs NumPy float32 with dense weights
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", ["memwall", "numpy"])
+@pytest.mark.parametrize("tokens", [8, 16, 32])
+def test_bench_w4a16_batched(benchmark, linear_layer, tokens, impl):
+    w, packed = linear_layer
+    pw = packed["w4a16"]
+    x = _f32((tokens, 4096), 13)
+    benchmark.group = f"w4a16 4096x4096 g128 tokens {tokens}"
+    benchmark.extra_info.update(impl=impl, ops=2 * tokens * w.size)
+    if impl == "memwall":
+        benchmark.extra_info.update(bytes=pw.nbytes, targets={"numpy": 1.5})
+        ref = x.astype(np.float64) @ pw.dequantize().astype(np.float64).T
+        assert np.abs(G.quantized_linear(x, pw) - ref).max() < 1e-3 * np.abs(ref).max()
 
         def fn():
             return G.quantized_linear(x, pw)
