@@ -49,6 +49,7 @@ CALIBRATION_POINTS = {
     "int8_gemm": (2048, 2048, 2048),  # raw VNNI GEMM, and W8A8 quantized_linear + its quantization pass
     "blas_pack": {"shape": (4096, 4096), "batch": 64},  # NumPy W @ X: the fp32 BLAS packing pass
     "int4_gemv": (4096, 4096),
+    "w4_gemm": {"shape": (4096, 4096), "tokens": 64, "group": 128},  # batched W4A16: its product-bound regime
     "csr": {"shape": (4096, 4096), "batch": 64, "sparsity": 0.9},
     "bsr16": {"shape": (4096, 4096), "batch": 64, "sparsity": 0.75},
     "nm24": {"shape": (4096, 4096), "batch": 64},
@@ -182,6 +183,11 @@ def _measure(quick: bool, threads: int, progress, scale: int | None = None) -> d
         x = rng.standard_normal((1, cols), dtype=np.float32)
         it = iter(range(10**12))
         entries["int4_gemv"] = lambda: quantized_linear(x, packs[next(it) % copies])
+        # the batched weight-only path on the same (cold) weights
+        wo_tokens = CALIBRATION_POINTS["w4_gemm"]["tokens"]
+        x_wo = rng.standard_normal((wo_tokens, cols), dtype=np.float32)
+        it_wo = iter(range(10**12))
+        entries["w4_gemm"] = lambda: quantized_linear(x_wo, packs[next(it_wo) % copies])
 
         # --- sparse kernels -----------------------------------------------------------------------
         sparse = {}
@@ -217,6 +223,7 @@ def _measure(quick: bool, threads: int, progress, scale: int | None = None) -> d
     m["call_overhead_s"] = best["call_overhead"]
     m["int4_gemv_bw"] = wbytes / best["int4_gemv"]
     m["int4_gemv_weights_per_s"] = rows * cols / best["int4_gemv"]
+    m["w4_gemm_s"], m["w4_gemm_shape"] = best["w4_gemm"], (wo_tokens, rows, cols)
     for key, (A, r, c, batch) in sparse.items():
         m[f"{key}_ops"] = 2 * A.nnz * batch / best[key]  # stored values (whole blocks for BSR)
         m[f"{key}_dense_equiv_ops"] = 2 * r * c * batch / best[key]
@@ -335,6 +342,13 @@ def profile_doc(m: dict, *, cpu: str, date: str, versions: str) -> tuple[dict, s
         eff["source_quantize_vector_fraction"] = (
             f"{src}: memwall per-token INT8 activation quantizer (quantize_rows_int8) at the INT8 GEMM shape, "
             "4 vector ops per element (as the model counts them) / fp32 GEMM peak")
+    if m.get("w4_gemm_s"):
+        eff["weight_only_gemm_fraction"] = _weight_only_fraction(m, eff["conversion_vector_fraction"])
+        t, n_ = m["w4_gemm_s"], m["w4_gemm_shape"]
+        eff["source_weight_only_gemm_fraction"] = (
+            f"{src}: memwall W4A16 quantized_linear, {n_[0]} tokens x {n_[1]}x{n_[2]} g128 INT4 weights (cold): its "
+            "time less the dequantization the model charges (3 ops per weight at the conversion fraction) is the "
+            "product at this fraction of the fp32 peak")
     if m.get("blas_pack_fraction"):
         eff["blas_pack_bandwidth_fraction"] = min(1.0, max(1e-3, m["blas_pack_fraction"]))
         eff["source_blas_pack_bandwidth_fraction"] = (
@@ -342,6 +356,22 @@ def profile_doc(m: dict, *, cpu: str, date: str, versions: str) -> tuple[dict, s
             "beyond the product at the fp32 peak is one pass over the weights at this fraction of the DRAM read "
             "bandwidth (solved together with the fp32 peak of the square GEMM)")
     return doc, comment
+
+
+def _weight_only_fraction(m: dict, conv_fraction: float) -> float:
+    """Fraction of the fp32 peak at which the batched weight-only product runs, from the W4A16 measurement.
+
+    The model charges ``2 m n k`` product ops at ``fraction x peak`` plus ``3 n k`` dequantization ops at
+    ``conv_fraction x peak`` (one re-read of each weight tile for up to 128 tokens) plus the call overhead;
+    solve for the fraction (at most 1)."""
+    tokens, n, k = m["w4_gemm_shape"]
+    peak = m["fp32_gemm_ops"]
+    t_deq = 3.0 * n * k * math.ceil(tokens / 128) / (peak * conv_fraction)
+    t_prod = m["w4_gemm_s"] - t_deq - m["call_overhead_s"]
+    ops = 2.0 * tokens * n * k
+    if t_prod <= ops / peak:
+        return 1.0
+    return max(1e-3, ops / (peak * t_prod))
 
 
 def _conversion_fraction(m: dict) -> float:

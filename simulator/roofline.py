@@ -41,6 +41,10 @@ Vector work besides the main product (same SMs / cores: its time *adds* to the m
       profile gives one (a calibrated host profile measures memwall's per-token INT8 quantizer: max-abs,
       scale, round and clip per element are float work), else at the conversion fraction of the compute
       dtype's vector peak.
+    * CPUs whose profile gives ``weight_only_gemm_fraction``: the product of a weight-only quantized GEMM
+      with more than one token (INT8/INT4 weights, float activations) runs at that fraction of the vector
+      peak -- the rate memwall's batched dequantizing kernel reaches (measured by calibrate) -- instead of the
+      dense-GEMM fraction; its dequantization work is charged as above.
     * CPUs whose profile gives ``blas_pack_bandwidth_fraction``: a BLAS copies the weight operand of a dense
       float GEMM with more than one token into its packed panel layout before the product (GotoBLAS-style),
       a pass that does not overlap it: ``weight bytes / (bandwidth of the level the weights come from x
@@ -202,6 +206,8 @@ class _Tables:
                        if eff.quantize_vector_fraction and self.v_dense[_D["fp32"]] > 0 else 0.0)
         # CPUs: the BLAS packs the weight operand of a dense float GEMM (m > 1) before the product
         self.f_pack = eff.blas_pack_bandwidth_fraction or 0.0
+        # CPUs: the batched weight-only path (int weights, float activations) at its measured efficiency
+        self.f_wo = eff.weight_only_gemm_fraction or 0.0
         self.dense_rate = np.where(self.tensor_best, self.t_dense * self.f_tensor,
                                    self.v_dense[self.vdt] * self.f_vector)
         # conversion ops per element from dtype x (stored) to dtype c (computed): 0 when equal; int: convert +
@@ -380,6 +386,9 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     useful = 2.0 * m * kept1 * count
     use_tensor = T.tensor_best[c]
     peak = T.dense_rate[c]
+    if T.f_wo > 0:  # weight-only quantized GEMM with more than one token: the dequantizing kernel's own rate
+        wo = wop & _IS_INT[w_eff] & ~_IS_INT[a] & (m >= 2) & ~use_tensor & ((fmt == _F["dense"]) | (fmt == _F["channel"]))
+        peak = _sel(wo, T.v_dense[T.vdt[c]] * T.f_wo, peak)
     work = useful
     nm_sparse = np.zeros((), dtype=bool)
     if any_nm:

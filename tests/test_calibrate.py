@@ -235,3 +235,13 @@ def test_anchor_drift_against_the_calibrated_prediction(tmp_path):
     row = val._anchor_rows(dev, [anchor])[0]
     assert row["calibrated"] == pytest.approx(predicted, rel=1e-6)
     assert row["drift"] == pytest.approx(0.0762 / predicted - 1, rel=1e-6)
+
+
+def test_weight_only_fraction_from_the_w4a16_measurement():
+    # 16 tokens x 4096 x 4096: product 2*16*4096^2 ops; dequantization 3 ops per weight at 0.25 of 250 Gop/s
+    ops, deq = 2.0 * 16 * 4096 * 4096, 3.0 * 4096 * 4096 / (250e9 * 0.25)
+    m = _fake_measurements(w4_gemm_shape=(16, 4096, 4096))
+    m["w4_gemm_s"] = ops / (250e9 * 0.1) + deq + m["call_overhead_s"]  # product at 0.1 of the peak
+    assert cal._weight_only_fraction(m, 0.25) == pytest.approx(0.1, rel=1e-9)
+    m["w4_gemm_s"] = 0.5 * ops / 250e9  # faster than the peak allows: capped at 1
+    assert cal._weight_only_fraction(m, 0.25) == 1.0

@@ -481,3 +481,18 @@ def test_quantize_pass_at_its_calibrated_rate(tmp_path):
     diff = estimate(dev, op, w8a8).time_by_roof["vector"] - estimate(plain, op, w8a8).time_by_roof["vector"]
     assert diff == pytest.approx(t_cal - t_default, rel=1e-9)
     assert load_device(A100).efficiency.quantize_vector_fraction is None
+
+
+def test_weight_only_product_at_its_calibrated_rate(tmp_path):
+    plain = _template_with(tmp_path, "plain")
+    dev = _template_with(tmp_path, "wo", weight_only_gemm_fraction=0.2)
+    w4 = Compression(weights="int4", acts="fp32", group_size=128)
+    op = GemmOp("fc", 32, 4096, 4096)
+    # the product: 2 m n k at 0.2 of the 0.32 TOPS fp32 peak instead of 0.8 of it; dequantization unchanged
+    diff = estimate(dev, op, w4).time_by_roof["vector"] - estimate(plain, op, w4).time_by_roof["vector"]
+    ops = 2 * 32 * 4096 * 4096
+    assert diff == pytest.approx(ops / (0.32e12 * 0.2) - ops / (0.32e12 * 0.8), rel=1e-9)
+    # one token (the GEMV), float weights and W8A8 keep their own rates
+    for o, c in ((GemmOp("fc", 1, 4096, 4096), w4), (op, Compression(weights="fp32", acts="fp32")),
+                 (op, Compression(weights="int8", acts="int8"))):
+        assert estimate(dev, o, c).time_s == estimate(plain, o, c).time_s

@@ -43,7 +43,10 @@ Schema (every number has its unit in its key and a source)
                        absent: at the conversion fraction of the compute dtype's vector peak), optional ``blas_pack_bandwidth_fraction`` (CPUs: a BLAS copies
                        the weight operand of a dense float GEMM with more than one token into its packed
                        layout before the product, a pass that does not overlap it, at this fraction of the
-                       bandwidth of the level the weights come from; absent: no packing pass is modelled).
+                       bandwidth of the level the weights come from; absent: no packing pass is modelled),
+                       optional ``weight_only_gemm_fraction`` (CPUs: the product of a weight-only quantized GEMM
+                       -- INT8/INT4 weights, float activations, more than one token -- of the vector peak, as
+                       the dequantizing kernel reaches it; absent: ``vector_gemm_fraction``).
     ``[interconnect.<name>]`` ``kind`` (``nvlink|pcie|ethernet|infiniband|loopback|...``),
                        ``bandwidth_gb_per_s`` (per direction), ``latency_us``.  The entries of
                        ``_network.toml`` (Ethernet, InfiniBand) are added to every device unless it defines
@@ -106,8 +109,10 @@ _EFFICIENCY_FIELDS = (
     "conversion_vector_fraction",
     "quantize_vector_fraction",
     "blas_pack_bandwidth_fraction",
+    "weight_only_gemm_fraction",
 )
-_OPTIONAL_EFFICIENCY = ("conversion_vector_fraction", "quantize_vector_fraction", "blas_pack_bandwidth_fraction")
+_OPTIONAL_EFFICIENCY = ("conversion_vector_fraction", "quantize_vector_fraction", "blas_pack_bandwidth_fraction",
+                        "weight_only_gemm_fraction")
 _TENSOR_ONLY_EFFICIENCY = ("tensor_gemm_fraction", "bsr_matrix_fraction", "nm_sparse_fraction")
 
 
@@ -177,6 +182,7 @@ class Efficiency:
     conversion_vector_fraction: float | None = None
     quantize_vector_fraction: float | None = None
     blas_pack_bandwidth_fraction: float | None = None
+    weight_only_gemm_fraction: float | None = None
 
 
 @dataclass(frozen=True)
