@@ -19,7 +19,8 @@ Compute dtype and units
     ``nm_sparse_fraction``: there N:M runs as a software sparse kernel on vector units, the kept multiply-adds at
     that fraction of the vector peak, with no decompression (a calibrated host profile measures it with
     memwall's own 2:4 kernel). Unstructured CSR runs on vector units at ``csr_vector_fraction`` of the vector
-    peak.  BSR runs on the tensor unit at ``bsr_matrix_fraction`` when both block sides are >=
+    peak, plus ``csr_nonzero_ns`` per stored nonzero when the profile gives it (the per-nonzero index load and
+    gather addressing a CSR kernel pays whatever the batch; calibration separates the two from two batches).  BSR runs on the tensor unit at ``bsr_matrix_fraction`` when both block sides are >=
     ``matrix_min_block_elements``, else on vector units at an efficiency rising from ``csr_vector_fraction`` (1x1
     blocks) to ``vector_gemm_fraction`` (blocks of >= 64 elements) linearly in log2(block area); without a matrix
     unit the top of that ramp is ``bsr_matrix_fraction`` when the profile gives it (the measured software block
@@ -244,6 +245,7 @@ class _Tables:
         self.g_min = float(t.matrix_min_block_elements)
         self.P = float(t.parallel_units)
         self.launch = dev.kernel_launch_s
+        self.csr_nz = dev.csr_nonzero_s or 0.0
         self.idle = dev.idle_w
         self.hp_item = 2.0 if (dev.kind == "gpu" and dev.has_dtype("fp16")) else 4.0
         self.names = roof_names(dev)
@@ -412,6 +414,7 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     if any_csr:
         use_tensor = use_tensor & ~is_csr
         peak = _sel(is_csr, vpeak * T.f_csr, peak)
+    t_nz = (is_csr * (kept1 * count * T.csr_nz)) if (any_csr and T.csr_nz > 0) else 0.0 * m
     g = 1.0 + (T.g_min - 1.0) * use_tensor
     mm_ = np.maximum(m, 1.0)
     nn_ = np.maximum(n_out, 1.0)
@@ -421,7 +424,7 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     tiles = tiles * split
     waves = np.ceil(tiles / T.P) * T.P
     shape_eff = pad * tiles / waves
-    t_main = work / np.maximum(peak * shape_eff, 1e-300)
+    t_main = work / np.maximum(peak * shape_eff, 1e-300) + t_nz
     # vector work besides the main product
     reuse_w = np.maximum(1.0, np.ceil(m / T.t_blk))
     reuse_a = np.maximum(1.0, np.ceil(n_out / T.t_blk))
@@ -972,6 +975,7 @@ def _notes(dev: Device, T: _Tables, op, comp: Compression, row: dict, base_time:
                              f"{base_dtype} (break-even {even:.1%}: {item:g} B value + {idx:g} B index per kept "
                              "weight)")
             notes.append(f"unstructured CSR runs on vector units at {T.f_csr:.0%} of the vector peak"
+                         + (f", plus {T.csr_nz * 1e9:.3g} ns per stored nonzero" if T.csr_nz > 0 else "")
                          + (" (tensor cores cannot run CSR)" if "tensor" in dev.units else ""))
         if comp.format == "bsr" and not row["use_tensor"] and "tensor" in dev.units:
             r, cc = comp.block

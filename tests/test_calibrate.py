@@ -245,3 +245,14 @@ def test_weight_only_fraction_from_the_w4a16_measurement():
     assert cal._weight_only_fraction(m, 0.25) == pytest.approx(0.1, rel=1e-9)
     m["w4_gemm_s"] = 0.5 * ops / 250e9  # faster than the peak allows: capped at 1
     assert cal._weight_only_fraction(m, 0.25) == 1.0
+
+
+def test_csr_split_from_two_batches(tmp_path):
+    nnz, c, rate = 1_000_000, 0.8e-9, 100e9
+    t = {b: nnz * c + 2 * nnz * b / rate for b in (64, 16)}
+    got = cal._csr_split(nnz, 64, t[64], 16, t[16])
+    assert got["csr_nonzero_s"] == pytest.approx(c, rel=1e-9) and got["csr_mac_ops"] == pytest.approx(rate, rel=1e-9)
+    assert cal._csr_split(nnz, 64, 1e-3, 16, 2e-3) == {}  # noise: slower at the smaller batch, nothing to split
+    dev = _saved(tmp_path, _fake_measurements(csr_nonzero_s=c, csr_mac_ops=rate))
+    assert dev.csr_nonzero_s == pytest.approx(c, rel=1e-9)
+    assert dev.efficiency.csr_vector_fraction == pytest.approx(rate / 250e9, rel=1e-9)

@@ -496,3 +496,26 @@ def test_weight_only_product_at_its_calibrated_rate(tmp_path):
     for o, c in ((GemmOp("fc", 1, 4096, 4096), w4), (op, Compression(weights="fp32", acts="fp32")),
                  (op, Compression(weights="int8", acts="int8"))):
         assert estimate(dev, o, c).time_s == estimate(plain, o, c).time_s
+
+
+def test_csr_cost_per_stored_nonzero(tmp_path):
+    from pathlib import Path
+
+    import memwall.simulator.devices as D
+
+    text = (Path(D.__file__).parent / "host-template.toml").read_text()
+    text = text.replace("kernel_launch_us = 2.0\n", "kernel_launch_us = 2.0\ncsr_nonzero_ns = 0.5\n")
+    p = tmp_path / "nz.toml"
+    p.write_text(text)
+    dev, plain = load_device(p), _template_with(tmp_path, "plain")
+    assert dev.csr_nonzero_s == pytest.approx(0.5e-9)
+    op = GemmOp("fc", 32, 4096, 4096)
+    csr = Compression(weights="fp32", acts="fp32", format="csr", sparsity=0.9)
+    nnz = 4096 * 4096 - math.floor(0.9 * 4096 * 4096 + 1e-9)
+    # multiply-adds at csr_vector_fraction 0.1 of 0.32 TOPS, plus 0.5 ns per stored nonzero
+    assert estimate(plain, op, csr).time_by_roof["vector"] == pytest.approx(2 * 32 * nnz / 0.032e12, rel=1e-9)
+    assert estimate(dev, op, csr).time_by_roof["vector"] == pytest.approx(2 * 32 * nnz / 0.032e12 + nnz * 0.5e-9,
+                                                                          rel=1e-9)
+    dense = Compression(weights="fp32", acts="fp32")
+    assert estimate(dev, op, dense).time_s == estimate(plain, op, dense).time_s
+    assert load_device(A100).csr_nonzero_s is None
