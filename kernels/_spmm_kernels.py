@@ -138,6 +138,12 @@ class _Emit:
         rp = self.opaque(self.b.gep(xp, [row_off]))
         return [self.b.call(self.fma, [w, self.vload(rp, self.c64(16 * j)), acc[j]]) for j in range(nv)]
 
+    def gather_step(self, acc, dp, q, dtype, scale, xp, col, ldx, nv):
+        """One stored value of a gather-style row (CSR, N:M): acc += data[q] (as float32, times ``scale`` for
+        int8) * X row ``col`` (``col * ldx`` elements past ``xp``), nv vectors."""
+        w = self.splat(self.value(dp, q, dtype, scale))
+        return self.axpy(acc, w, xp, self.b.mul(col, ldx), nv)
+
     def phis(self, n):
         return [self.b.phi(_VF) for _ in range(n)]
 
@@ -159,6 +165,11 @@ class _Emit:
             s.add_incoming(v, bb_load)
             s.add_incoming(_ZERO_VF, bb_zero)
         return start
+
+
+# One generator per sparsity format, each serving every value type (float32, float16 bit patterns, int8 x
+# scale) through ``_Emit.value``; the formats' loop structures differ (cursor + panel limit, block strips,
+# unrolled metadata decode), only their IR set-up lines look alike.
 
 
 def _make_csr_row(nv):
@@ -189,8 +200,7 @@ def _make_csr_row(nv):
             offs = [e.c64(16 * j) for j in range(nv)]
 
             def step(acc, q, col):
-                w = e.splat(e.value(dp, q, signature.args[7].dtype, scale_v))
-                return e.axpy(acc, w, xp, b.mul(col, ldx_v), nv)
+                return e.gather_step(acc, dp, q, signature.args[7].dtype, scale_v, xp, col, ldx_v, nv)
 
             start = e.start_tile(e.i64(12), op, offs)
             bb_pre = b.basic_block
@@ -395,8 +405,7 @@ def _make_nm_row(nv):
                 return b.zext(b.load(b.gep(mp, [b.add(mb, e.c64(k))])), _I64)
 
             def step(acc, q, c):
-                w = e.splat(e.value(dp, q, dtype, scale_v))
-                return e.axpy(acc, w, xp, b.mul(c, ldx_v), nv)
+                return e.gather_step(acc, dp, q, dtype, scale_v, xp, c, ldx_v, nv)
 
             b.branch(hu)
             # whole steps: U values, positions at constant bit offsets from the byte mb
@@ -762,8 +771,10 @@ def bsr_mm_int8(indptr, indices, data, w_scales, r, c, Xq, x_scales, out):  # pr
 
 
 # ================================================================================================
-# N:M (values (rows, kr) flat; each row's columns decoded from its metadata bit stream into a scratch
-# buffer owned by the thread, then the same axpy loop as CSR)
+# N:M.  Float products with m <= 256 and an unroll step of at most 64 values (every n:m with m <= 16, SpMV
+# included) run ``nm_mm_tiled`` (above).  The kernels here serve the rest and the INT8 x INT8 path: each row's
+# columns are decoded from its metadata bit stream into a scratch buffer owned by the thread, then the same
+# axpy loop as CSR.
 # ================================================================================================
 @njit(fastmath=True)
 def _nm_decode(meta, row_off, nmeta, t0, t1, n, m, bits, cols):  # pragma: no cover - compiled
