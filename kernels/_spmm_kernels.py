@@ -144,6 +144,10 @@ class _Emit:
         w = self.splat(self.value(dp, q, dtype, scale))
         return self.axpy(acc, w, xp, self.b.mul(col, ldx), nv)
 
+    def blocks(self, prefix, names):
+        """New basic blocks ``prefix_name`` for each of the space-separated ``names``, in order."""
+        return [self.b.append_basic_block(f"{prefix}_{name}") for name in names.split()]
+
     def phis(self, n):
         return [self.b.phi(_VF) for _ in range(n)]
 
@@ -204,13 +208,7 @@ def _make_csr_row(nv):
 
             start = e.start_tile(e.i64(12), op, offs)
             bb_pre = b.basic_block
-            h2 = b.append_basic_block("csr_h2")
-            chk2 = b.append_basic_block("csr_chk2")
-            body2 = b.append_basic_block("csr_body2")
-            h1 = b.append_basic_block("csr_h1")
-            chk1 = b.append_basic_block("csr_chk1")
-            body1 = b.append_basic_block("csr_body1")
-            done = b.append_basic_block("csr_done")
+            h2, chk2, body2, h1, chk1, body1, done = e.blocks("csr", "h2 chk2 body2 h1 chk1 body1 done")
             b.branch(h2)
             # pairs of entries
             b.position_at_end(h2)
@@ -287,12 +285,7 @@ def _make_bsr_strip(R, nv):
             offs = [b.add(b.mul(ldo_v, e.c64(k)), e.c64(16 * j)) for k in range(R) for j in range(nv)]
             start = e.start_tile(e.i64(14), op, offs)
             bb_pre = b.basic_block
-            hp = b.append_basic_block("bsr_hp")
-            bp = b.append_basic_block("bsr_bp")
-            hk = b.append_basic_block("bsr_hk")
-            bk = b.append_basic_block("bsr_bk")
-            pend = b.append_basic_block("bsr_pend")
-            done = b.append_basic_block("bsr_done")
+            hp, bp, hk, bk, pend, done = e.blocks("bsr", "hp bp hk bk pend done")
             b.branch(hp)
             # blocks
             b.position_at_end(hp)
@@ -395,11 +388,7 @@ def _make_nm_row(nv):
             offs = [e.c64(16 * j) for j in range(nv)]
             start = e.start_tile(e.i64(11), op, offs)
             bb_pre = b.basic_block
-            hu = b.append_basic_block("nm_hu")
-            bodyu = b.append_basic_block("nm_bodyu")
-            h1 = b.append_basic_block("nm_h1")
-            body1 = b.append_basic_block("nm_body1")
-            done = b.append_basic_block("nm_done")
+            hu, bodyu, h1, body1, done = e.blocks("nm", "hu bodyu h1 body1 done")
 
             def byte_at(mb, k):
                 return b.zext(b.load(b.gep(mp, [b.add(mb, e.c64(k))])), _I64)
