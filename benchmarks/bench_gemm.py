@@ -4,7 +4,9 @@
 
 * ``int8_gemm N^3``: memwall (packed B, default path: AVX-512 VNNI where present) vs NumPy float32 matmul
   (target 4.0x) and ``torch._int_mm`` (target 0.9x; skipped with a reason when torch is not installed).
-* ``int8_gemm generic N^3``: the pure-Numba fallback vs NumPy float32 (target 1.0x).
+* ``int8_gemm generic N^3``: the no-intrinsics fallback vs NumPy float32 (target 1.0x).  Its micro-kernel is
+  target-independent IR (int16 pairs); LLVM lowers it to ``vpdpwssd`` on a CPU with AVX-512 VNNI and to
+  ``vpmaddwd`` + ``vpaddd`` without, so on a VNNI host this measures the former.
 * ``int8_gemm off-tile S^3``: shapes just off the tile multiples vs the multiple ``T^3`` timed in the same
   group; the target is 0.8x the *speed* of the multiple, i.e. a time ratio of ``0.8 * (T/S)**3``.
 * ``int4_gemv 4096x4096 cold``: weights cold in DRAM (rotating through copies that together exceed 4x the
@@ -81,7 +83,7 @@ def test_bench_int8_gemm_generic(benchmark, impl):
     benchmark.extra_info.update(impl=impl, ops=2 * size**3)
     if impl == "memwall":
         a, b = _i8((size, size), 1), G.pack_int8(_i8((size, size), 2))
-        benchmark.extra_info.update(targets={"numpy": 1.0}, path="generic (pure Numba, no intrinsics)")
+        benchmark.extra_info.update(targets={"numpy": 1.0}, path="generic (int16-pair IR micro-kernel, no intrinsics)")
 
         def fn(x, y):
             return G.int8_gemm(x, y, path="generic")
