@@ -20,7 +20,8 @@ Compute dtype and units
     that fraction of the vector peak, with no decompression (a calibrated host profile measures it with
     memwall's own 2:4 kernel). Unstructured CSR runs on vector units at ``csr_vector_fraction`` of the vector
     peak, plus ``csr_nonzero_ns`` per stored nonzero when the profile gives it (the per-nonzero index load and
-    gather addressing a CSR kernel pays whatever the batch; calibration separates the two from two batches).  BSR runs on the tensor unit at ``bsr_matrix_fraction`` when both block sides are >=
+    gather addressing a CSR kernel pays whatever the batch; calibration separates the two from two batches); the
+    software N:M kernel likewise pays ``nm_kept_ns`` per kept weight (decoding its position).  BSR runs on the tensor unit at ``bsr_matrix_fraction`` when both block sides are >=
     ``matrix_min_block_elements``, else on vector units at an efficiency rising from ``csr_vector_fraction`` (1x1
     blocks) to ``vector_gemm_fraction`` (blocks of >= 64 elements) linearly in log2(block area); without a matrix
     unit the top of that ramp is ``bsr_matrix_fraction`` when the profile gives it (the measured software block
@@ -246,6 +247,7 @@ class _Tables:
         self.P = float(t.parallel_units)
         self.launch = dev.kernel_launch_s
         self.csr_nz = dev.csr_nonzero_s or 0.0
+        self.nm_kept = dev.nm_kept_s or 0.0
         self.idle = dev.idle_w
         self.hp_item = 2.0 if (dev.kind == "gpu" and dev.has_dtype("fp16")) else 4.0
         self.names = roof_names(dev)
@@ -393,6 +395,7 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
         peak = _sel(wo, T.v_dense[T.vdt[c]] * T.f_wo, peak)
     work = useful
     nm_sparse = np.zeros((), dtype=bool)
+    t_nm_kept = 0.0
     if any_nm:
         q4 = nmm * 0.25
         nm_compat = (((nmm == 2) | (nmm == 4)) & (2 * nmn <= nmm)) | ((q4 == np.floor(q4)) & (nmn <= 2) & (nmm > 0))
@@ -406,6 +409,8 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
             peak = _sel(nm_soft, vpeak * T.f_nm_soft, peak)
             work = _sel(nm_soft, useful, work)
             nm_sparse = nm_sparse | nm_soft  # no decompression pass below
+            if T.nm_kept > 0:  # per kept weight: its position decoded from the metadata, whatever the batch
+                t_nm_kept = nm_soft * (kept1 * count * T.nm_kept)
     if any_bsr:
         bsr_tensor = is_bsr & (td > 0) & (np.minimum(br, bc) >= T.g_min)
         blk_eff = T.f_csr + (T.f_bsr_top - T.f_csr) * np.minimum(1.0, np.log2(np.maximum(br * bc, 1.0)) / 6.0)
@@ -424,7 +429,7 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     tiles = tiles * split
     waves = np.ceil(tiles / T.P) * T.P
     shape_eff = pad * tiles / waves
-    t_main = work / np.maximum(peak * shape_eff, 1e-300) + t_nz
+    t_main = work / np.maximum(peak * shape_eff, 1e-300) + t_nz + t_nm_kept
     # vector work besides the main product
     reuse_w = np.maximum(1.0, np.ceil(m / T.t_blk))
     reuse_a = np.maximum(1.0, np.ceil(n_out / T.t_blk))
@@ -953,7 +958,8 @@ def _notes(dev: Device, T: _Tables, op, comp: Compression, row: dict, base_time:
         if comp.format == "nm":
             if row["nm_sparse"] and T.f_nm_soft > 0:
                 notes.append(f"{comp.format_spec} runs as a software sparse kernel on vector units at "
-                             f"{T.f_nm_soft:.0%} of the vector peak (kept multiply-adds only)")
+                             f"{T.f_nm_soft:.0%} of the vector peak (kept multiply-adds only)"
+                             + (f", plus {T.nm_kept * 1e9:.3g} ns per kept weight" if T.nm_kept > 0 else ""))
             elif row["nm_sparse"]:
                 if mem_bound:
                     notes.append(f"{comp.format_spec} gives no compute speedup here: memory-bound at batch "

@@ -256,3 +256,10 @@ def test_csr_split_from_two_batches(tmp_path):
     dev = _saved(tmp_path, _fake_measurements(csr_nonzero_s=c, csr_mac_ops=rate))
     assert dev.csr_nonzero_s == pytest.approx(c, rel=1e-9)
     assert dev.efficiency.csr_vector_fraction == pytest.approx(rate / 250e9, rel=1e-9)
+
+
+def test_profile_doc_nm_kept_cost(tmp_path):
+    dev = _saved(tmp_path, _fake_measurements(nm_kept_s=0.6e-9, nm_mac_ops=120e9))
+    assert dev.nm_kept_s == pytest.approx(0.6e-9, rel=1e-9)
+    assert dev.efficiency.nm_sparse_fraction == pytest.approx(120 / 250, rel=1e-9)
+    assert "batch 64 and 16" in dev.sources["overhead.nm_kept_ns"]

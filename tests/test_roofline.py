@@ -519,3 +519,25 @@ def test_csr_cost_per_stored_nonzero(tmp_path):
     dense = Compression(weights="fp32", acts="fp32")
     assert estimate(dev, op, dense).time_s == estimate(plain, op, dense).time_s
     assert load_device(A100).csr_nonzero_s is None
+
+
+def test_software_nm_cost_per_kept_weight(tmp_path):
+    from pathlib import Path
+
+    import memwall.simulator.devices as D
+
+    base = (Path(D.__file__).parent / "host-template.toml").read_text() + "nm_sparse_fraction = 0.25\n"
+    paths = []
+    for name, extra in (("a", ""), ("b", "nm_kept_ns = 0.7\n")):
+        p = tmp_path / f"{name}.toml"
+        p.write_text(base.replace("kernel_launch_us = 2.0\n", "kernel_launch_us = 2.0\n" + extra))
+        paths.append(p)
+    plain, dev = load_device(paths[0]), load_device(paths[1])
+    op = GemmOp("fc", 32, 4096, 4096)
+    nm = Compression(weights="fp32", acts="fp32", format="nm", n=2, m=4)
+    kept = 4096 * 2048
+    # kept multiply-adds at 0.25 of 0.32 TOPS, plus 0.7 ns per kept weight
+    assert estimate(plain, op, nm).time_by_roof["vector"] == pytest.approx(2 * 32 * kept / 0.08e12, rel=1e-9)
+    assert estimate(dev, op, nm).time_by_roof["vector"] == pytest.approx(2 * 32 * kept / 0.08e12 + kept * 0.7e-9,
+                                                                         rel=1e-9)
+    assert load_device(A100).nm_kept_s is None

@@ -19,7 +19,9 @@ Schema (every number has its unit in its key and a source)
     ``[power]``        ``tdp_w``, ``idle_w`` (static/idle power charged for the whole duration of a kernel).
     ``[overhead]``     ``kernel_launch_us`` (fixed cost per kernel: launch + prologue/epilogue), optional
                        ``csr_nonzero_ns`` (CPUs: wall time of the CSR kernel per stored nonzero besides its
-                       multiply-adds -- index load, gather address -- whatever the batch; absent: none).
+                       multiply-adds -- index load, gather address -- whatever the batch; absent: none),
+                       optional ``nm_kept_ns`` (CPUs: the same for the software N:M kernel per kept weight --
+                       decoding its position from the metadata -- when it runs at ``nm_sparse_fraction``).
     ``[tiling]``       ``register_tile_elements`` (side of the register tile that streams from the smallest
                        memory level), ``block_tile_elements`` (side of the output tile one SM / core owns),
                        ``matrix_min_block_elements`` (smallest block side the matrix unit runs; also the
@@ -217,6 +219,7 @@ class Device:
     interconnects: Mapping[str, Interconnect]
     sources: Mapping[str, str] = field(repr=False)
     csr_nonzero_s: float | None = None  # optional [overhead] csr_nonzero_ns: CSR kernel time per stored nonzero
+    nm_kept_s: float | None = None  # optional [overhead] nm_kept_ns: software N:M kernel time per kept weight
 
     # --- compute -------------------------------------------------------------------------------------
     @property
@@ -300,6 +303,7 @@ class Device:
             "idle_w": self.idle_w,
             "kernel_launch_s": self.kernel_launch_s,
             "csr_nonzero_s": self.csr_nonzero_s,
+            "nm_kept_s": self.nm_kept_s,
             "peaks_ops_per_s": {
                 u.name: {"dense": dict(u.dense), "sparse": dict(u.sparse)} for u in self.units.values()
             },
@@ -614,9 +618,11 @@ def _parse_file(path: Path) -> Device:
     idle = _number(ctx, power, "idle_w", "power")
     if idle >= tdp:
         raise ctx.error("power.idle_w", f"idle power {idle} W must be below the TDP {tdp} W")
-    ovh = _check_keys(ctx, _section(ctx, doc, "overhead"), ("kernel_launch_us", "csr_nonzero_ns"), "overhead")
+    ovh = _check_keys(ctx, _section(ctx, doc, "overhead"), ("kernel_launch_us", "csr_nonzero_ns", "nm_kept_ns"),
+                      "overhead")
     launch = _number(ctx, ovh, "kernel_launch_us", "overhead") * 1e-6
     csr_nz = _number(ctx, ovh, "csr_nonzero_ns", "overhead", required=False)
+    nm_kept = _number(ctx, ovh, "nm_kept_ns", "overhead", required=False)
     tl_keys = ("register_tile_elements", "block_tile_elements", "matrix_min_block_elements", "parallel_units")
     tl = _check_keys(ctx, _section(ctx, doc, "tiling"), tl_keys, "tiling")
     tiling = Tiling(*(_number(ctx, tl, k, "tiling", integer=True) for k in tl_keys))
@@ -660,6 +666,7 @@ def _parse_file(path: Path) -> Device:
         energy_j_per_op=MappingProxyType(energy), efficiency=efficiency, tiling=tiling,
         interconnects=MappingProxyType(nets), sources=MappingProxyType(dict(ctx.sources)),
         csr_nonzero_s=None if csr_nz is None else csr_nz * 1e-9,
+        nm_kept_s=None if nm_kept is None else nm_kept * 1e-9,
     )
 
 
