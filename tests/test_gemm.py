@@ -508,3 +508,25 @@ def test_int4_gemv_generic_and_ir_kernels_agree(rng):
     G._int4_gemv_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, bias, out, nb // pw.n_groups)
     assert_close(out, want[0], terms[0])
     assert_close(G.int4_gemv(x[0], pw, bias), want[0], terms[0])
+
+
+# ================================================================================================
+# INT8 GEMM: K chunks and A blocks (several micro-kernel calls per tile)
+# ================================================================================================
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("m,n", [(2 * G.MR + 7, 2 * G.NR), (2 * G.MR + 1, 2 * G.NR + 16), (G.MR + 5, 2 * G.NR + 6)])
+def test_int8_gemm_k_chunks_and_edges(path, m, n, rng):
+    # K spans several K chunks (4 * KC4 K values on the VNNI path, 2 * KC2G on the generic one), ends inside an
+    # A block and off a multiple of 4; rows end in a full edge panel (7 rows), a one-row panel or 5 rows;
+    # n % 16 == 0 takes the non-temporal stores, the other width the plain ones; 1 and 2 threads agree
+    k = 4 * G.KC4 + 4 * 16 + 7 if path == "vnni" else 2 * G.KC2G + 2 * 16 + 5
+    k = 2 * k + 1  # three chunks, the last a partial one
+    a, b = rand_i8(rng, (m, k)), rand_i8(rng, (k, n))
+    ref = ref_int_gemm(a, b)
+    old = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            np.testing.assert_array_equal(G.int8_gemm(a, b, path=path), ref)
+    finally:
+        numba.set_num_threads(old)
