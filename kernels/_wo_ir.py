@@ -31,6 +31,7 @@ _VI = ir.VectorType(_I32, 16)
 _VB = ir.VectorType(_I8, 16)
 _ZERO = ir.Constant(_VF, [0.0] * 16)
 _TABLE = ir.Constant(_VF, [float(u) for u in range(16)])
+_TABLE_SIGNED = ir.Constant(_VF, [float(u - 8) for u in range(16)])
 _FOUR = ir.Constant(_VI, [4] * 16)
 _SPLAT0 = ir.Constant(_VI, [0] * 16)
 
@@ -72,12 +73,12 @@ class _Em:
     def vstore(self, val, fptr, off, align=4):
         self.b.store(val, self.b.bitcast(self.b.gep(fptr, [off]), _VF.as_pointer()), align=align)
 
-    def nibbles(self, qptr, off):
-        """(low, high) nibbles of the 16 bytes at qptr + off as float vectors (0.0 .. 15.0)."""
+    def nibbles(self, qptr, off, table=_TABLE):
+        """(low, high) nibbles of the 16 bytes at qptr + off looked up in ``table`` (0.0 .. 15.0 by default)."""
         b = self.b
         q = b.zext(b.load(b.bitcast(b.gep(qptr, [off]), _VB.as_pointer()), align=1), _VI)
-        lo = b.call(self.perm_fn, [_TABLE, q])
-        hi = b.call(self.perm_fn, [_TABLE, b.lshr(q, _FOUR)])
+        lo = b.call(self.perm_fn, [table, q])
+        hi = b.call(self.perm_fn, [table, b.lshr(q, _FOUR)])
         return lo, hi
 
     def prefetch(self, i8ptr, off, locality=3):
@@ -129,15 +130,18 @@ class _Loop:
         return self.vals
 
 
-def make_int4_rows(rows: int):
+def make_int4_rows(rows: int, signed: bool = False, one_acc: bool = False):
     """An intrinsic ``f(q, q_off, nb, xe, xo, scale, s_off, ngroups, gb, pf, out, out_off)`` (INT4 GEMV rows).
 
     For ``r < rows``: ``out[out_off + r] = sum_g scale[s_off + r*ngroups + g] * sum_{i in group g}
     (xe[i] * lo(q[q_off + r*nb + i]) + xo[i] * hi(...))`` with groups of ``gb`` bytes (``gb % 16 == 0``,
     ``ngroups * gb == nb``).  The group sums stay vectors: ``tot = fma(splat(scale), group_acc, tot)``, one
     horizontal sum per row; the x vectors of a 16-byte step are loaded once for all ``rows`` rows.  ``pf``
-    (bytes, 0: none): each row's line ``pf`` bytes ahead is prefetched once per group.
+    (bytes, 0: none): each row's line ``pf`` bytes ahead is prefetched once per group.  ``signed``: the
+    nibbles are looked up as ``u - 8`` (the weight values themselves) instead of ``u``.  ``one_acc``: one
+    accumulator per row and group (both FMAs of a step chained) instead of two.
     """
+    table = _TABLE_SIGNED if signed else _TABLE
 
     @intrinsic
     def int4_rows(typingctx, q, q_off, nb, xe, xo, scale, s_off, ngroups, gb, pf, out, out_off):
@@ -163,20 +167,25 @@ def make_int4_rows(rows: int):
             with b.if_then(do_pf):
                 for r in range(rows):
                     e.prefetch(rowq[r], b.add(gstart, pf_v))
-            sl = _Loop(b, "i4s", gstart, b.add(gstart, gb_v), 16, [_ZERO] * (2 * rows))
+            na = 1 if one_acc else 2
+            sl = _Loop(b, "i4s", gstart, b.add(gstart, gb_v), 16, [_ZERO] * (na * rows))
             i = sl.i
             xv_e = e.vload(xep, i)
             xv_o = e.vload(xop, i)
             acc = list(sl.vals)
             for r in range(rows):
-                lo, hi = e.nibbles(rowq[r], i)
-                acc[2 * r] = e.fma(xv_e, lo, acc[2 * r])
-                acc[2 * r + 1] = e.fma(xv_o, hi, acc[2 * r + 1])
+                lo, hi = e.nibbles(rowq[r], i, table)
+                if one_acc:
+                    acc[r] = e.fma(xv_o, hi, e.fma(xv_e, lo, acc[r]))
+                else:
+                    acc[2 * r] = e.fma(xv_e, lo, acc[2 * r])
+                    acc[2 * r + 1] = e.fma(xv_o, hi, acc[2 * r + 1])
             accs = sl.close(acc)
             tots = []
             for r in range(rows):
                 s = b.load(b.gep(rows_s[r], [g]), align=4)
-                tots.append(e.fma(e.splat(s), b.fadd(accs[2 * r], accs[2 * r + 1]), gl.vals[r]))
+                a = accs[r] if one_acc else b.fadd(accs[2 * r], accs[2 * r + 1])
+                tots.append(e.fma(e.splat(s), a, gl.vals[r]))
             tots = gl.close(tots)
             for r in range(rows):
                 b.store(e.hsum(tots[r]), b.gep(op, [e.k(r)]), align=4)
