@@ -241,8 +241,14 @@ def interleaved_times(entries, *, min_time: float = 0.01, min_rounds: int = 3, m
                 raise ValueError(f"entries[{i!r}]: a sample of {s!r} s (expected a finite time > 0)")
             samples[i].append(s)
         rounds += 1
-        if progress is not None:
-            progress(rounds, max_rounds if budget_s is None else max(rounds, min_rounds), f"round {rounds}")
+        if progress is not None and rounds < max_rounds:
+            total = max_rounds
+            if budget_s is not None:  # rounds the budget allows at the pace so far
+                pace = (clock() - t_start) / rounds
+                total = min(max_rounds, max(min_rounds, math.ceil(budget_s / pace) if pace > 0 else max_rounds))
+            progress(rounds, max(total, rounds + 1), f"timing round {rounds}")
+    if progress is not None:
+        progress(rounds, rounds, f"timed {rounds} rounds")
     times = {i: {"min_s": float(min(v)), "median_s": float(np.median(v)), "n": len(v), "samples": list(v)}
              for i, v in samples.items()}
     return {"times": times, "rounds": rounds, "wall_s": clock() - t_start, "statistic": TIMING_STATISTIC}
