@@ -25,7 +25,9 @@ How it times: every measurement is built first, then interleaved rounds visit ea
 calls until a minimum time passes) until the wall budget is spent, and each keeps the *minimum* over rounds
 (:func:`memwall.simulator.validate.interleaved_times`) -- the statistic ``memwall validate`` uses for the
 cases it compares with the model.  Interference on a shared machine only adds time; the rounds spread each
-measurement over the whole calibration so a slow phase hits all of them alike.
+measurement over the whole calibration so a slow phase hits all of them alike.  ``memwall validate
+--calibrate`` goes one step further: it times these measurements (:func:`_build`) in the same rounds as its
+sweep, so calibration and validation see one machine state (the VM's speed drifts 1.2-2x over minutes).
 
 The shapes measured here are listed in :data:`CALIBRATION_POINTS`; ``memwall validate`` measures different
 ones, so the published error is not the error of a fit on its own data.
@@ -118,133 +120,162 @@ _DRAM_SAMPLES = 6
 
 
 def _measure(quick: bool, threads: int, progress, scale: int | None = None) -> dict:
+    """Build every measurement (:func:`_build`), time them in interleaved rounds, derive the numbers."""
+    from .validate import interleaved_times, thread_limits
+
+    with thread_limits(threads):
+        plan = _build(quick, threads, scale)
+        entries = plan.pop("entries")
+        t = interleaved_times(entries, min_time=plan["min_time"], min_rounds=_MIN_ROUNDS,
+                              max_rounds=plan["max_rounds"], budget_s=plan["budget_s"], progress=progress)
+        del entries  # the operands (cold weight copies, sparse matrices) go now; ``finish`` keeps only sizes
+    best = {k: v["min_s"] for k, v in t["times"].items()}
+    return plan["finish"](best, {"statistic": t["statistic"], "rounds": t["rounds"], "wall_s": t["wall_s"]})
+
+
+def _build(quick: bool, threads: int, scale: int | None = None) -> dict:
+    """Every calibration measurement, built and ready to time, and how to turn the times into numbers.
+
+    Returns ``{"entries", "finish", "min_time", "max_rounds", "budget_s"}``: ``entries`` maps an id to a
+    callable or a :class:`~memwall.simulator.validate.Sampler` for
+    :func:`~memwall.simulator.validate.interleaved_times` (time them under ``thread_limits(threads)``; they
+    hold the operands, so drop them after timing); ``finish(best, timing)`` takes the minimum seconds per id
+    (``best``) and the timing summary (``statistic``, ``rounds``, ``wall_s``) and returns the measurements
+    ``m`` that :func:`profile_doc` writes.  ``finish`` holds no operand.  The other keys are the timing
+    parameters calibration uses on its own (``memwall validate --calibrate`` times these entries in the
+    rounds of its sweep instead)."""
     from ..kernels import membench
     from ..kernels.formats import BSRMatrix, CSRMatrix, NMSparseMatrix
     from ..kernels.gemm import int8_gemm, pack_int8, pack_weights, quantized_linear
     from ..kernels.quant import quantize_rows_int8
     from ..kernels.spmm import spmm
-    from .validate import Sampler, interleaved_times, thread_limits
+    from .validate import Sampler
 
     s = scale or (_QUICK_SCALE if quick else 1)
     caches = detect_caches()
     llc_total = max(c["bytes"] * c["instances"] for c in caches)
     rng = np.random.default_rng(0)
-    m: dict = {}
     entries: dict = {}
     work: dict = {}  # entry -> bytes (bandwidth) or ops (compute) per timed unit
-    with thread_limits(threads):
-        # --- bandwidth per level: half of one instance's capacity per thread ---------------------
-        def bw_sampler(ws, nthreads):
-            # seconds per GB of one read_bandwidth run: the minimum over rounds is the best bandwidth; DRAM
-            # working sets are allocated per run, so they sample in the first rounds only
-            return Sampler(lambda: 1e9 / membench.read_bandwidth(ws, threads=nthreads, repeats=1),
-                           max_samples=_DRAM_SAMPLES if ws > llc_total else None)
 
-        for c in caches:
-            per_thread = c["bytes"] // 2 if c["instances"] > 1 else c["bytes"] // (2 * threads)
-            entries[f"read_bw_{c['name']}"] = bw_sampler(max(4096, per_thread * threads), threads)
-        dram_ws = max(4 * llc_total, 128 << 20)
-        entries["read_bw_dram"] = bw_sampler(dram_ws, threads)
-        entries["triad_bw_dram"] = Sampler(
-            lambda: 1e9 / membench.stream_bandwidth(dram_ws, kind="triad", threads=threads, repeats=1),
-            max_samples=_DRAM_SAMPLES)
-        entries["read_bw_dram_1thread"] = bw_sampler(dram_ws, 1)
+    # --- bandwidth per level: half of one instance's capacity per thread ---------------------
+    def bw_sampler(ws, nthreads):
+        # seconds per GB of one read_bandwidth run: the minimum over rounds is the best bandwidth; DRAM
+        # working sets are allocated per run, so they sample in the first rounds only
+        return Sampler(lambda: 1e9 / membench.read_bandwidth(ws, threads=nthreads, repeats=1),
+                       max_samples=_DRAM_SAMPLES if ws > llc_total else None)
 
-        # --- compute peaks ------------------------------------------------------------------------
-        n = CALIBRATION_POINTS["sgemm"][0] // s
-        a = rng.standard_normal((n, n), dtype=np.float32)
-        b = rng.standard_normal((n, n), dtype=np.float32)
-        entries["sgemm"], work["sgemm"] = (lambda: a @ b), (n, n, n)
-        n = CALIBRATION_POINTS["dgemm"][0] // s
-        a64, b64 = a[:n, :n].astype(np.float64), b[:n, :n].astype(np.float64)
-        entries["dgemm"], work["dgemm"] = (lambda: a64 @ b64), (n, n, n)
-        n = CALIBRATION_POINTS["int8_gemm"][0] // s
-        xq = rng.standard_normal((n, n), dtype=np.float32)
-        p8 = pack_weights(rng.standard_normal((n, n), dtype=np.float32), bits=8)
-        entries["w8a8"], work["w8a8"] = (lambda: quantized_linear(xq, p8)), (n, n, n)
-        entries["quantize_rows"] = lambda: quantize_rows_int8(xq)
-        ai = rng.integers(-128, 128, (n, n), dtype=np.int8)
-        pb = pack_int8(rng.integers(-128, 128, (n, n), dtype=np.int8))
-        entries["int8_gemm"], work["int8_gemm"] = (lambda: int8_gemm(ai, pb)), (n, n, n)
+    for c in caches:
+        per_thread = c["bytes"] // 2 if c["instances"] > 1 else c["bytes"] // (2 * threads)
+        entries[f"read_bw_{c['name']}"] = bw_sampler(max(4096, per_thread * threads), threads)
+    dram_ws = max(4 * llc_total, 128 << 20)
+    entries["read_bw_dram"] = bw_sampler(dram_ws, threads)
+    entries["triad_bw_dram"] = Sampler(
+        lambda: 1e9 / membench.stream_bandwidth(dram_ws, kind="triad", threads=threads, repeats=1),
+        max_samples=_DRAM_SAMPLES)
+    entries["read_bw_dram_1thread"] = bw_sampler(dram_ws, 1)
 
-        # --- call overhead ------------------------------------------------------------------------
-        a1 = np.ones((1, 4), np.int8)
-        p1 = pack_int8(np.ones((4, 1), np.int8))
-        entries["call_overhead"] = lambda: int8_gemm(a1, p1)
+    # --- compute peaks ------------------------------------------------------------------------
+    n = CALIBRATION_POINTS["sgemm"][0] // s
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    entries["sgemm"], work["sgemm"] = (lambda: a @ b), (n, n, n)
+    n = CALIBRATION_POINTS["dgemm"][0] // s
+    a64, b64 = a[:n, :n].astype(np.float64), b[:n, :n].astype(np.float64)
+    entries["dgemm"], work["dgemm"] = (lambda: a64 @ b64), (n, n, n)
+    n = CALIBRATION_POINTS["int8_gemm"][0] // s
+    xq = rng.standard_normal((n, n), dtype=np.float32)
+    p8 = pack_weights(rng.standard_normal((n, n), dtype=np.float32), bits=8)
+    entries["w8a8"], work["w8a8"] = (lambda: quantized_linear(xq, p8)), (n, n, n)
+    entries["quantize_rows"] = lambda: quantize_rows_int8(xq)
+    q_elements = xq.size
+    ai = rng.integers(-128, 128, (n, n), dtype=np.int8)
+    pb = pack_int8(rng.integers(-128, 128, (n, n), dtype=np.int8))
+    entries["int8_gemm"], work["int8_gemm"] = (lambda: int8_gemm(ai, pb)), (n, n, n)
 
-        # --- INT4 GEMV, weights cold in DRAM ------------------------------------------------------
-        rows, cols = CALIBRATION_POINTS["int4_gemv"]
-        rows //= s
-        w = rng.standard_normal((rows, cols), dtype=np.float32)
-        packed0 = pack_weights(w, bits=4, group_size=128)
-        wbytes = _packed_nbytes(packed0)
-        copies = max(2, math.ceil(2 * llc_total / wbytes))
-        packs = [packed0] + [copy.deepcopy(packed0) for _ in range(1, copies)]  # same values, separate memory
-        x = rng.standard_normal((1, cols), dtype=np.float32)
-        it = iter(range(10**12))
-        entries["int4_gemv"] = lambda: quantized_linear(x, packs[next(it) % copies])
-        # the batched weight-only path on the same (cold) weights
-        wo_tokens = CALIBRATION_POINTS["w4_gemm"]["tokens"]
-        x_wo = rng.standard_normal((wo_tokens, cols), dtype=np.float32)
-        it_wo = iter(range(10**12))
-        entries["w4_gemm"] = lambda: quantized_linear(x_wo, packs[next(it_wo) % copies])
+    # --- call overhead ------------------------------------------------------------------------
+    a1 = np.ones((1, 4), np.int8)
+    p1 = pack_int8(np.ones((4, 1), np.int8))
+    entries["call_overhead"] = lambda: int8_gemm(a1, p1)
 
-        # --- sparse kernels -----------------------------------------------------------------------
-        sparse = {}
-        for key, build in (("csr", lambda W, sp: CSRMatrix.from_dense(W, mask=rng.random(W.shape) >= sp)),
-                           ("bsr16", lambda W, sp: BSRMatrix.from_dense(
-                               W, (16, 16), mask=rng.random((W.shape[0] // 16, W.shape[1] // 16)) >= sp)),
-                           ("nm24", lambda W, sp: NMSparseMatrix.from_dense(W, n=2, m=4))):
-            pt = CALIBRATION_POINTS[key]
-            r, c = pt["shape"][0] // s, pt["shape"][1] // s
-            W = rng.standard_normal((r, c), dtype=np.float32)
-            X = rng.standard_normal((c, pt["batch"]), dtype=np.float32)
-            A = build(W, pt.get("sparsity", 0.5))
-            sparse[key] = (A, r, c, pt["batch"])
-            entries[key] = (lambda A=A, X=X: spmm(A, X))
-            if "batch2" in pt:  # the same matrix at a second batch: cost per stored nonzero vs per multiply-add
-                X2 = rng.standard_normal((c, pt["batch2"]), dtype=np.float32)
-                entries[key + "_b2"] = (lambda A=A, X2=X2: spmm(A, X2))
-        # dense reference on the same sparse-benchmark shape (what sparse must beat; the BLAS packing pass)
-        Wd = rng.standard_normal((r, c), dtype=np.float32)
-        entries["dense_spmm_shape"] = lambda: Wd @ X
-        t = interleaved_times(entries, min_time=0.01 if s > 1 else 0.02, min_rounds=_MIN_ROUNDS,
-                              max_rounds=_MIN_ROUNDS if s > 2 else 40, budget_s=_BUDGET_S[bool(quick)],
-                              progress=progress)
-        best = {k: v["min_s"] for k, v in t["times"].items()}
-        del packs
-    for key in ("read_bw_" + c["name"] for c in caches):
-        m[key] = 1e9 / best[key]
-    for key in ("read_bw_dram", "triad_bw_dram", "read_bw_dram_1thread"):
-        m[key] = 1e9 / best[key]
-    flops = {k: 2.0 * math.prod(v) for k, v in work.items()}
-    m["fp64_gemm_ops"] = flops["dgemm"] / best["dgemm"]
-    m["int8_gemm_ops_raw"] = flops["int8_gemm"] / best["int8_gemm"]
-    m["quantize_elements_per_s"] = xq.size / best["quantize_rows"]
-    # W8A8 as quantized_linear runs it: VNNI GEMM with its dequantizing epilogue, less the quantization pass
-    m["int8_gemm_ops"] = flops["w8a8"] / max(best["w8a8"] - best["quantize_rows"], 0.5 * best["w8a8"])
-    m["call_overhead_s"] = best["call_overhead"]
-    m["int4_gemv_bw"] = wbytes / best["int4_gemv"]
-    m["int4_gemv_weights_per_s"] = rows * cols / best["int4_gemv"]
-    m["w4_gemm_s"], m["w4_gemm_shape"] = best["w4_gemm"], (wo_tokens, rows, cols)
-    for key, (A, r, c, batch) in sparse.items():
-        m[f"{key}_ops"] = 2 * A.nnz * batch / best[key]  # stored values (whole blocks for BSR)
-        m[f"{key}_dense_equiv_ops"] = 2 * r * c * batch / best[key]
-    m["fp32_gemm_ops_spmm_shape"] = 2 * r * c * batch / best["dense_spmm_shape"]
-    A, _, _, b1 = sparse["csr"]
-    m.update(_csr_split(A.nnz, b1, best["csr"], CALIBRATION_POINTS["csr"]["batch2"], best["csr_b2"]))
-    A, _, _, b1 = sparse["nm24"]
-    nm = _csr_split(A.nnz, b1, best["nm24"], CALIBRATION_POINTS["nm24"]["batch2"], best["nm24_b2"])
-    if nm:
-        m["nm_kept_s"], m["nm_mac_ops"] = nm["csr_nonzero_s"], nm["csr_mac_ops"]
-    m.update(_blas_peak_and_packing(flops["sgemm"], best["sgemm"], work["sgemm"], 2.0 * r * c * batch,
-                                    best["dense_spmm_shape"], 4.0 * r * c, m["read_bw_llc"] if "read_bw_llc" in m
-                                    else m["read_bw_" + caches[-1]["name"]], m["read_bw_dram"], llc_total))
-    m["caches"] = caches
-    m["dram_bytes"] = _dram_bytes()
-    m["threads"] = threads
-    m["timing"] = {"statistic": t["statistic"], "rounds": t["rounds"], "wall_s": t["wall_s"]}
-    return m
+    # --- INT4 GEMV, weights cold in DRAM ------------------------------------------------------
+    rows, cols = CALIBRATION_POINTS["int4_gemv"]
+    rows //= s
+    w = rng.standard_normal((rows, cols), dtype=np.float32)
+    packed0 = pack_weights(w, bits=4, group_size=128)
+    wbytes = _packed_nbytes(packed0)
+    copies = max(2, math.ceil(2 * llc_total / wbytes))
+    packs = [packed0] + [copy.deepcopy(packed0) for _ in range(1, copies)]  # same values, separate memory
+    del w, packed0
+    x = rng.standard_normal((1, cols), dtype=np.float32)
+    it = iter(range(10**12))
+    entries["int4_gemv"] = lambda: quantized_linear(x, packs[next(it) % copies])
+    # the batched weight-only path on the same (cold) weights
+    wo_tokens = CALIBRATION_POINTS["w4_gemm"]["tokens"]
+    x_wo = rng.standard_normal((wo_tokens, cols), dtype=np.float32)
+    it_wo = iter(range(10**12))
+    entries["w4_gemm"] = lambda: quantized_linear(x_wo, packs[next(it_wo) % copies])
+
+    # --- sparse kernels -----------------------------------------------------------------------
+    sparse = {}  # key -> (stored values, rows, cols, batch): sizes only, the matrices live in ``entries``
+    for key, build in (("csr", lambda W, sp: CSRMatrix.from_dense(W, mask=rng.random(W.shape) >= sp)),
+                       ("bsr16", lambda W, sp: BSRMatrix.from_dense(
+                           W, (16, 16), mask=rng.random((W.shape[0] // 16, W.shape[1] // 16)) >= sp)),
+                       ("nm24", lambda W, sp: NMSparseMatrix.from_dense(W, n=2, m=4))):
+        pt = CALIBRATION_POINTS[key]
+        r, c = pt["shape"][0] // s, pt["shape"][1] // s
+        W = rng.standard_normal((r, c), dtype=np.float32)
+        X = rng.standard_normal((c, pt["batch"]), dtype=np.float32)
+        A = build(W, pt.get("sparsity", 0.5))
+        sparse[key] = (int(A.nnz), r, c, pt["batch"])
+        entries[key] = (lambda A=A, X=X: spmm(A, X))
+        if "batch2" in pt:  # the same matrix at a second batch: cost per stored nonzero vs per multiply-add
+            X2 = rng.standard_normal((c, pt["batch2"]), dtype=np.float32)
+            entries[key + "_b2"] = (lambda A=A, X2=X2: spmm(A, X2))
+    # dense reference on the same sparse-benchmark shape (what sparse must beat; the BLAS packing pass)
+    Wd = rng.standard_normal((r, c), dtype=np.float32)
+    Xd = X
+    entries["dense_spmm_shape"] = lambda: Wd @ Xd
+    del W, X, A
+
+    def finish(best: dict, timing: dict) -> dict:
+        m: dict = {}
+        for key in ("read_bw_" + c["name"] for c in caches):
+            m[key] = 1e9 / best[key]
+        for key in ("read_bw_dram", "triad_bw_dram", "read_bw_dram_1thread"):
+            m[key] = 1e9 / best[key]
+        flops = {k: 2.0 * math.prod(v) for k, v in work.items()}
+        m["fp64_gemm_ops"] = flops["dgemm"] / best["dgemm"]
+        m["int8_gemm_ops_raw"] = flops["int8_gemm"] / best["int8_gemm"]
+        m["quantize_elements_per_s"] = q_elements / best["quantize_rows"]
+        # W8A8 as quantized_linear runs it: VNNI GEMM with its dequantizing epilogue, less the quantization pass
+        m["int8_gemm_ops"] = flops["w8a8"] / max(best["w8a8"] - best["quantize_rows"], 0.5 * best["w8a8"])
+        m["call_overhead_s"] = best["call_overhead"]
+        m["int4_gemv_bw"] = wbytes / best["int4_gemv"]
+        m["int4_gemv_weights_per_s"] = rows * cols / best["int4_gemv"]
+        m["w4_gemm_s"], m["w4_gemm_shape"] = best["w4_gemm"], (wo_tokens, rows, cols)
+        for key, (nnz, r, c, batch) in sparse.items():
+            m[f"{key}_ops"] = 2 * nnz * batch / best[key]  # stored values (whole blocks for BSR)
+            m[f"{key}_dense_equiv_ops"] = 2 * r * c * batch / best[key]
+        m["fp32_gemm_ops_spmm_shape"] = 2 * r * c * batch / best["dense_spmm_shape"]
+        nnz, _, _, b1 = sparse["csr"]
+        m.update(_csr_split(nnz, b1, best["csr"], CALIBRATION_POINTS["csr"]["batch2"], best["csr_b2"]))
+        nnz, _, _, b1 = sparse["nm24"]
+        nm = _csr_split(nnz, b1, best["nm24"], CALIBRATION_POINTS["nm24"]["batch2"], best["nm24_b2"])
+        if nm:
+            m["nm_kept_s"], m["nm_mac_ops"] = nm["csr_nonzero_s"], nm["csr_mac_ops"]
+        m.update(_blas_peak_and_packing(flops["sgemm"], best["sgemm"], work["sgemm"], 2.0 * r * c * batch,
+                                        best["dense_spmm_shape"], 4.0 * r * c,
+                                        m["read_bw_llc"] if "read_bw_llc" in m
+                                        else m["read_bw_" + caches[-1]["name"]], m["read_bw_dram"], llc_total))
+        m["caches"] = caches
+        m["dram_bytes"] = _dram_bytes()
+        m["threads"] = threads
+        m["timing"] = dict(timing)
+        return m
+
+    return {"entries": entries, "finish": finish, "min_time": 0.01 if s > 1 else 0.02,
+            "max_rounds": _MIN_ROUNDS if s > 2 else 40, "budget_s": _BUDGET_S[bool(quick)]}
 
 
 def _csr_split(nnz: int, b1: int, t1: float, b2: int, t2: float) -> dict:
