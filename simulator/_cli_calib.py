@@ -21,6 +21,12 @@ def register(sub) -> None:
     p.add_argument("--device", default="host", help="profile to predict this machine with (default: host)")
     p.add_argument("--gpu-only", action="store_true", help="only the published GPU cases (no measurements)")
     p.add_argument("--json", action="store_true", help="emit one JSON object")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure the calibration points in the same interleaved rounds as the sweep, write the "
+                        "host profile, then validate against it: no machine drift between calibration and "
+                        "validation")
+    p.add_argument("--out", help="with --calibrate: where to write the profile (default: $MEMWALL_HOST_PROFILE or "
+                                 "~/.config/memwall/host.toml)")
     p.set_defaults(func=_validate)
 
 
@@ -62,8 +68,16 @@ def _fmt_err(x) -> str:
 def _validate(args) -> int:
     from .validate import validate
 
+    if args.calibrate and args.device not in (None, "host"):
+        raise ValueError(f"--device {args.device}: --calibrate writes and validates the host profile (leave "
+                         "--device out or pass host)")
+    if args.calibrate and args.gpu_only:
+        raise ValueError("--calibrate measures this machine; it cannot be combined with --gpu-only")
+    if args.out and not args.calibrate:
+        raise ValueError("--out: only with --calibrate (the profile it writes)")
     res = validate(args.device, quick=args.quick, include_host=not args.gpu_only,
-                   include_crossover=not args.gpu_only, progress=_progress(not args.json))
+                   include_crossover=not args.gpu_only, progress=_progress(not args.json),
+                   calibrate=args.calibrate, out=args.out)
     if args.json:
         print(json.dumps(res, indent=2, default=str))
         return 0
@@ -76,6 +90,10 @@ def _validate(args) -> int:
             print(f"  {c['id'][:52]:<52} {c['family']:<14} {c['measured']:>11.4g} {c['predicted']:>11.4g} "
                   f"{c['unit']:<12} {_fmt_err(c['error']):>7}  {c['bound']}")
     host = res.get("host")
+    cal = res.get("calibration")
+    if cal:
+        print(f"\ncalibrated together with this sweep ({cal['rounds']} shared rounds, {cal['threads']} threads): "
+              f"wrote {cal['path']}")
     if host:
         tm = host["timing"]
         print(f"\nhost timing: {tm['statistic']}; {tm['rounds']} rounds in {tm['wall_s']:.0f} s, "

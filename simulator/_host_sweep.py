@@ -208,22 +208,38 @@ def build_anchors(*, llc_bytes: int = 32 << 20, rng=None) -> list[dict]:
 
 def measure(*, quick: bool = False, progress=None, llc_bytes: int = 32 << 20, threads: int | None = None,
             crossover: bool = True, anchors: bool = True, sweep_cases: bool = True,
-            budget_s: float | None = None) -> dict:
+            budget_s: float | None = None, extra_entries: dict | None = None, extra_budget_s: float = 0.0,
+            max_rounds: int = MAX_ROUNDS) -> dict:
     """Build, then time the sweep, the crossover points and the anchors in interleaved rounds.
 
-    Returns ``{"cases": [...], "crossover": {...} or None, "anchors": [...], "timing": {...}}``; every timed
-    entry carries ``time_s`` (the minimum over rounds), ``median_s`` and ``samples``."""
+    ``extra_entries`` (id -> callable or :class:`~memwall.simulator.validate.Sampler`, ids distinct from the
+    cases') are timed in the same rounds (``memwall validate --calibrate``: the calibration measurements, so
+    both see the same machine state); the wall budget grows by ``extra_budget_s``.  The caller keeps no
+    other reference to them once timed if their operands are to be released.
+
+    Returns ``{"cases": [...], "crossover": {...} or None, "anchors": [...], "extra": {id: timing},
+    "timing": {...}}``; every timed entry carries ``time_s`` (the minimum over rounds), ``median_s`` and
+    ``samples``; ``extra`` holds the :func:`~memwall.simulator.validate.interleaved_times` dict of each
+    extra entry (``min_s``, ``median_s``, ``n``, ``samples``)."""
     from .validate import interleaved_times, thread_limits
 
+    extra = dict(extra_entries or {})
     with thread_limits(threads) as used:
         cases = build_sweep(quick=quick, llc_bytes=llc_bytes) if sweep_cases else []
         cross = build_crossover(quick=quick) if crossover else None
         anch = build_anchors(llc_bytes=llc_bytes) if anchors else []
         entries = cases + (cross["points"] if cross else []) + anch
-        budget = BUDGET_S[bool(quick)] if budget_s is None else budget_s
-        timing = interleaved_times({e["id"]: e["call"] for e in entries}, min_time=MIN_TIME_S,
-                                   min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS, budget_s=budget,
-                                   progress=progress)
+        timed = {e["id"]: e["call"] for e in entries}
+        clash = sorted(set(timed) & set(extra))
+        if clash:
+            raise ValueError(f"extra_entries: ids {clash} clash with the sweep's")
+        timed.update(extra)
+        extra_ids = list(extra)
+        del extra, extra_entries  # ``timed`` holds the only references here now: dropped after timing
+        budget = (BUDGET_S[bool(quick)] if budget_s is None else budget_s) + extra_budget_s
+        timing = interleaved_times(timed, min_time=MIN_TIME_S, min_rounds=MIN_ROUNDS,
+                                   max_rounds=max(MIN_ROUNDS, max_rounds), budget_s=budget, progress=progress)
+        del timed
     for e in entries:
         t = timing["times"][e["id"]]
         e.pop("call")
@@ -231,6 +247,7 @@ def measure(*, quick: bool = False, progress=None, llc_bytes: int = 32 << 20, th
     if cross:
         cross["rows"] = _crossover_rows(cross)
     return {"cases": cases, "crossover": cross, "anchors": anch,
+            "extra": {i: timing["times"][i] for i in extra_ids},
             "timing": {"statistic": timing["statistic"], "rounds": timing["rounds"], "wall_s": timing["wall_s"],
                        "min_time_s": MIN_TIME_S, "threads": used}}
 

@@ -18,7 +18,10 @@ rounds spread each case over the whole sweep so a slow phase hits all of them al
 samples is kept beside it (``measured_median``, and the summary ``on_medians``).  The anchors are
 calibration points (the FP32 BLAS GEMM and the cold INT4 GEMV) measured again now: their ``drift``
 (measured / what the calibrated profile predicts for them - 1) shows how far this machine has moved since
-calibration, i.e. the noise floor of every error below.
+calibration, i.e. the noise floor of every error below.  ``validate(calibrate=True)`` (``memwall validate
+--calibrate``) removes that drift: the calibration measurements run in the sweep's own rounds and the host
+profile is written from them before predicting (the anchors' drift is then a self-check, ~0); the
+calibration points stay disjoint from the sweep, so the error is still on points the profile was not fitted on.
 
 Error of a case: ``|predicted - measured| / measured`` on time (for throughput metrics on the throughput:
 the same absolute percentage).  :func:`summarize` reports the median and 90th percentile overall and per
@@ -380,31 +383,97 @@ def crossover_check(device="host", *, quick: bool = False, measured: dict | None
     return rows
 
 
+def _calibrate_jointly(quick: bool, progress, include_crossover: bool, out, _scale: int | None):
+    """``validate(calibrate=True)``: the calibration measurements timed in the rounds of the sweep (one machine
+    state for both), the host profile written from them as ``calibrate()`` writes it; returns
+    ``(sweep result, device, calibration info)``."""
+    import datetime as _dt
+    from pathlib import Path
+
+    import numba
+
+    from ..kernels.cpu import cpu_count, cpu_model
+    from . import calibrate as cal
+    from ._host_sweep import MAX_ROUNDS, MIN_TIME_S, measure
+    from .devices import host_profile_path, load_device, save_profile
+
+    threads = cpu_count()  # calibrate()'s default: the profile's threads are the sweep's
+    path = Path(out) if out else host_profile_path()
+    caches = cal.detect_caches()
+    llc = max(c["bytes"] * c["instances"] for c in caches)
+    with thread_limits(threads):
+        plan = cal._build(quick, threads, _scale)
+    prefix = "calibration "
+    extra = {}
+    for k, e in plan.pop("entries").items():
+        if not isinstance(e, Sampler) and plan["min_time"] != MIN_TIME_S:  # keep calibration's sample length
+            e = Sampler(lambda e=e, t=plan["min_time"]: (e(), _sample(e, t))[1])  # a warm-up call, one sample
+        extra[prefix + k] = e
+    res = measure(quick=quick, progress=progress, llc_bytes=llc, threads=threads, crossover=include_crossover,
+                  anchors=True, extra_entries=extra, extra_budget_s=plan["budget_s"],
+                  max_rounds=min(MAX_ROUNDS, plan["max_rounds"]))
+    del extra  # the calibration operands (cold weight copies, sparse matrices) go now
+    best = {k[len(prefix):]: v["min_s"] for k, v in res.pop("extra").items()}
+    tm = res["timing"]
+    m = plan["finish"](best, {"statistic": tm["statistic"], "rounds": tm["rounds"], "wall_s": tm["wall_s"]})
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    versions = f"numba {numba.__version__}, numpy {np.__version__}"
+    doc, comment = cal.profile_doc(m, cpu=cpu_model(), date=date, versions=versions)
+    save_profile(doc, path, comment=comment + "\nmeasured in the interleaved rounds of `memwall validate "
+                                               "--calibrate` (one machine state for calibration and validation)")
+    dev = load_device(path)
+    info = {"path": str(path), "together": True, "rounds": tm["rounds"], "wall_s": tm["wall_s"],
+            "threads": threads, "quick": bool(quick),
+            "measured": {k: v for k, v in m.items() if isinstance(v, (int, float))}}
+    return res, dev, info
+
+
 def validate(device="host", *, quick: bool = False, progress=None, include_host: bool = True,
-             include_gpu: bool = True, include_crossover: bool = True) -> dict:
-    """Everything ``memwall validate`` reports, as one dict (the ``--json`` object)."""
+             include_gpu: bool = True, include_crossover: bool = True, calibrate: bool = False, out=None,
+             _scale: int | None = None) -> dict:
+    """Everything ``memwall validate`` reports, as one dict (the ``--json`` object).
+
+    ``calibrate``: measure the calibration points (:data:`memwall.simulator.calibrate.CALIBRATION_POINTS`,
+    still disjoint from the sweep) in the same interleaved rounds as the sweep, write the host profile to
+    ``out`` (default: the host profile path) as ``memwall calibrate`` does, and predict with it: no machine
+    drift between calibration and validation (the anchors' drift then is a self-check, ~0).  ``device`` must be
+    ``"host"`` (or None) then; ``quick`` calibrates at the quick shapes; ``_scale`` (tests) divides the
+    calibration shapes as ``calibrate(_scale=...)`` does.  Reported as ``"calibration"``."""
     from ._host_sweep import measure
 
-    out: dict = {}
+    if calibrate:
+        if device not in (None, "host"):
+            raise ValueError(f"device: --calibrate writes and validates the host profile; got device {device!r} "
+                             "(leave --device out or pass host)")
+        if not include_host:
+            raise ValueError("calibrate: needs the host sweep (include_host=True; not --gpu-only)")
+        device = "host"
+    out_doc: dict = {}
     if include_host:
-        dev = _host_device(device)
-        res = measure(quick=quick, progress=progress, llc_bytes=_llc_bytes(dev),
-                      threads=dev.tiling.parallel_units, crossover=include_crossover, anchors=True)
+        if calibrate:
+            res, dev, info = _calibrate_jointly(quick, progress, include_crossover, out, _scale)
+            out_doc["calibration"] = info
+        else:
+            dev = _host_device(device)
+            res = measure(quick=quick, progress=progress, llc_bytes=_llc_bytes(dev),
+                          threads=dev.tiling.parallel_units, crossover=include_crossover, anchors=True)
         host = [_host_case(dev, spec) for spec in res["cases"]]
         on_medians = summarize(Case(c.id, c.family, c.measured_median, c.predicted) for c in host)
-        out["host"] = {"device": str(device), **summarize(host), "cases": [c.to_dict() for c in host],
-                       "anchors": _anchor_rows(dev, res["anchors"]), "timing": res["timing"],
-                       "on_medians": {k: on_medians[k] for k in ("median_abs_error", "p90_abs_error")}
-                       | {"families": {f: v["median_abs_error"] for f, v in on_medians["families"].items()}}}
+        out_doc["host"] = {"device": str(dev.path) if calibrate else str(device), **summarize(host),
+                           "cases": [c.to_dict() for c in host],
+                           "anchors": _anchor_rows(dev, res["anchors"]), "timing": res["timing"],
+                           "on_medians": {k: on_medians[k] for k in ("median_abs_error", "p90_abs_error")}
+                           | {"families": {f: v["median_abs_error"] for f, v in on_medians["families"].items()}}}
         if include_crossover:
-            out["crossover"] = crossover_check(dev, quick=quick, measured=res["crossover"])
-            out["crossover_points"] = [{k: v for k, v in p.items()} for p in res["crossover"]["points"]]
+            out_doc["crossover"] = crossover_check(dev, quick=quick, measured=res["crossover"])
+            out_doc["crossover_points"] = [{k: v for k, v in p.items()} for p in res["crossover"]["points"]]
     if include_gpu:
         gpu = gpu_cases()
-        out["gpu"] = {**summarize(gpu), "cases": [c.to_dict() for c in gpu]}
+        out_doc["gpu"] = {**summarize(gpu), "cases": [c.to_dict() for c in gpu]}
     every = [Case(**{k: v for k, v in c.items() if k != "error"})
-             for part in ("host", "gpu") if part in out for c in out[part]["cases"]]
+             for part in ("host", "gpu") if part in out_doc for c in out_doc[part]["cases"]]
     overall = summarize(every)
-    out.update({k: overall[k] for k in ("median_abs_error", "p90_abs_error", "max_abs_error", "n", "target_met")})
-    out["families"] = overall["families"]
-    return out
+    out_doc.update({k: overall[k] for k in ("median_abs_error", "p90_abs_error", "max_abs_error", "n",
+                                            "target_met")})
+    out_doc["families"] = overall["families"]
+    return out_doc

@@ -263,3 +263,50 @@ def test_profile_doc_nm_kept_cost(tmp_path):
     assert dev.nm_kept_s == pytest.approx(0.6e-9, rel=1e-9)
     assert dev.efficiency.nm_sparse_fraction == pytest.approx(120 / 250, rel=1e-9)
     assert "batch 64 and 16" in dev.sources["overhead.nm_kept_ns"]
+
+
+def test_validate_calibrate_times_calibration_with_the_sweep_and_writes_the_profile(tmp_path, monkeypatch):
+    """Joint mode on a tiny budget: calibration entries in the sweep's rounds, a valid profile at ``out``,
+    predictions made with it; the calibration points stay out of the sweep's cases."""
+    from memwall.simulator import _host_sweep as H
+
+    small = [c for c in H.CASES if c[0] in ("gemm fp32 768^3", "bsr16 50% 3072x3072 b32")]
+    monkeypatch.setattr(H, "selected_cases", lambda quick=False: small)
+    seen = {}
+    real_measure = H.measure
+
+    def spy(**kw):
+        seen.update(kw)
+        return real_measure(**kw)
+
+    monkeypatch.setattr(H, "measure", spy)
+    out = tmp_path / "joint" / "host.toml"
+    res = val.validate(quick=True, include_gpu=False, include_crossover=False, calibrate=True, out=out, _scale=8)
+    cal_info = res["calibration"]
+    assert cal_info["path"] == str(out) and cal_info["together"] is True
+    assert cal_info["rounds"] == res["host"]["timing"]["rounds"] == 3  # one set of rounds for both
+    assert {"sgemm", "int4_gemv", "read_bw_dram", "csr_b2"} <= {k.split(" ", 1)[1] for k in seen["extra_entries"]}
+    assert seen["threads"] == cal_info["threads"] == res["host"]["timing"]["threads"]
+    dev = load_device(out)
+    assert dev.id == "host" and dev.peak("fp32") > 0 and dev.tiling.parallel_units == cal_info["threads"]
+    assert "validate --calibrate" in out.read_text()
+    assert res["host"]["device"] == str(out)
+    assert [c["id"] for c in res["host"]["cases"]] == [c[0] for c in small]
+    for c in res["host"]["cases"]:  # predicted with the profile just written
+        spec = next(s for s in small if s[0] == c["id"])
+        assert c["measured"] > 0 and math.isfinite(c["error"])
+        assert c["predicted"] == pytest.approx(val._predict(dev, {
+            "id": spec[0], "m": spec[3], "n": spec[4], "k": spec[5], "comp": H._comp(spec[2], spec[6]),
+            "warm": spec[6].get("warm", False)}).time_s, rel=1e-12)
+    assert len(res["host"]["anchors"]) == 2 and all(math.isfinite(a["drift"]) for a in res["host"]["anchors"])
+    assert math.isfinite(res["median_abs_error"])
+
+
+def test_validate_calibrate_refuses_another_device(capsys, tmp_path):
+    rc = main(["validate", "--calibrate", "--device", "a100-40gb", "--out", str(tmp_path / "h.toml")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--calibrate" in err and "a100-40gb" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "h.toml").exists()
+    assert main(["validate", "--out", str(tmp_path / "h.toml")]) == 2  # --out only means something with it
+    with pytest.raises(ValueError, match="device"):
+        val.validate("a100-40gb", calibrate=True)
