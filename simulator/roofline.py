@@ -44,9 +44,11 @@ Vector work besides the main product (same SMs / cores: its time *adds* to the m
       scale, round and clip per element are float work), else at the conversion fraction of the compute
       dtype's vector peak.
     * CPUs whose profile gives ``weight_only_gemm_fraction``: the product of a weight-only quantized GEMM
-      with more than one token (INT8/INT4 weights, float activations) runs at that fraction of the vector
-      peak -- the rate memwall's batched dequantizing kernel reaches (measured by calibrate) -- instead of the
-      dense-GEMM fraction; its dequantization work is charged as above.
+      with more than ``WO_FEW_TOKENS`` tokens (INT8/INT4 weights, float activations) runs at that fraction of
+      the vector peak -- the rate memwall's batched dequantizing kernel reaches (measured by calibrate) --
+      instead of the dense-GEMM fraction; its dequantization work is charged as above.  With 2 to
+      ``WO_FEW_TOKENS`` tokens memwall's INT4 kernel makes GEMV-style passes: the product at the GEMV's rate and the
+      weights decoded ``ceil(m / WO_TOKENS_PER_DECODE)`` times.
     * CPUs whose profile gives ``blas_pack_bandwidth_fraction``: a BLAS copies the weight operand of a dense
       float GEMM with more than one token into its packed panel layout before the product (GotoBLAS-style),
       a pass that does not overlap it: ``weight bytes / (bandwidth of the level the weights come from x
@@ -97,6 +99,13 @@ from .compression import DTYPES, FORMATS, INT_DTYPES, ITEMSIZE, Compression, che
 from .devices import Device, load_device
 from .energy import energy_components  # noqa: F401  (re-exported helper; the vector path inlines the sums)
 from .ops import GemmOp, MemoryOp
+
+#: memwall's weight-only INT4 kernels on AVX-512 CPUs (``memwall.kernels.gemm``; a test keeps these equal to
+#: ``WEIGHT_ONLY_FEW_TOKENS`` and ``_WO_TOK`` there): up to WO_FEW_TOKENS tokens run GEMV-style passes that decode
+#: the weights once per WO_TOKENS_PER_DECODE tokens; more tokens dequantize each weight panel once for all tokens.
+#: Used for profiles that describe memwall's kernels, i.e. give ``weight_only_gemm_fraction`` (calibrated hosts).
+WO_FEW_TOKENS = 12
+WO_TOKENS_PER_DECODE = 2
 
 __all__ = [
     "Estimate",
@@ -390,9 +399,13 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     useful = 2.0 * m * kept1 * count
     use_tensor = T.tensor_best[c]
     peak = T.dense_rate[c]
+    wo_few = np.zeros((), dtype=bool)
     if T.f_wo > 0:  # weight-only quantized GEMM with more than one token: the dequantizing kernel's own rate
         wo = wop & _IS_INT[w_eff] & ~_IS_INT[a] & (m >= 2) & ~use_tensor & ((fmt == _F["dense"]) | (fmt == _F["channel"]))
-        peak = _sel(wo, T.v_dense[T.vdt[c]] * T.f_wo, peak)
+        # up to WO_FEW_TOKENS tokens memwall runs GEMV-style passes instead (product at the GEMV's rate; the
+        # weights are decoded once per WO_TOKENS_PER_DECODE tokens: see reuse_w below)
+        wo_few = wo & (w_eff == _D["int4"]) & (m <= WO_FEW_TOKENS)  # INT4 only: INT8 has no such kernel
+        peak = _sel(wo & ~wo_few, T.v_dense[T.vdt[c]] * T.f_wo, peak)
     work = useful
     nm_sparse = np.zeros((), dtype=bool)
     t_nm_kept = 0.0
@@ -432,6 +445,7 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
     t_main = work / np.maximum(peak * shape_eff, 1e-300) + t_nz + t_nm_kept
     # vector work besides the main product
     reuse_w = np.maximum(1.0, np.ceil(m / T.t_blk))
+    reuse_w = _sel(wo_few, np.ceil(m / WO_TOKENS_PER_DECODE), reuse_w)
     reuse_a = np.maximum(1.0, np.ceil(n_out / T.t_blk))
     wc = w_eff * len(DTYPES) + c  # flat (stored dtype, compute dtype) index: 1-D takes are cheaper
     deq_per = T.conv_base_f[wc] + zp * T.int_conv_f[wc] + (group > 0) * T.float_conv_f[wc]

@@ -498,6 +498,36 @@ def test_weight_only_product_at_its_calibrated_rate(tmp_path):
         assert estimate(dev, o, c).time_s == estimate(plain, o, c).time_s
 
 
+def test_weight_only_few_tokens_decode_per_token_pair(tmp_path):
+    from memwall.kernels import gemm as G
+    from memwall.simulator import roofline as R
+
+    # the model describes the kernel that runs: its thresholds are the kernel's
+    assert (R.WO_FEW_TOKENS, R.WO_TOKENS_PER_DECODE) == (G.WEIGHT_ONLY_FEW_TOKENS, G._WO_TOK)
+    plain = _template_with(tmp_path, "plain")
+    dev = _template_with(tmp_path, "wo", weight_only_gemm_fraction=0.2)
+    w4 = Compression(weights="int4", acts="fp32", group_size=128)
+    op = GemmOp("fc", 8, 4096, 4096)
+    # 8 tokens: the product at the plain rate, the weights decoded 4 times instead of once; 3 ops per INT4 weight
+    # (convert, scale, unpack) at the conversion fraction (0.8 of the 0.32 TOPS fp32 peak in the template)
+    diff = estimate(dev, op, w4).time_by_roof["vector"] - estimate(plain, op, w4).time_by_roof["vector"]
+    assert diff == pytest.approx(3 * 3 * 4096 * 4096 / (0.32e12 * 0.8), rel=1e-9)
+    # 13 tokens: the fused kernel, decoded once, product at 0.2 of the peak
+    op13 = GemmOp("fc", 13, 4096, 4096)
+    diff13 = estimate(dev, op13, w4).time_by_roof["vector"] - estimate(plain, op13, w4).time_by_roof["vector"]
+    ops = 2 * 13 * 4096 * 4096
+    assert diff13 == pytest.approx(ops / (0.32e12 * 0.2) - ops / (0.32e12 * 0.8), rel=1e-9)
+    # the vector path agrees with the scalar one
+    out = estimate_gemm_arrays(dev, np.array([8, 13]), 4096, 4096, weights="int4", acts="fp32", group_size=128)
+    assert out["time_s"][0] == pytest.approx(estimate(dev, op, w4).time_s, rel=1e-12)
+    assert out["time_s"][1] == pytest.approx(estimate(dev, op13, w4).time_s, rel=1e-12)
+    # INT8 weight-only has no few-token kernel: its product runs at the calibrated rate from 2 tokens
+    w8 = Compression(weights="int8", acts="fp32")
+    diff8 = estimate(dev, op, w8).time_by_roof["vector"] - estimate(plain, op, w8).time_by_roof["vector"]
+    ops8 = 2 * 8 * 4096 * 4096
+    assert diff8 == pytest.approx(ops8 / (0.32e12 * 0.2) - ops8 / (0.32e12 * 0.8), rel=1e-9)
+
+
 def test_csr_cost_per_stored_nonzero(tmp_path):
     from pathlib import Path
 
