@@ -25,6 +25,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._vnni import K_LOOP_BLOCKS, emit_blocked_k_loop
+
 _I16 = ir.IntType(16)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -93,13 +95,8 @@ def make_madd_microkernel(mr: int, nv: int, a_rows: int | None = None):
 
             from_init_bb = builder.append_basic_block("gmk_from_init")
             from_c_bb = builder.append_basic_block("gmk_from_c")
-            pre_bb = builder.append_basic_block("gmk_pre")
-            blk_head = builder.append_basic_block("gmk_blk_head")
-            blk_body = builder.append_basic_block("gmk_blk_body")
-            rem_pre = builder.append_basic_block("gmk_rem_pre")
-            rem_head = builder.append_basic_block("gmk_rem_head")
-            rem_body = builder.append_basic_block("gmk_rem_body")
-            exit_bb = builder.append_basic_block("gmk_exit")
+            loop_bbs = [builder.append_basic_block(f"gmk_{name}") for name in K_LOOP_BLOCKS]
+            pre_bb = loop_bbs[0]
             builder.cbranch(builder.icmp_signed("!=", first_v, c64(0)), from_init_bb, from_c_bb)
 
             builder.position_at_end(from_init_bb)
@@ -109,18 +106,6 @@ def make_madd_microkernel(mr: int, nv: int, a_rows: int | None = None):
             c_acc = [[load(ci0, builder.add(builder.mul(ldin_v, c64(r)), c64(16 * v)), _V16) for v in range(nv)]
                      for r in range(mr)]
             builder.branch(pre_bb)
-            builder.position_at_end(pre_bb)
-            acc = []
-            for r in range(mr):
-                row = []
-                for v in range(nv):
-                    phi = builder.phi(_V16)
-                    phi.add_incoming(init_vals[v], from_init_bb)
-                    phi.add_incoming(c_acc[r][v], from_c_bb)
-                    row.append(phi)
-                acc.append(row)
-            nblk = builder.sdiv(k2n_v, c64(KB2))
-            builder.branch(blk_head)
 
             undef = ir.Constant(_V16, ir.Undefined)
             zeros = ir.Constant(_V16, [0] * 16)
@@ -140,50 +125,8 @@ def make_madd_microkernel(mr: int, nv: int, a_rows: int | None = None):
                     out.append([builder.add(accs[r][v], _madd(builder, a_pairs, bvec[v])) for v in range(nv)])
                 return out
 
-            def loop_phis(incoming, bb):
-                phis = [[builder.phi(_V16) for _ in range(nv)] for _ in range(mr)]
-                for r in range(mr):
-                    for v in range(nv):
-                        phis[r][v].add_incoming(incoming[r][v], bb)
-                return phis
-
-            def close_loop(phis, vals, bb):
-                for r in range(mr):
-                    for v in range(nv):
-                        phis[r][v].add_incoming(vals[r][v], bb)
-
-            builder.position_at_end(blk_head)
-            kb = builder.phi(_I64)
-            kb.add_incoming(c64(0), pre_bb)
-            blk_acc = loop_phis(acc, pre_bb)
-            builder.cbranch(builder.icmp_signed("<", kb, nblk), blk_body, rem_pre)
-            builder.position_at_end(blk_body)
-            a_ptr = builder.gep(a0, [builder.mul(kb, c64(a_rows * KB2))])
-            b_ptr = builder.gep(b0, [builder.mul(kb, c64(KB2 * nr * 2))])
-            cur = blk_acc
-            for u in range(KB2):
-                cur = step(a_ptr, b_ptr, u, cur)
-            kb.add_incoming(builder.add(kb, c64(1)), builder.basic_block)
-            close_loop(blk_acc, cur, builder.basic_block)
-            builder.branch(blk_head)
-
-            builder.position_at_end(rem_pre)
-            rem = builder.sub(k2n_v, builder.mul(nblk, c64(KB2)))
-            a_last = builder.gep(a0, [builder.mul(nblk, c64(a_rows * KB2))])
-            b_last = builder.gep(b0, [builder.mul(nblk, c64(KB2 * nr * 2))])
-            builder.branch(rem_head)
-            builder.position_at_end(rem_head)
-            u = builder.phi(_I64)
-            u.add_incoming(c64(0), rem_pre)
-            rem_acc = loop_phis(blk_acc, rem_pre)
-            builder.cbranch(builder.icmp_signed("<", u, rem), rem_body, exit_bb)
-            builder.position_at_end(rem_body)
-            cur = step(a_last, b_last, u, rem_acc)
-            u.add_incoming(builder.add(u, c64(1)), builder.basic_block)
-            close_loop(rem_acc, cur, builder.basic_block)
-            builder.branch(rem_head)
-
-            builder.position_at_end(exit_bb)
+            rem_acc = emit_blocked_k_loop(builder, [([init_vals] * mr, from_init_bb), (c_acc, from_c_bb)], k2n_v, KB2,
+                                          a0, a_rows * KB2, b0, KB2 * nr * 2, step, loop_bbs)
             for r in range(mr):
                 row_off = builder.mul(ldout_v, c64(r))
                 for v in range(nv):

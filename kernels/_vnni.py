@@ -20,7 +20,8 @@ compensation (negated, as the initial accumulator) in ``init`` when ``first`` is
 modulo 2**32, so intermediate wrap-around cancels: the result is exact whenever the true sum fits int32 (the
 caller checks the bound on K * max|a| * max|b|).
 
-Nothing here is imported unless the CPU has AVX-512 VNNI (see :func:`memwall.kernels.cpu.has_avx512_vnni`).
+The VNNI kernels are built only when the CPU has AVX-512 VNNI (see :func:`memwall.kernels.cpu.has_avx512_vnni`);
+the module itself imports on any CPU (:mod:`._generic_ir` shares :func:`emit_blocked_k_loop`).
 """
 from __future__ import annotations
 
@@ -46,6 +47,78 @@ def _splat(builder, scalar):
 
 #: K groups of 4 per block of the packed A panel: each row's 64 bytes of a block are contiguous
 KB = 16
+
+
+#: basic blocks of :func:`emit_blocked_k_loop`, in order (the caller appends them, named with its own prefix)
+K_LOOP_BLOCKS = ("pre", "blk_head", "blk_body", "rem_pre", "rem_head", "rem_body", "exit")
+
+
+def emit_blocked_k_loop(builder, incoming, k_steps, block, a0, a_block, b0, b_block, step, blocks):
+    """The register-blocked K loop of a micro-kernel (this module's and :mod:`._generic_ir`'s), emitted into
+    ``blocks`` (basic blocks named as in :data:`K_LOOP_BLOCKS`, appended by the caller, the first still empty).
+
+    ``incoming``: ``(accumulators, basic block)`` pairs that branch to ``pre``, where phis merge them (accumulators:
+    ``mr`` rows of ``nv`` ``<16 x i32>`` values).  ``k_steps // block`` full blocks run unrolled: ``block`` calls of
+    ``step(a_ptr, b_ptr, u, accs) -> accs`` with ``u`` a Python int, ``a_ptr``/``b_ptr`` advanced once per block
+    by ``a_block``/``b_block`` elements from ``a0``/``b0``; a loop then takes the last ``k_steps % block`` steps
+    (``u`` an i64 value).  Returns the final accumulators, the builder at the end of ``exit``.
+    """
+    pre_bb, blk_head, blk_body, rem_pre, rem_head, rem_body, exit_bb = blocks
+    mr, nv = len(incoming[0][0]), len(incoming[0][0][0])
+
+    def c64(x):
+        return ir.Constant(_I64, x)
+
+    def close_loop(phis, vals, bb):
+        for r in range(mr):
+            for v in range(nv):
+                phis[r][v].add_incoming(vals[r][v], bb)
+
+    def loop_phis(*pairs):
+        phis = [[builder.phi(_V16) for _ in range(nv)] for _ in range(mr)]
+        for vals, bb in pairs:
+            close_loop(phis, vals, bb)
+        return phis
+
+    builder.position_at_end(pre_bb)
+    acc = loop_phis(*incoming)
+    nblk = builder.sdiv(k_steps, c64(block))
+    builder.branch(blk_head)
+
+    # --- full blocks, unrolled ------------------------------------------------------------------------------
+    builder.position_at_end(blk_head)
+    kb = builder.phi(_I64)
+    kb.add_incoming(c64(0), pre_bb)
+    blk_acc = loop_phis((acc, pre_bb))
+    builder.cbranch(builder.icmp_signed("<", kb, nblk), blk_body, rem_pre)
+    builder.position_at_end(blk_body)
+    a_ptr = builder.gep(a0, [builder.mul(kb, c64(a_block))])
+    b_ptr = builder.gep(b0, [builder.mul(kb, c64(b_block))])
+    cur = blk_acc
+    for u in range(block):
+        cur = step(a_ptr, b_ptr, u, cur)
+    kb.add_incoming(builder.add(kb, c64(1)), builder.basic_block)
+    close_loop(blk_acc, cur, builder.basic_block)
+    builder.branch(blk_head)
+
+    # --- the last k_steps % block steps -----------------------------------------------------------------------
+    builder.position_at_end(rem_pre)
+    rem = builder.sub(k_steps, builder.mul(nblk, c64(block)))
+    a_last = builder.gep(a0, [builder.mul(nblk, c64(a_block))])
+    b_last = builder.gep(b0, [builder.mul(nblk, c64(b_block))])
+    builder.branch(rem_head)
+    builder.position_at_end(rem_head)
+    u = builder.phi(_I64)
+    u.add_incoming(c64(0), rem_pre)
+    rem_acc = loop_phis((blk_acc, rem_pre))
+    builder.cbranch(builder.icmp_signed("<", u, rem), rem_body, exit_bb)
+    builder.position_at_end(rem_body)
+    cur = step(a_last, b_last, u, rem_acc)
+    u.add_incoming(builder.add(u, c64(1)), builder.basic_block)
+    close_loop(rem_acc, cur, builder.basic_block)
+    builder.branch(rem_head)
+    builder.position_at_end(exit_bb)
+    return rem_acc
 
 
 def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
@@ -103,13 +176,8 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
 
             from_init_bb = builder.append_basic_block("mk_from_init")
             from_c_bb = builder.append_basic_block("mk_from_c")
-            pre_bb = builder.append_basic_block("mk_pre")
-            blk_head = builder.append_basic_block("mk_blk_head")
-            blk_body = builder.append_basic_block("mk_blk_body")
-            rem_pre = builder.append_basic_block("mk_rem_pre")
-            rem_head = builder.append_basic_block("mk_rem_head")
-            rem_body = builder.append_basic_block("mk_rem_body")
-            exit_bb = builder.append_basic_block("mk_exit")
+            loop_bbs = [builder.append_basic_block(f"mk_{name}") for name in K_LOOP_BLOCKS]
+            pre_bb = loop_bbs[0]
             builder.cbranch(builder.icmp_signed("!=", first_v, c64(0)), from_init_bb, from_c_bb)
 
             # --- initial accumulators: from init (first K block) or from C ---------------------------------
@@ -122,18 +190,6 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
                 row_off = builder.mul(ldin_v, c64(r))
                 c_acc.append([vload(ci0, builder.add(row_off, c64(16 * v))) for v in range(nv)])
             builder.branch(pre_bb)
-            builder.position_at_end(pre_bb)
-            acc = []
-            for r in range(mr):
-                row = []
-                for v in range(nv):
-                    phi = builder.phi(_V16)
-                    phi.add_incoming(init_vals[v], from_init_bb)
-                    phi.add_incoming(c_acc[r][v], from_c_bb)
-                    row.append(phi)
-                acc.append(row)
-            nblk = builder.sdiv(k4n_v, c64(KB))
-            builder.branch(blk_head)
 
             def step(a_ptr, b_ptr, u, accs):
                 """One K group of 4 (``u``: index inside the block, constant or value)."""
@@ -149,53 +205,10 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
                     out.append([builder.call(fn, [accs[r][v], abc, bvec[v]]) for v in range(nv)])
                 return out
 
-            def loop_phis(incoming, bb):
-                phis = [[builder.phi(_V16) for _ in range(nv)] for _ in range(mr)]
-                for r in range(mr):
-                    for v in range(nv):
-                        phis[r][v].add_incoming(incoming[r][v], bb)
-                return phis
-
-            def close_loop(phis, vals, bb):
-                for r in range(mr):
-                    for v in range(nv):
-                        phis[r][v].add_incoming(vals[r][v], bb)
-
-            # --- full blocks of KB groups, unrolled ----------------------------------------------------------
-            builder.position_at_end(blk_head)
-            kb = builder.phi(_I64)
-            kb.add_incoming(c64(0), pre_bb)
-            blk_acc = loop_phis(acc, pre_bb)
-            builder.cbranch(builder.icmp_signed("<", kb, nblk), blk_body, rem_pre)
-            builder.position_at_end(blk_body)
-            a_ptr = builder.gep(a0, [builder.mul(kb, c64(a_rows * 64))])
-            b_ptr = builder.gep(b0, [builder.mul(kb, c64(KB * nr * 4))])
-            cur = blk_acc
-            for u in range(KB):
-                cur = step(a_ptr, b_ptr, u, cur)
-            kb.add_incoming(builder.add(kb, c64(1)), builder.basic_block)
-            close_loop(blk_acc, cur, builder.basic_block)
-            builder.branch(blk_head)
-
-            # --- the last k4n % KB groups ---------------------------------------------------------------------
-            builder.position_at_end(rem_pre)
-            rem = builder.sub(k4n_v, builder.mul(nblk, c64(KB)))
-            a_last = builder.gep(a0, [builder.mul(nblk, c64(a_rows * 64))])
-            b_last = builder.gep(b0, [builder.mul(nblk, c64(KB * nr * 4))])
-            builder.branch(rem_head)
-            builder.position_at_end(rem_head)
-            u = builder.phi(_I64)
-            u.add_incoming(c64(0), rem_pre)
-            rem_acc = loop_phis(blk_acc, rem_pre)
-            builder.cbranch(builder.icmp_signed("<", u, rem), rem_body, exit_bb)
-            builder.position_at_end(rem_body)
-            cur = step(a_last, b_last, u, rem_acc)
-            u.add_incoming(builder.add(u, c64(1)), builder.basic_block)
-            close_loop(rem_acc, cur, builder.basic_block)
-            builder.branch(rem_head)
+            rem_acc = emit_blocked_k_loop(builder, [([init_vals] * mr, from_init_bb), (c_acc, from_c_bb)], k4n_v, KB,
+                                          a0, a_rows * 64, b0, KB * nr * 4, step, loop_bbs)
 
             # --- store the tile: plain or non-temporal ------------------------------------------------------
-            builder.position_at_end(exit_bb)
             nt_bb = builder.append_basic_block("mk_store_nt")
             st_bb = builder.append_basic_block("mk_store")
             done_bb = builder.append_basic_block("mk_done")
