@@ -190,9 +190,13 @@ def test_bench_quantized_linear(benchmark, linear_layer, batch, mode, impl):
     x = _f32((batch, 4096), 12)
     benchmark.group = f"quantized_linear 4096x4096 {mode} batch {batch}"
     benchmark.extra_info.update(impl=impl, ops=2 * batch * w.size)
+    _time_linear(benchmark, impl, x, w, packed[mode])
+
+
+def _time_linear(benchmark, impl: str, x, w, pw) -> None:
+    """Time memwall's ``quantized_linear(x, pw)`` or NumPy's float32 ``x @ w.T`` (the dense weights)."""
     if impl == "memwall":
-        pw = packed[mode]
-        benchmark.extra_info.update(bytes=pw.nbytes)
+        benchmark.extra_info.setdefault("bytes", pw.nbytes)
 
         def fn():
             return G.quantized_linear(x, pw)
@@ -218,17 +222,7 @@ def test_bench_w4a16_batched(benchmark, linear_layer, tokens, impl):
     benchmark.group = f"w4a16 4096x4096 g128 tokens {tokens}"
     benchmark.extra_info.update(impl=impl, ops=2 * tokens * w.size)
     if impl == "memwall":
-        benchmark.extra_info.update(bytes=pw.nbytes, targets={"numpy": 1.5})
+        benchmark.extra_info.update(targets={"numpy": 1.5})
         ref = x.astype(np.float64) @ pw.dequantize().astype(np.float64).T
         assert np.abs(G.quantized_linear(x, pw) - ref).max() < 1e-3 * np.abs(ref).max()
-
-        def fn():
-            return G.quantized_linear(x, pw)
-    else:
-        benchmark.extra_info.update(bytes=w.nbytes)
-        wt = w.T
-
-        def fn():
-            return x @ wt
-    fn()
-    benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    _time_linear(benchmark, impl, x, w, pw)
