@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._vnni import K_LOOP_BLOCKS, emit_blocked_k_loop

@@ -152,16 +152,6 @@ def gpu_cases() -> list[Case]:
 
 # --- this machine ------------------------------------------------------------------------------------
 
-def median_time(fn: Callable[[], object], *, repeat: int = 7, min_time: float = 0.02, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` samples; each sample loops until ``min_time`` passes.
-
-    Kept for callers that want the median; calibration and validation use :func:`interleaved_times`."""
-    for _ in range(warmup):
-        fn()
-    samples = [_sample(fn, min_time) for _ in range(repeat)]
-    return float(np.median(samples))
-
-
 #: The statistic of a measured time in ``memwall calibrate`` and ``memwall validate`` (both use
 #: :func:`interleaved_times`): the minimum over interleaved rounds of the mean call time of one sample.
 TIMING_STATISTIC = ("min over interleaved rounds of per-sample means (interference only adds time); "
