@@ -11,7 +11,9 @@
   group; the target is 0.8x the *speed* of the multiple, i.e. a time ratio of ``0.8 * (T/S)**3``.
 * ``int4_gemv 4096x4096 cold``: weights cold in DRAM (rotating through copies that together exceed 4x the
   last-level cache) vs a STREAM triad moving the same number of (STREAM-counted) bytes, also rotating cold
-  (target 0.8x: weight bytes/s >= 0.8 x triad bytes/s), and vs NumPy float32 GEMV (target 5.0x).
+  (target 0.8x: weight bytes/s >= 0.8 x triad bytes/s), and vs NumPy float32 GEMV (target 5.0x); once with
+  float32 activations (``act_quant="none"``: nibbles decoded to float, FMAs) and once with the token rounded
+  to 16-bit fixed point (``act_quant="int16"``: the integer A16 kernel on ``vpdpbusd``).
 * ``quantized_linear 4096x4096 batch B``: W8A8 and W4A16 through :func:`quantized_linear` vs NumPy float32
   ``x @ W.T`` (informational: the issue sets no target for these).
 * ``w4a16 4096x4096 g128 tokens T``: batched weight-only INT4 (the few-token and fused kernels) vs NumPy float32
@@ -144,19 +146,24 @@ class _Rotor:
 
 
 @pytest.mark.parametrize("impl", ["memwall", "stream-triad", "numpy"])
-def test_bench_int4_gemv_cold(benchmark, int4_weights, impl):
+@pytest.mark.parametrize("act", ["none", "int16"])
+def test_bench_int4_gemv_cold(benchmark, int4_weights, act, impl):
     from numba import get_num_threads
 
     w, copies = int4_weights
     nbytes = copies[0].nbytes  # packed nibbles + group scales: what the GEMV must stream
-    benchmark.group = f"int4_gemv {GEMV_N}x{GEMV_K} g{GEMV_GROUP} cold"
+    label = "float32 activations" if act == "none" else "A16: int16 activations"
+    benchmark.group = f"int4_gemv {GEMV_N}x{GEMV_K} g{GEMV_GROUP} cold, {label}"
     x = _f32(GEMV_K, 8)
     if impl == "memwall":
         benchmark.extra_info.update(impl=impl, bytes=nbytes, ops=2 * GEMV_N * GEMV_K, copies=len(copies),
-                                    targets={"stream-triad": 0.8, "numpy": 5.0})
+                                    targets={"stream-triad": 0.8, "numpy": 5.0}, act_quant=act)
         ref = copies[0].dequantize().astype(np.float64) @ x
-        assert np.abs(G.int4_gemv(x, copies[0]) - ref).max() < 1e-3 * np.abs(ref).max()
-        run = _Rotor(G.int4_gemv, [(x, c) for c in copies])
+        assert np.abs(G.int4_gemv(x, copies[0], act_quant=act) - ref).max() < 1e-3 * np.abs(ref).max()
+
+        def gemv(xv, c):
+            return G.int4_gemv(xv, c, act_quant=act)
+        run = _Rotor(gemv, [(x, c) for c in copies])
     elif impl == "stream-triad":
         # a triad whose STREAM-counted bytes (24 per element) equal the GEMV's weight bytes, rotating cold
         n = nbytes // 24

@@ -299,54 +299,77 @@ def make_wo_tile(mr: int, nv: int):
     return tile
 
 
-def make_int4_rows64(rows: int):
-    """An intrinsic ``f(q, q_off, nb, xp, scale, s_off, ngroups, gb, pf, out, out_off)``: as
-    :func:`make_int4_rows` for groups of whole 64-byte chunks (``gb % 64 == 0``), with one 64-byte load per
-    row and chunk instead of four 16-byte zero-extending loads.
+_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+_NIB_MASK = ir.Constant(_VI, [0x0F0F0F0F] * 16)
+_ZERO_I = ir.Constant(_VI, [0] * 16)
+_F256 = ir.Constant(_VF, [256.0] * 16)
 
-    Lane ``l`` of the chunk's 16 dwords holds the 8 nibbles of inputs ``128c + 8l .. 128c + 8l + 7``; nibble
-    ``s`` (bits ``4s .. 4s+3``) is looked up after a right shift by ``4s`` (``vpermps`` ignores the higher index
-    bits), so the activations come in *lane order*: ``xp[128c + 16s + l] = x[128c + 8l + s]``."""
+
+def make_int4_rows_a16(rows: int):
+    """An intrinsic ``f(q, q_off, nb, xa, corr, sx, scale, s_off, ngroups, gb, pf, out, out_off)``: the INT4 GEMV
+    of :func:`make_int4_rows` with 16-bit fixed-point activations, on the integer units (AVX-512 VNNI).
+
+    The caller (:func:`memwall.kernels.gemm._a16_prep`) rounds each group of the token to ``v = h * 256 + l``
+    (``|v| <= A16_QMAX``, ``h``, ``l`` int8, ``x ~ sx[g] * v``) and lays the parts out per 64-byte weight chunk
+    ``c`` as ``xa[256c : 256c + 256] = [h of the even inputs | h of the odd | l of the even | l of the odd]`` (64
+    bytes each; byte ``j`` of a chunk holds inputs ``2(64c + j)`` (low nibble) and ``2(64c + j) + 1`` (high)).  Per
+    row and chunk: one 64-byte load, the two nibble vectors (``and``, ``shift + and``; the offset-binary ``u``
+    in [0, 15]) and four ``vpdpbusd`` (u8 nibbles x s8 parts) into two int32 accumulators; per group,
+    ``d = 256 * acc_h + acc_l`` in float and ``tot += scale[r, g] * sx[g] * d``.  ``corr[32g : 32g + 32]`` starts ``acc_h`` and ``acc_l``
+    at ``-8 * sum h`` and ``-8 * sum l`` of group g (lane 0; the other lanes 0), so ``d`` is the dot product with
+    the weights ``u - 8`` themselves.  Exact integer sums: ``|acc| < 2**31`` for groups below ~1M inputs, and the
+    float conversion is exact below 2**24 (groups below ~8k inputs; float32 rounding beyond).  ``gb % 64 == 0``; ``pf`` as in :func:`make_int4_rows`, per chunk."""
 
     @intrinsic
-    def int4_rows64(typingctx, q, q_off, nb, xp, scale, s_off, ngroups, gb, pf, out, out_off):
+    def int4_rows_a16(typingctx, q, q_off, nb, xa, corr, sx, scale, s_off, ngroups, gb, pf, out, out_off):
         if not all(isinstance(t, types.Integer) for t in (q_off, nb, s_off, ngroups, gb, pf, out_off)):
             return None
-        sig = types.void(q, q_off, nb, xp, scale, s_off, ngroups, gb, pf, out, out_off)
+        sig = types.void(q, q_off, nb, xa, corr, sx, scale, s_off, ngroups, gb, pf, out, out_off)
 
         def codegen(context, builder, signature, args):
             e = _Em(context, builder, signature, args)
             b = builder
-            q_off_v, nb_v, s_off_v, ng_v, gb_v, pf_v, o_off_v = (e.i64(i) for i in (1, 2, 5, 6, 7, 8, 10))
+            dot = cgutils.get_or_insert_function(b.module, ir.FunctionType(_VI, [_VI, _VI, _VI]), _VPDPBUSD)
+            q_off_v, nb_v, s_off_v, ng_v, gb_v, pf_v, o_off_v = (e.i64(i) for i in (1, 2, 7, 8, 9, 10, 12))
             qp = b.gep(e.ptr(0, _I8), [q_off_v])
-            xpp = e.ptr(3, _F32)
-            sp = b.gep(e.ptr(4, _F32), [s_off_v])
-            op = b.gep(e.ptr(9, _F32), [o_off_v])
+            xap = e.ptr(3, _I8)
+            cp = e.ptr(4, _I32)
+            sxp = e.ptr(5, _F32)
+            sp = b.gep(e.ptr(6, _F32), [s_off_v])
+            op = b.gep(e.ptr(11, _F32), [o_off_v])
             rowq = [b.gep(qp, [b.mul(nb_v, e.k(r))]) for r in range(rows)]
             rows_s = [b.gep(sp, [b.mul(ng_v, e.k(r))]) for r in range(rows)]
             do_pf = b.icmp_signed("!=", pf_v, e.k(0))
-            gl = _Loop(b, "i4g", e.k(0), ng_v, 1, [_ZERO] * rows)
+
+            def iload(ptr, off):
+                return b.load(b.bitcast(b.gep(ptr, [off]), _VI.as_pointer()), align=1)
+
+            gl = _Loop(b, "a16g", e.k(0), ng_v, 1, [_ZERO] * rows)
             g = gl.i
             gstart = b.mul(g, gb_v)
-            sl = _Loop(b, "i4c", gstart, b.add(gstart, gb_v), 64, [_ZERO] * (2 * rows))
+            c_h = b.load(b.bitcast(b.gep(cp, [b.mul(g, e.k(32))]), _VI.as_pointer()), align=4)
+            c_l = b.load(b.bitcast(b.gep(cp, [b.add(b.mul(g, e.k(32)), e.k(16))]), _VI.as_pointer()), align=4)
+            sl = _Loop(b, "a16c", gstart, b.add(gstart, gb_v), 64, [c_h] * rows + [c_l] * rows)
             i = sl.i
             with b.if_then(do_pf):
                 for r in range(rows):
                     e.prefetch(rowq[r], b.add(i, pf_v))
-            xo = b.mul(i, e.k(2))
-            xv = [e.vload(xpp, b.add(xo, e.k(16 * s))) for s in range(8)]
+            xo = b.mul(i, e.k(4))
+            xeh, xoh, xel, xol = (iload(xap, b.add(xo, e.k(64 * s))) for s in range(4))
             acc = list(sl.vals)
             for r in range(rows):
-                qv = b.load(b.bitcast(b.gep(rowq[r], [i]), _VI.as_pointer()), align=1)
-                for s in range(8):
-                    idx = qv if s == 0 else b.lshr(qv, ir.Constant(_VI, [4 * s] * 16))
-                    nib = b.call(e.perm_fn, [_TABLE, idx])
-                    acc[2 * r + (s & 1)] = e.fma(xv[s], nib, acc[2 * r + (s & 1)])
+                qv = iload(rowq[r], i)
+                lo = b.and_(qv, _NIB_MASK)
+                hi = b.and_(b.lshr(qv, _FOUR), _NIB_MASK)
+                acc[r] = b.call(dot, [b.call(dot, [acc[r], lo, xeh]), hi, xoh])
+                acc[rows + r] = b.call(dot, [b.call(dot, [acc[rows + r], lo, xel]), hi, xol])
             accs = sl.close(acc)
+            sxg = b.load(b.gep(sxp, [g]), align=4)
             tots = []
             for r in range(rows):
-                s = b.load(b.gep(rows_s[r], [g]), align=4)
-                tots.append(e.fma(e.splat(s), b.fadd(accs[2 * r], accs[2 * r + 1]), gl.vals[r]))
+                s = b.fmul(b.load(b.gep(rows_s[r], [g]), align=4), sxg)
+                d = e.fma(b.sitofp(accs[r], _VF), _F256, b.sitofp(accs[rows + r], _VF))
+                tots.append(e.fma(e.splat(s), d, gl.vals[r]))
             tots = gl.close(tots)
             for r in range(rows):
                 b.store(e.hsum(tots[r]), b.gep(op, [e.k(r)]), align=4)
@@ -354,8 +377,8 @@ def make_int4_rows64(rows: int):
 
         return sig, codegen
 
-    int4_rows64.__name__ = f"int4_rows64_{rows}"
-    return int4_rows64
+    int4_rows_a16.__name__ = f"int4_rows_a16_{rows}"
+    return int4_rows_a16
 
 
 def make_int4_rows_tokens(rows: int, tokens: int):

@@ -95,7 +95,9 @@ def active_paths() -> dict[str, str]:
         "int8_gemm": "avx512-vnni (vpdpbusd 12x32 micro-kernel)" if vnni else "generic (int16-pair 12x32 IR micro-kernel, no intrinsics)",
         "int8_epi": "fused dequant epilogue on the L1 tile",
         "int4_gemv": ("zmm IR rows (vpermps nibble lookup, vector group sums), 4 rows/task + prefetch" if vnni
-                      else "numba (auto-vectorized)") + ", nibbles dequantized in registers",
+                      else "numba (auto-vectorized)") + ", nibbles dequantized in registers; act_quant='int16': "
+                     + ("A16 integer rows (nibbles x 16-bit fixed-point activations on vpdpbusd)" if vnni
+                        else "activations rounded, then the float kernel"),
         "int4_gemm": ("W4A16: <= 12 tokens zmm GEMV-style IR (2 tokens per decoded step), then 16-channel panels "
                       "dequantized in L1 + zmm register tiles, BLAS blocks from 256 tokens" if vnni else
                       "W4A16: weight rows dequantized in L1, dot with every token") + "; W4A8 on the int8 path",
@@ -904,6 +906,60 @@ def _int4_gemv_kernel(xe, xo, xgs, q4u, scale, zp8, bias, out, gb):  # pragma: n
         out[j] = tot + bias[j]
 
 
+#: ``act_quant="int16"``: each activation group is rounded to ``sx * v`` with ``sx = max|x_g| / A16_QMAX`` and an
+#: integer ``|v| <= A16_QMAX``; the A16 GEMV splits ``v = 256 h + l`` into int8 parts, and 32384 is the largest
+#: bound that keeps ``h`` in [-127, 127] for every ``l`` in [-128, 127]
+A16_QMAX = 32384
+
+
+@njit(fastmath=True, cache=True)
+def _a16_prep(x, g, xa, corr, sx, xgs, xr):  # pragma: no cover - compiled
+    """Round x (K,) to 16-bit fixed point per group of ``g`` inputs (:data:`A16_QMAX`, round half to even).
+
+    Fills ``sx[gi]`` (float32 step ``max|x_g| / A16_QMAX``), ``xr`` (the rounded activations ``sx * v``,
+    float32), ``xgs[gi] = sx * sum v`` and, for the VNNI kernel, the int8 parts of ``v = 256 h + l`` in ``xa``
+    (per 64-byte weight chunk ``c``: ``[h even | h odd | l even | l odd]``, 64 bytes each; inputs ``2i`` and
+    ``2i + 1`` at byte ``i % 64`` of chunk ``i // 64``; ``len(xa) >= 256 * ceil(K / 128)``) and
+    ``corr[32 gi]``, ``corr[32 gi + 16]`` = ``-8 * sum h``, ``-8 * sum l`` (the weights' offset-binary -8).  Loops laid out to vectorize (~3 us at K=4096)."""
+    k = x.shape[0]
+    v = np.zeros(len(xa) // 2, dtype=np.int32)
+    qmax = np.float32(A16_QMAX)
+    for gi in range(sx.shape[0]):
+        lo = np.uint64(gi * g)
+        hi = np.uint64(min(k, gi * g + g))
+        m = np.float32(0.0)
+        for kk in range(lo, hi):  # unsigned indices: no negative-index wraparound, so the loops vectorize
+            m = max(m, abs(x[kk]))
+        step = np.float32(np.float64(m) / A16_QMAX)
+        inv = np.float32(1.0 / np.float64(step)) if step > 0 else np.float32(0.0)
+        sh = 0
+        sl = 0
+        for kk in range(lo, hi):
+            q = min(qmax, max(-qmax, np.rint(x[kk] * inv)))
+            vi = np.int32(q)
+            v[kk] = vi
+            xr[kk] = step * q
+            low = ((vi + np.int32(128)) & np.int32(255)) - np.int32(128)
+            sh += np.int64((vi - low) >> np.int32(8))
+            sl += np.int64(low)
+        sx[gi] = step
+        xgs[gi] = step * np.float32(256 * sh + sl)
+        # -8 * sum v = 256 * (-8 * sum h) + (-8 * sum l): the two accumulators' starting lane 0 (int32 for any K)
+        corr[32 * gi] = -8 * sh
+        corr[32 * gi + 16] = -8 * sl
+    for c in range(np.uint64(len(xa) // 256)):
+        for j in range(np.uint64(64)):
+            ve = v[np.uint64(128) * c + np.uint64(2) * j]
+            vo = v[np.uint64(128) * c + np.uint64(2) * j + np.uint64(1)]
+            le = ((ve + np.int32(128)) & np.int32(255)) - np.int32(128)
+            lo_ = ((vo + np.int32(128)) & np.int32(255)) - np.int32(128)
+            o = np.uint64(256) * c + j
+            xa[o] = (ve - le) >> np.int32(8)
+            xa[o + np.uint64(64)] = (vo - lo_) >> np.int32(8)
+            xa[o + np.uint64(128)] = le
+            xa[o + np.uint64(192)] = lo_
+
+
 #: rows per GEMV task: several concurrent DRAM streams per thread, and the x vectors of a step loaded once for
 #: all of them (measured on the 4096x4096 g128 benchmark, interleaved: 4 rows ~ 8 rows > 2 rows)
 _GEMV_RB = 4
@@ -912,12 +968,23 @@ _GEMV_RB = 4
 _GEMV_PF_ROWS = 8
 
 if has_avx512_vnni():
-    from ._wo_ir import make_int4_rows
+    from ._wo_ir import make_int4_rows, make_int4_rows_a16
 
     # signed lookup (the table holds u - 8, the weight values) and one accumulator per row and group: measured
     # 7% faster than the unsigned table + zero-point term and two accumulators (interleaved, 2 threads)
     _int4_rows_blk = make_int4_rows(_GEMV_RB, signed=True, one_acc=True)
     _int4_rows_one = make_int4_rows(1, signed=True, one_acc=True)
+
+    @njit(inline="always")
+    def _gemv_rows_epilogue(out, j0, j1, has_zp, scale, zp8, xgs, bias):  # pragma: no cover - compiled
+        """out[j] += bias[j] - sum_g scale[j, g] * zero_point[j, g] * xgs[g] for rows [j0, j1) (zero_point =
+        zp8 - 8; the IR kernels' lookups or integer sums already hold the weights' -8 offset)."""
+        for j in range(j0, j1):
+            c = np.float32(0.0)
+            if has_zp:
+                for g in range(scale.shape[1]):
+                    c += scale[j, g] * (zp8[j, g] - np.float32(8.0)) * xgs[g]
+            out[j] = out[j] - c + bias[j]
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _int4_gemv_zmm_kernel(xe, xo, xgs, q4u, scale, zp8, has_zp, bias, out, gb):  # pragma: no cover
@@ -941,12 +1008,39 @@ if has_avx512_vnni():
                 for j in range(j0, n):
                     _int4_rows_one(qf, j * nb, nb, xe, xo, sf, j * ngroups, ngroups, gb, 0, out, j)
                 j1 = n
-            for j in range(j0, j1):
-                c = np.float32(0.0)
-                if has_zp:
-                    for g in range(ngroups):
-                        c += scale[j, g] * (zp8[j, g] - np.float32(8.0)) * xgs[g]
-                out[j] = out[j] - c + bias[j]
+            _gemv_rows_epilogue(out, j0, j1, has_zp, scale, zp8, xgs, bias)
+
+    _a16_rows_blk = make_int4_rows_a16(_GEMV_RB)
+    _a16_rows_one = make_int4_rows_a16(1)
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _int4_gemv_a16_kernel(x, g, q4u, scale, zp8, has_zp, bias, out, gb):  # pragma: no cover
+        """The A16 GEMV: x rounded by :func:`_a16_prep` (groups of ``g`` inputs), then the rows on
+        :func:`._wo_ir.make_int4_rows_a16` (nibbles x 16-bit fixed-point activations on ``vpdpbusd``), tasks,
+        prefetch and zero-point epilogue as in :func:`_int4_gemv_zmm_kernel`.  ``gb % 64 == 0``.  One compiled
+        call per token: the Python side between two GEMVs stays small (it runs with caches the weights evicted)."""
+        n, nb = q4u.shape
+        ngroups = scale.shape[1]
+        xa = np.empty(4 * nb, dtype=np.int8)
+        corr = np.zeros(32 * ngroups, dtype=np.int32)
+        sx = np.empty(ngroups, dtype=np.float32)
+        xgs = np.empty(ngroups, dtype=np.float32)
+        xr = np.empty(x.shape[0], dtype=np.float32)
+        _a16_prep(x, g, xa, corr, sx, xgs, xr)
+        qf = q4u.reshape(n * nb)
+        sf = scale.reshape(n * ngroups)
+        nblk = n // _GEMV_RB
+        for t in prange(nblk + 1):
+            j0 = t * _GEMV_RB
+            if t < nblk:
+                pf = _GEMV_PF_ROWS * nb if j0 + _GEMV_PF_ROWS + _GEMV_RB <= n else 0
+                _a16_rows_blk(qf, j0 * nb, nb, xa, corr, sx, sf, j0 * ngroups, ngroups, gb, pf, out, j0)
+                j1 = j0 + _GEMV_RB
+            else:
+                for j in range(j0, n):
+                    _a16_rows_one(qf, j * nb, nb, xa, corr, sx, sf, j * ngroups, ngroups, gb, 0, out, j)
+                j1 = n
+            _gemv_rows_epilogue(out, j0, j1, has_zp, scale, zp8, xgs, bias)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -1288,6 +1382,35 @@ def _gemv_split_kernel(x, g, xe, xo, xgs):  # pragma: no cover - compiled
         xgs[gi] = s
 
 
+def _a16_group(pw: PackedWeights) -> int:
+    """Inputs per activation group of the A16 rounding: the weight group, or the whole row for one group."""
+    return pw.in_features if pw.n_groups == 1 else pw.group_size
+
+
+def _round_a16(x2: np.ndarray, pw: PackedWeights) -> np.ndarray:
+    """Every row of x2 (tokens, K) rounded to 16-bit fixed point per activation group, as float32."""
+    g = _a16_group(pw)
+    ng = -(-x2.shape[1] // g)
+    xa, corr = np.empty(256 * (-(-x2.shape[1] // 128)), np.int8), np.zeros(32 * ng, np.int32)
+    sx, xgs = np.empty(ng, np.float32), np.empty(ng, np.float32)
+    out = np.empty_like(x2)
+    for i in range(x2.shape[0]):
+        _a16_prep(x2[i], g, xa, corr, sx, xgs, out[i])
+    return out
+
+
+def _int4_gemv_a16(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
+    """One token, activations rounded to 16-bit fixed point: the VNNI integer kernel where the groups span whole
+    64-byte chunks, else the float kernel on the rounded activations (the same numbers either way)."""
+    nb = pw._q4u.shape[1]
+    gb = nb if pw.n_groups == 1 else pw.group_size // 2
+    if _DEFAULT_PATH != "vnni" or gb % 64:
+        return _int4_gemv_raw(_round_a16(x[None], pw)[0], pw, bias_v)
+    out = np.empty(pw.out_features, dtype=np.float32)
+    _int4_gemv_a16_kernel(x, _a16_group(pw), pw._q4u, pw.scale, pw._zp8, pw._zp_used, bias_v, out, gb)
+    return out
+
+
 def _int4_gemv_raw(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
     nb = pw._q4u.shape[1]
     g = pw.group_size
@@ -1325,25 +1448,35 @@ def _activations(x, k: int) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(x2), one
 
 
-def int4_gemv(x, packed: PackedWeights, bias=None) -> np.ndarray:
-    """One token through INT4 weights: ``W @ x`` with float32 activations, dequantized in registers.
+def int4_gemv(x, packed: PackedWeights, bias=None, *, act_quant: str = "none") -> np.ndarray:
+    """One token through INT4 weights: ``W @ x``, the weights dequantized in registers.
 
     Parameters
     ----------
     x : float array (K,) (or (1, K))
     packed : PackedWeights with ``bits == 4``
     bias : float array (N,) or None
+    act_quant : {"none", "int16"}
+        ``"none"``: float32 activations, nibbles decoded to float32 (``vpermps`` lookups) and multiplied with
+        FMAs.  ``"int16"`` (W4A16 with 16-bit activations): the token is first rounded to 16-bit fixed point
+        per weight group (per row for one group): ``x ~ sx_g * v``, ``sx_g = max|x_g| / A16_QMAX``, integer
+        ``|v| <= 32384`` (absolute error at most ``max|x_g| / 64768``, finer than FP16 for every entry within
+        32x of its group's largest), and on AVX-512 VNNI (group bytes a multiple of 64, e.g. group_size 128)
+        the products run exactly on the integer units (nibbles x int8 parts of v, ``vpdpbusd``), about twice
+        the float path's weight rate.  The result is the float32 product of the dequantized weights with the
+        rounded activations, on every CPU.
 
     Returns
     -------
-    float32 (N,) (or (1, N) for 2-D x).  Bandwidth-bound: streams the packed nibbles and scales once.
+    float32 (N,) (or (1, N) for 2-D x).  Streams the packed nibbles and scales once.
     """
     pw = _check_packed(packed, 4)
+    check_choice(act_quant, "act_quant", ("none", "int16"))
     x2, one = _activations(x, pw.in_features)
     if x2.shape[0] != 1:
         raise ValueError(f"x: int4_gemv takes one token, got {x2.shape[0]} rows (use int4_gemm)")
     bias_v = _float_vec(bias, "bias", pw.out_features, positive=False, default=0.0)
-    y = _int4_gemv_raw(x2[0], pw, bias_v)
+    y = (_int4_gemv_a16 if act_quant == "int16" else _int4_gemv_raw)(x2[0], pw, bias_v)
     return y if one else y.reshape(1, -1)
 
 
@@ -1357,6 +1490,8 @@ def int4_gemm(x, packed: PackedWeights, bias=None, *, act_quant: str = "none", p
     ``WEIGHT_ONLY_FUSED_BLAS_TOKENS`` dequantized blocks handed to BLAS.  Elsewhere each weight row is
     dequantized once into a float32 row buffer (L1) and dotted with every token (BLAS blocks from
     ``WEIGHT_ONLY_BLAS_TOKENS``).
+    ``act_quant="int16"``: activations rounded to 16-bit fixed point per group first (see :func:`int4_gemv`;
+    one token runs the integer A16 GEMV).
     ``act_quant="int8"`` (W4A8): activations quantized per token (symmetric INT8), INT4 weights widened to
     INT8 panels (built once and cached on ``packed``), exact int32 products per weight group on the GEMM
     path, group scales and zero points applied in float32.  Needs group_size % 4 == 0 (or one group).
@@ -1403,9 +1538,12 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
     x : float array (tokens, in) or (in,)
     packed : PackedWeights from :func:`pack_weights`
     bias : float array (out,) or None
-    act_quant : {"int8", "none"} or None
+    act_quant : {"int8", "int16", "none"} or None
         ``"int8"``: activations quantized per token (dynamic symmetric INT8) -- W8A8 on INT8 weights (exact
-        VNNI/generic GEMM with the fused dequantizing epilogue) or W4A8 on INT4 weights.  ``"none"``:
+        VNNI/generic GEMM with the fused dequantizing epilogue) or W4A8 on INT4 weights.  ``"int16"``: each
+        token rounded to 16-bit fixed point per weight group (per row for one group), see :func:`int4_gemv`;
+        one token through INT4 weights runs the integer A16 GEMV, anything else the float32 weight-only
+        kernels on the rounded activations.  ``"none"``:
         weight-only (float32 activations: W8A16 / W4A16 style), one token on the bandwidth-tuned GEMV, more
         tokens with the weights dequantized once per call in L1-sized pieces and reused for every token (see
         :func:`int4_gemm` for the INT4 paths).  None: "int8" for 8-bit weights, "none" for 4-bit.
@@ -1418,7 +1556,7 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
     pw = _check_packed(packed)
     if act_quant is None:
         act_quant = "int8" if pw.bits == 8 else "none"
-    check_choice(act_quant, "act_quant", ("int8", "none"))
+    check_choice(act_quant, "act_quant", ("int8", "int16", "none"))
     p = _resolve_path(path)
     x2, one = _activations(x, pw.in_features)
     n = pw.out_features
@@ -1426,6 +1564,11 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
     m = x2.shape[0]
     if m == 0:
         y = np.zeros((0, n), dtype=np.float32)
+    elif act_quant == "int16":
+        if m == 1 and pw.bits == 4:
+            y = _int4_gemv_a16(x2[0], pw, bias_v).reshape(1, n)
+        else:  # the same rounded activations through the float32 weight-only kernels
+            y = quantized_linear(_round_a16(x2, pw), pw, bias_v, act_quant="none")
     elif act_quant == "int8":
         if pw.bits == 8:
             from .quant import quantize_rows_int8

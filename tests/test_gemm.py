@@ -199,11 +199,33 @@ def test_int8_gemm_dequant(path, m, n, k, per_channel, zp, seed):
 # ================================================================================================
 # quantized Linear: W8A8, W8 weight-only, W4A16, W4A8, GEMV
 # ================================================================================================
+def ref_round_a16(x, pw):
+    """act_quant="int16" as documented: per group of the weights (the whole row for one group), step =
+    float32(max|x_g| / 32384), v = round-half-even(x * float32(1 / step)) in float32, clipped to +-32384;
+    returns the rounded activations step * v (float32) and the steps per input."""
+    x = np.asarray(x, np.float32)
+    k = x.shape[-1]
+    g = k if pw.n_groups == 1 else pw.group_size
+    out = np.empty_like(x)
+    steps = np.empty_like(x)
+    for lo in range(0, k, g):
+        seg = x[..., lo:lo + g]
+        step = (np.abs(seg).max(axis=-1, keepdims=True).astype(np.float64) / 32384).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            inv = np.where(step > 0, (1.0 / step.astype(np.float64)), 0.0).astype(np.float32)
+        v = np.clip(np.rint(seg * inv), -32384, 32384).astype(np.float32)
+        out[..., lo:lo + g] = step * v
+        steps[..., lo:lo + g] = step
+    return out, steps
+
+
 def _linear_reference(x, pw, bias, act_quant):
     w = ref_weights(pw)
     if act_quant == "int8":
         xq, sx = quantize_rows_int8(x)
         xr = xq.astype(np.float64) * sx[:, None]
+    elif act_quant == "int16":
+        xr = ref_round_a16(x, pw)[0].astype(np.float64)
     else:
         xr = x.astype(np.float64)
     return xr @ w.T + bias, np.abs(xr) @ np.abs(w).T + np.abs(bias)
@@ -212,7 +234,7 @@ def _linear_reference(x, pw, bias, act_quant):
 @pytest.mark.parametrize("bits,group_size,symmetric", [(8, None, True), (8, None, False), (4, None, True),
                                                        (4, 32, False), (4, 64, True)])
 @pytest.mark.parametrize("tokens", [1, 5])
-@pytest.mark.parametrize("act_quant", ["int8", "none"])
+@pytest.mark.parametrize("act_quant", ["int8", "int16", "none"])
 def test_quantized_linear(bits, group_size, symmetric, tokens, act_quant, rng):
     n, k = 70, 256
     w = rng.standard_normal((n, k)).astype(np.float32)
@@ -470,12 +492,14 @@ def test_int4_weight_only_ir_paths_match_reference(m, n, shape, sym, seed):
 def test_int4_weight_only_ir_threads_identical(rng):
     """Threads own disjoint rows / panels and every output sums in a fixed order: 1 and 2 threads agree bitwise."""
     x, pw, bias, want, terms = _wo_case(rng, 20, 150, 320, 64, False)
+    p16 = G.pack_weights(rng.standard_normal((150, 256)).astype(np.float32), bits=4, group_size=128)  # A16 kernel
     before = numba.get_num_threads()
     outs = []
     try:
         for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
             numba.set_num_threads(t)
-            outs.append([G._wo4_tokens(x[:5], pw, bias), G._wo4_fused(x, pw, bias), G.int4_gemv(x[0], pw, bias)])
+            outs.append([G._wo4_tokens(x[:5], pw, bias), G._wo4_fused(x, pw, bias), G.int4_gemv(x[0], pw, bias),
+                         G.int4_gemv(x[0], pw, bias, act_quant="int16"), G.int4_gemv(x[1, :256], p16, act_quant="int16")])
     finally:
         numba.set_num_threads(before)
     for a, b in zip(*outs):
@@ -496,6 +520,81 @@ def test_int4_weight_only_dispatch_by_token_count(rng, monkeypatch):
     # groups whose bytes are not a multiple of 16 stay on the portable kernels
     odd = G.pack_weights(rng.standard_normal((5, 24)).astype(np.float32), bits=4, group_size=8)
     assert not G._wo4_ir_ok(odd)
+
+
+# ================================================================================================
+# A16: one token rounded to 16-bit fixed point, INT4 GEMV on the integer units
+# ================================================================================================
+@settings(max_examples=40)
+@given(k=st.sampled_from([1, 2, 7, 63, 64, 127, 128, 129, 256, 384, 1000]), group=st.sampled_from([None, 2, 32, 128]),
+       scale=st.sampled_from([0.0, 1e-30, 1e-3, 1.0, 3e4]), seed=st.integers(0, 2**32 - 1))
+def test_a16_rounding_matches_reference(k, group, scale, seed):
+    """The rounding is bit-identical to the documented NumPy definition, within half a step of x, on the grid."""
+    if group is not None and k % group:
+        group = None
+    rng = np.random.default_rng(seed)
+    pw = G.pack_weights(rng.standard_normal((3, k)).astype(np.float32), bits=4, group_size=group)
+    x = (rng.standard_normal((2, k)) * scale).astype(np.float32)
+    x[0, rng.integers(0, k)] = scale * 40  # an outlier: the group's step follows it
+    got = G._round_a16(x, pw)
+    want, steps = ref_round_a16(x, pw)
+    np.testing.assert_array_equal(got, want)
+    # half a step, plus float32 rounding of x / step and of step * v
+    assert np.all(np.abs(got.astype(np.float64) - x) <= steps.astype(np.float64) * 0.5 * (1 + 1e-3) + 2.0**-22 * np.abs(x))
+    g64, s64 = got.astype(np.float64), steps.astype(np.float64)
+    v = np.rint(np.divide(g64, s64, out=np.zeros_like(g64), where=s64 > 0))
+    assert np.all(np.abs(v) <= G.A16_QMAX)
+    assert np.all(np.abs(g64 - s64 * v) <= 2.0**-24 * np.abs(g64))  # step * v, rounded once to float32
+
+
+# shapes on the VNNI A16 kernel (group bytes a multiple of 64) and on its float fallback
+A16_SHAPES = [(128, 128), (256, 128), (384, 128), (512, 256), (128, None), (256, None), (640, 128),
+              (96, 32), (200, None), (63, None), (256, 64)]
+
+
+@settings(max_examples=30)
+@given(n=st.sampled_from([1, 3, 4, 5, 7, 8, 9, 16, 17, 33]), shape=st.sampled_from(A16_SHAPES), sym=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_int4_gemv_a16_matches_reference(n, shape, sym, seed):
+    """int4_gemv(act_quant="int16") against float64 weights @ the reference-rounded activations, and against the
+    float-activation kernels run on those same rounded activations (the VNNI kernel's integer sums are exact)."""
+    k, group = shape
+    rng = np.random.default_rng(seed)
+    x, pw, bias, _, _ = _wo_case(rng, 1, n, k, group, sym)
+    want, terms = _linear_reference(x, pw, bias, "int16")
+    y = G.int4_gemv(x[0], pw, bias, act_quant="int16")
+    assert y.shape == (n,)
+    assert_close(y, want[0], terms[0])
+    assert_close(G._int4_gemv_raw(G._round_a16(x, pw)[0], pw, bias), want[0], terms[0])
+    np.testing.assert_array_equal(G.quantized_linear(x, pw, bias, act_quant="int16")[0], y)
+
+
+@needs_ir
+def test_int4_gemv_a16_large_group_sums_do_not_wrap(rng):
+    """One group of 10240 inputs (VNNI kernel): x at the largest step everywhere and the extreme nibbles; the sum of
+    v alone (8 * 32384 * 10240) exceeds int32, the kernel's split accumulators must not wrap."""
+    k = 10240
+    for fill in (7, -8):
+        q = np.full((6, k), fill, np.int8)
+        q[1::2, ::3] = -8 if fill == 7 else 7
+        pw = G.pack_quantized(q, np.full(6, 0.01, np.float32), bits=4)
+        assert pw._q4u.shape[1] % 64 == 0  # the integer kernel, not the fallback
+        x = np.full(k, 2.5, np.float32)
+        x[::7] = -2.5
+        want = ref_weights(pw) @ ref_round_a16(x, pw)[0].astype(np.float64)
+        assert_close(G.int4_gemv(x, pw, act_quant="int16"), want, np.abs(ref_weights(pw)) @ np.abs(x))
+
+
+def test_a16_bad_input(rng):
+    pw = G.pack_weights(rng.standard_normal((4, 128)).astype(np.float32), bits=4, group_size=128)
+    with pytest.raises(ValueError, match="act_quant"):
+        G.int4_gemv(np.ones(128, np.float32), pw, act_quant="int8")
+    with pytest.raises(ValueError, match="act_quant"):
+        G.quantized_linear(np.ones(128, np.float32), pw, act_quant="int4")
+    bad = np.ones(128, np.float32)
+    bad[5] = np.nan
+    with pytest.raises(ValueError, match="x"):
+        G.int4_gemv(bad, pw, act_quant="int16")
 
 
 def test_int4_gemv_generic_and_ir_kernels_agree(rng):
