@@ -978,23 +978,36 @@ if has_avx512_vnni():
     @njit(inline="always")
     def _gemv_rows_epilogue(out, j0, j1, has_zp, scale, zp8, xgs, bias):  # pragma: no cover - compiled
         """out[j] += bias[j] - sum_g scale[j, g] * zero_point[j, g] * xgs[g] for rows [j0, j1) (zero_point =
-        zp8 - 8; the IR kernels' lookups or integer sums already hold the weights' -8 offset)."""
+        zp8 - 8; the IR kernels' lookups or integer sums already hold the weights' -8 offset; an empty bias:
+        none)."""
+        has_bias = bias.shape[0] > 0
         for j in range(j0, j1):
             c = np.float32(0.0)
             if has_zp:
                 for g in range(scale.shape[1]):
                     c += scale[j, g] * (zp8[j, g] - np.float32(8.0)) * xgs[g]
-            out[j] = out[j] - c + bias[j]
+            out[j] = out[j] - c + (bias[j] if has_bias else np.float32(0.0))
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _int4_gemv_zmm_kernel(xe, xo, xgs, q4u, scale, zp8, has_zp, bias, out, gb):  # pragma: no cover
+    def _int4_gemv_zmm_kernel(x, g, q4u, scale, zp8, has_zp, bias, out, gb):  # pragma: no cover
         """As _int4_gemv_kernel, with the row dot products in explicit zmm IR (:func:`._wo_ir.make_int4_rows`:
         nibbles decoded by ``vpermps`` lookups of their signed values, group sums kept as vectors and scaled by
         a broadcast, one horizontal sum per row), ``_GEMV_RB`` rows per task and a software prefetch of the
         next task's rows.  ``gb % 16 == 0`` (so ``nb % 16 == 0``).  Asymmetric weights (``has_zp``) subtract
-        ``scale * zero_point * xgs`` (zero_point = zp8 - 8) per (row, group)."""
+        ``scale * zero_point * xgs`` (zero_point = zp8 - 8) per (row, group).  x is split into its even/odd
+        entries and group sums (:func:`_gemv_split_kernel`, groups of ``g``) here, in the same compiled call.
+        Returns -1, or the index of the first non-finite entry of x (then nothing is computed; see
+        :func:`_int4_gemv_a16_kernel`)."""
+        xi = x.view(np.int32)
+        for i in range(xi.shape[0]):
+            if (xi[i] & 0x7F800000) == 0x7F800000:
+                return i
         n, nb = q4u.shape
         ngroups = scale.shape[1]
+        xe = np.empty(nb, dtype=np.float32)
+        xo = np.empty(nb, dtype=np.float32)
+        xgs = np.empty(ngroups, dtype=np.float32)
+        _gemv_split_kernel(x, g, xe, xo, xgs)
         qf = q4u.reshape(n * nb)
         sf = scale.reshape(n * ngroups)
         nblk = n // _GEMV_RB
@@ -1009,6 +1022,7 @@ if has_avx512_vnni():
                     _int4_rows_one(qf, j * nb, nb, xe, xo, sf, j * ngroups, ngroups, gb, 0, out, j)
                 j1 = n
             _gemv_rows_epilogue(out, j0, j1, has_zp, scale, zp8, xgs, bias)
+        return -1
 
     _a16_rows_blk = make_int4_rows_a16(_GEMV_RB)
     _a16_rows_one = make_int4_rows_a16(1)
@@ -1018,7 +1032,13 @@ if has_avx512_vnni():
         """The A16 GEMV: x rounded by :func:`_a16_prep` (groups of ``g`` inputs), then the rows on
         :func:`._wo_ir.make_int4_rows_a16` (nibbles x 16-bit fixed-point activations on ``vpdpbusd``), tasks,
         prefetch and zero-point epilogue as in :func:`_int4_gemv_zmm_kernel`.  ``gb % 64 == 0``.  One compiled
-        call per token: the Python side between two GEMVs stays small (it runs with caches the weights evicted)."""
+        call per token: the Python side between two GEMVs stays small (it runs with caches the weights evicted).
+        Returns -1, or the index of the first non-finite entry of x (then nothing is computed): an integer test
+        of the exponent bits, which fastmath cannot assume away."""
+        xi = x.view(np.int32)
+        for i in range(xi.shape[0]):
+            if (xi[i] & 0x7F800000) == 0x7F800000:
+                return i
         n, nb = q4u.shape
         ngroups = scale.shape[1]
         xa = np.empty(4 * nb, dtype=np.int8)
@@ -1041,6 +1061,7 @@ if has_avx512_vnni():
                     _a16_rows_one(qf, j * nb, nb, xa, corr, sx, sf, j * ngroups, ngroups, gb, 0, out, j)
                 j1 = n
             _gemv_rows_epilogue(out, j0, j1, has_zp, scale, zp8, xgs, bias)
+        return -1
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -1399,6 +1420,27 @@ def _round_a16(x2: np.ndarray, pw: PackedWeights) -> np.ndarray:
     return out
 
 
+#: a bias of length 0: the GEMV epilogues add none
+_NO_BIAS = np.zeros(0, dtype=np.float32)
+
+
+def _int4_gemv_lean(x: np.ndarray, pw: PackedWeights, act_quant):
+    """The AVX-512 GEMV kernels (``act_quant`` "none" or "int16") without bias on an x validated by type; None
+    where they do not apply or x is not finite (the caller's full path then takes over, and raises)."""
+    nb = pw._q4u.shape[1]
+    gb = nb if pw.n_groups == 1 else pw.group_size >> 1
+    if _DEFAULT_PATH != "vnni":
+        return None
+    out = np.empty(pw.out_features, dtype=np.float32)
+    if act_quant == "int16" and gb % 64 == 0:
+        bad = _int4_gemv_a16_kernel(x, _a16_group(pw), pw._q4u, pw.scale, pw._zp8, pw._zp_used, _NO_BIAS, out, gb)
+    elif act_quant == "none" and gb % 16 == 0:
+        bad = _int4_gemv_zmm_kernel(x, pw.group_size, pw._q4u, pw.scale, pw._zp8, pw._zp_used, _NO_BIAS, out, gb)
+    else:
+        return None
+    return out if bad < 0 else None
+
+
 def _int4_gemv_a16(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
     """One token, activations rounded to 16-bit fixed point: the VNNI integer kernel where the groups span whole
     64-byte chunks, else the float kernel on the rounded activations (the same numbers either way)."""
@@ -1407,23 +1449,25 @@ def _int4_gemv_a16(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.n
     if _DEFAULT_PATH != "vnni" or gb % 64:
         return _int4_gemv_raw(_round_a16(x[None], pw)[0], pw, bias_v)
     out = np.empty(pw.out_features, dtype=np.float32)
-    _int4_gemv_a16_kernel(x, _a16_group(pw), pw._q4u, pw.scale, pw._zp8, pw._zp_used, bias_v, out, gb)
+    if _int4_gemv_a16_kernel(x, _a16_group(pw), pw._q4u, pw.scale, pw._zp8, pw._zp_used, bias_v, out, gb) >= 0:
+        raise AssertionError("x: non-finite values after validation")  # pragma: no cover - checked by the caller
     return out
 
 
 def _int4_gemv_raw(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
     nb = pw._q4u.shape[1]
     g = pw.group_size
+    gb = nb if pw.n_groups == 1 else g // 2
+    out = np.empty(pw.out_features, dtype=np.float32)
+    if _DEFAULT_PATH == "vnni" and gb % 16 == 0:
+        if _int4_gemv_zmm_kernel(x, g, pw._q4u, pw.scale, pw._zp8, pw._zp_used, bias_v, out, gb) >= 0:
+            raise AssertionError("x: non-finite values after validation")  # pragma: no cover - checked by the caller
+        return out
     xe = np.empty(nb, dtype=np.float32)
     xo = np.empty(nb, dtype=np.float32)
     xgs = np.empty(pw.n_groups, dtype=np.float32)
     _gemv_split_kernel(x, g, xe, xo, xgs)  # one pass instead of five NumPy temporaries (~15 us per call)
-    gb = nb if pw.n_groups == 1 else g // 2
-    out = np.empty(pw.out_features, dtype=np.float32)
-    if _DEFAULT_PATH == "vnni" and gb % 16 == 0:
-        _int4_gemv_zmm_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, pw._zp_used, bias_v, out, gb)
-    else:
-        _int4_gemv_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, bias_v, out, gb)
+    _int4_gemv_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, bias_v, out, gb)
     return out
 
 
@@ -1470,6 +1514,13 @@ def int4_gemv(x, packed: PackedWeights, bias=None, *, act_quant: str = "none") -
     -------
     float32 (N,) (or (1, N) for 2-D x).  Streams the packed nibbles and scales once.
     """
+    if (bias is None and type(x) is np.ndarray and type(packed) is PackedWeights and x.dtype == np.float32
+            and x.ndim == 1 and x.flags.c_contiguous and packed.bits == 4 and x.shape[0] == packed.in_features):
+        # the common call, checked in a few attribute tests (the kernel checks x is finite): after a GEMV the
+        # weights have flushed the caches, and the full validation below costs ~10% of a 4096x4096 GEMV
+        y = _int4_gemv_lean(x, packed, act_quant)
+        if y is not None:
+            return y
     pw = _check_packed(packed, 4)
     check_choice(act_quant, "act_quant", ("none", "int16"))
     x2, one = _activations(x, pw.in_features)

@@ -565,6 +565,8 @@ def test_int4_gemv_a16_matches_reference(n, shape, sym, seed):
     y = G.int4_gemv(x[0], pw, bias, act_quant="int16")
     assert y.shape == (n,)
     assert_close(y, want[0], terms[0])
+    # without bias: the lean entry (type checks only; the kernel checks x is finite)
+    assert_close(G.int4_gemv(x[0], pw, act_quant="int16"), want[0] - bias, terms[0])
     assert_close(G._int4_gemv_raw(G._round_a16(x, pw)[0], pw, bias), want[0], terms[0])
     np.testing.assert_array_equal(G.quantized_linear(x, pw, bias, act_quant="int16")[0], y)
 
@@ -591,10 +593,15 @@ def test_a16_bad_input(rng):
         G.int4_gemv(np.ones(128, np.float32), pw, act_quant="int8")
     with pytest.raises(ValueError, match="act_quant"):
         G.quantized_linear(np.ones(128, np.float32), pw, act_quant="int4")
-    bad = np.ones(128, np.float32)
-    bad[5] = np.nan
-    with pytest.raises(ValueError, match="x"):
-        G.int4_gemv(bad, pw, act_quant="int16")
+    for v in (np.nan, np.inf, -np.inf):
+        bad = np.ones(128, np.float32)
+        bad[5] = v
+        with pytest.raises(ValueError, match="x"):
+            G.int4_gemv(bad, pw, act_quant="int16")
+        with pytest.raises(ValueError, match="x"):
+            G.int4_gemv(bad, pw, np.zeros(4, np.float32), act_quant="int16")
+        with pytest.raises(ValueError, match="x"):
+            G.int4_gemv(bad, pw)
 
 
 def test_int4_gemv_generic_and_ir_kernels_agree(rng):
