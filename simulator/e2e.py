@@ -706,14 +706,16 @@ class Int4Linear:
     """INT4 weight-only: packed nibbles with group scales (and zero points), float32 activations.
 
     Up to :attr:`GEMV_TOKENS` tokens go through :func:`memwall.kernels.quantized_linear`
-    (``act_quant="none"``, the bandwidth-bound path); larger batches dequantize the packed weights
+    (``act_quant="none"``: the GEMV, the few-token kernel and the fused panel kernel, which read the packed
+    weights once per call); larger batches dequantize the packed weights
     (:meth:`memwall.kernels.PackedWeights.dequantize`, a transient float32 copy) and multiply with float32
-    BLAS — the usual weight-only strategy for compute-bound batches, and on this build much faster than
-    ``quantized_linear``'s fused weight-only GEMM at thousands of tokens.  Same numbers either way.
+    BLAS — the usual weight-only strategy for compute-bound batches (``quantized_linear`` itself switches to
+    dequantized BLAS blocks there).  Same numbers either way.
     """
 
-    path = "memwall.kernels PackedWeights INT4 (quantized_linear <= 16 tokens; per-call dequantize + BLAS above)"
-    GEMV_TOKENS = 16
+    path = "memwall.kernels PackedWeights INT4 (quantized_linear < 256 tokens; per-call dequantize + BLAS above)"
+    #: the last token count quantized_linear runs on its fused kernels (BLAS blocks from the next one)
+    GEMV_TOKENS = 255
 
     def __init__(self, packed, bias: np.ndarray):
         self.packed = packed

@@ -504,7 +504,8 @@ def test_int4_linear_matches_the_kernel_on_both_paths(encoder, rng):
     w, b = encoder.slot_weights(2, "ffn_out")
     packed = gemm.pack_weights(w, bits=4, group_size=64, symmetric=False)
     lin = e2e.Int4Linear(packed, b)
-    for tokens in (1, lin.GEMV_TOKENS, lin.GEMV_TOKENS + 1, 40):
+    assert lin.GEMV_TOKENS == gemm.WEIGHT_ONLY_FUSED_BLAS_TOKENS - 1
+    for tokens in (1, 5, 40, lin.GEMV_TOKENS, lin.GEMV_TOKENS + 1):
         x = rng.standard_normal((tokens, w.shape[1])).astype(np.float32)
         ref = x.astype(np.float64) @ packed.dequantize().T.astype(np.float64) + b
         np.testing.assert_allclose(lin(x), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
