@@ -508,6 +508,50 @@ def test_int4_weight_only_ir_threads_identical(rng):
 
 
 @needs_ir
+@settings(max_examples=20)
+@given(m=st.sampled_from([1, 2, 9, 13, 16, 17, 31, 33, 40]), n=st.sampled_from([1, 3, 15, 16, 17, 33, 70]),
+       k=st.sampled_from([1, 7, 16, 63, 100, 256, 300, 1000]), sym=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_int8_weight_only_fused_matches_reference(m, n, k, sym, seed):
+    """The fused INT8 weight-only kernel (any K, channels off the 16-panel, tokens off the 16-column tiles)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    pw = G.pack_weights(w, bits=8, symmetric=sym)
+    want, terms = _linear_reference(x, pw, bias, "none")
+    y = G._wo8_fused(x, pw, bias)
+    assert y.shape == (m, n)
+    assert_close(y, want, terms)
+
+
+@needs_ir
+def test_int8_weight_only_dispatch_and_threads(rng, monkeypatch):
+    """quantized_linear(act_quant="none") on 8-bit weights: row buffer, fused kernel, BLAS blocks by the token
+    count; the fused kernel gives the same bits on 1 and 2 threads."""
+    w = rng.standard_normal((40, 200)).astype(np.float32)
+    x = rng.standard_normal((12, 200)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    pw = G.pack_weights(w, bits=8, symmetric=False)
+    want, terms = _linear_reference(x, pw, bias, "none")
+    monkeypatch.setattr(G, "WEIGHT_ONLY_W8_ROWBUF_TOKENS", 3)
+    monkeypatch.setattr(G, "WEIGHT_ONLY_FUSED_BLAS_TOKENS", 8)
+    np.testing.assert_array_equal(G.quantized_linear(x[:5], pw, bias, act_quant="none"), G._wo8_fused(x[:5], pw, bias))
+    np.testing.assert_array_equal(G.quantized_linear(x, pw, bias, act_quant="none"), G._weight_only_blas(x, pw, bias))
+    for y in (G.quantized_linear(x[:3], pw, bias, act_quant="none"), G._weight_only_blas(x, pw, bias)[:3]):
+        assert_close(y, want[:3], terms[:3])
+    before = numba.get_num_threads()
+    outs = []
+    try:
+        for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(t)
+            outs.append(G._wo8_fused(x, pw, bias))
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert_close(outs[0], want, terms)
+
+
+@needs_ir
 def test_int4_weight_only_dispatch_by_token_count(rng, monkeypatch):
     """quantized_linear picks the few-token kernel, the fused kernel or BLAS blocks by the token count."""
     x, pw, bias, want, terms = _wo_case(rng, 9, 37, 256, 128, True)
