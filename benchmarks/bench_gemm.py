@@ -17,7 +17,8 @@
 * ``quantized_linear 4096x4096 batch B``: W8A8 and W4A16 through :func:`quantized_linear` vs NumPy float32
   ``x @ W.T`` (informational: the issue sets no target for these).
 * ``w4a16 4096x4096 g128 tokens T``: batched weight-only INT4 (the few-token and fused kernels) vs NumPy float32
-  ``x @ W.T`` with dense weights (target 1.5x, issue 5).
+  ``x @ W.T`` with dense weights (target 1.5x, issue 5); ``w8a16 ... tokens T``: the same with INT8 weights
+  (row buffer up to 8 tokens, then the fused INT8 panel kernel; no target).
 """
 from __future__ import annotations
 
@@ -186,7 +187,8 @@ def test_bench_int4_gemv_cold(benchmark, int4_weights, act, impl):
 @pytest.fixture(scope="module")
 def linear_layer():
     w = _f32((4096, 4096), 11)
-    return w, {"w8a8": G.pack_weights(w, bits=8), "w4a16": G.pack_weights(w, bits=4, group_size=128)}
+    p8 = G.pack_weights(w, bits=8)
+    return w, {"w8a8": p8, "w8a16": p8, "w4a16": G.pack_weights(w, bits=4, group_size=128)}
 
 
 @pytest.mark.parametrize("impl", ["memwall", "numpy"])
@@ -200,13 +202,14 @@ def test_bench_quantized_linear(benchmark, linear_layer, batch, mode, impl):
     _time_linear(benchmark, impl, x, w, packed[mode])
 
 
-def _time_linear(benchmark, impl: str, x, w, pw) -> None:
-    """Time memwall's ``quantized_linear(x, pw)`` or NumPy's float32 ``x @ w.T`` (the dense weights)."""
+def _time_linear(benchmark, impl: str, x, w, pw, act_quant=None) -> None:
+    """Time memwall's ``quantized_linear(x, pw, act_quant=...)`` or NumPy's float32 ``x @ w.T`` (the dense
+    weights)."""
     if impl == "memwall":
         benchmark.extra_info.setdefault("bytes", pw.nbytes)
 
         def fn():
-            return G.quantized_linear(x, pw)
+            return G.quantized_linear(x, pw, act_quant=act_quant)
     else:
         benchmark.extra_info.update(bytes=w.nbytes)
         wt = w.T
@@ -222,14 +225,17 @@ def _time_linear(benchmark, impl: str, x, w, pw) -> None:
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("impl", ["memwall", "numpy"])
 @pytest.mark.parametrize("tokens", [8, 16, 32])
-def test_bench_w4a16_batched(benchmark, linear_layer, tokens, impl):
+@pytest.mark.parametrize("mode", ["w4a16", "w8a16"])
+def test_bench_weight_only_batched(benchmark, linear_layer, mode, tokens, impl):
+    """Batched weight-only (float activations): W4A16 g128 (target 1.5x NumPy, issue 5) and W8A16 (no target)."""
     w, packed = linear_layer
-    pw = packed["w4a16"]
+    pw = packed[mode]
     x = _f32((tokens, 4096), 13)
-    benchmark.group = f"w4a16 4096x4096 g128 tokens {tokens}"
+    benchmark.group = f"w4a16 4096x4096 g128 tokens {tokens}" if mode == "w4a16" else f"w8a16 4096x4096 tokens {tokens}"
     benchmark.extra_info.update(impl=impl, ops=2 * tokens * w.size)
     if impl == "memwall":
-        benchmark.extra_info.update(targets={"numpy": 1.5})
+        if mode == "w4a16":
+            benchmark.extra_info.update(targets={"numpy": 1.5})
         ref = x.astype(np.float64) @ pw.dequantize().astype(np.float64).T
-        assert np.abs(G.quantized_linear(x, pw) - ref).max() < 1e-3 * np.abs(ref).max()
-    _time_linear(benchmark, impl, x, w, pw)
+        assert np.abs(G.quantized_linear(x, pw, act_quant="none") - ref).max() < 1e-3 * np.abs(ref).max()
+    _time_linear(benchmark, impl, x, w, pw, act_quant="none")
