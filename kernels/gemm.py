@@ -94,7 +94,7 @@ def active_paths() -> dict[str, str]:
     return {
         "int8_gemm": "avx512-vnni (vpdpbusd 12x32 micro-kernel)" if vnni else "generic (int16-pair 12x32 IR micro-kernel, no intrinsics)",
         "int8_epi": "fused dequant epilogue on the L1 tile",
-        "int4_gemv": ("zmm IR rows (vpermps nibble lookup, vector group sums), 4 rows/task + prefetch" if vnni
+        "int4_gemv": ("zmm IR rows (vpermps nibble lookup, vector group sums), 8 rows/task + prefetch" if vnni
                       else "numba (auto-vectorized)") + ", nibbles dequantized in registers; act_quant='int16': "
                      + ("A16 integer rows (nibbles x 16-bit fixed-point activations on vpdpbusd)" if vnni
                         else "activations rounded, then the float kernel"),
@@ -961,11 +961,11 @@ def _a16_prep(x, g, xa, corr, sx, xgs, xr):  # pragma: no cover - compiled
 
 
 #: rows per GEMV task: several concurrent DRAM streams per thread, and the x vectors of a step loaded once for
-#: all of them (measured on the 4096x4096 g128 benchmark, interleaved: 4 rows ~ 8 rows > 2 rows)
-_GEMV_RB = 4
-#: software prefetch distance of the INT4 GEMV, in rows (one line per row and group, two tasks ahead; measured
-#: interleaved at 4096x4096 g128, 2 threads: 8 rows 6% faster than 4)
-_GEMV_PF_ROWS = 8
+#: all of them (4096x4096 g128 cold, 2 threads, alternating blocks, 3 runs: float path 8 rows 6-12% faster than
+#: 4, 6 rows as 8, 16 slower; A16 kernel 8 rows ~4% faster than 4)
+_GEMV_RB = 8
+#: software prefetch distance of the INT4 GEMV, in rows (one line per row and group, two tasks ahead)
+_GEMV_PF_ROWS = 16
 
 if has_avx512_vnni():
     from ._wo_ir import make_int4_rows, make_int4_rows_a16
