@@ -4,7 +4,7 @@
 
 * ``int8_gemm N^3``: memwall (packed B, default path: AVX-512 VNNI where present) vs NumPy float32 matmul
   (target 4.0x) and ``torch._int_mm`` (target 0.9x; skipped with a reason when torch is not installed).
-  The memwall entry also times them interleaved (:func:`_interleaved`), and the targets are judged on that.
+  The memwall entry also times them interleaved (:func:`memwall.simulator.validate.interleaved_ratios`), and the targets are judged on that.
 * ``int8_gemm generic N^3``: the no-intrinsics fallback vs NumPy float32 (target 1.0x).  Its micro-kernel is
   target-independent IR (int16 pairs); LLVM lowers it to ``vpdpwssd`` on a CPU with AVX-512 VNNI and to
   ``vpmaddwd`` + ``vpaddd`` without, so on a VNNI host this measures the former.
@@ -24,37 +24,16 @@
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from memwall.kernels import gemm as G
 from memwall.kernels.membench import _triad_kernel, last_level_cache_bytes
+from memwall.simulator.validate import interleaved_ratios
+
 
 RNG_SEED = 20261128
 ROUNDS = 7
-
-
-def _interleaved(fns: dict, blocks: int = 8, rounds: int = 5) -> dict:
-    """{name: memwall's speed-up over it}, every callable timed in ``blocks`` alternating blocks (order reversed
-    every other block) of one untimed and ``rounds`` timed calls; the ratio of the medians over all blocks.
-
-    This VM's speed drifts by up to 2x over seconds (co-tenants); pytest-benchmark's back-to-back blocks of
-    one implementation then compare different phases.  Alternating short blocks samples every side across
-    the same phases.  ``fns`` holds ``"memwall"`` and the baselines."""
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for blk in range(blocks):
-        for name in names if blk % 2 == 0 else names[::-1]:
-            fn = fns[name]
-            fn()
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    med = {name: float(np.median(v)) for name, v in times.items()}
-    return {name: med[name] / med["memwall"] for name in names if name != "memwall"}
 
 
 def _i8(shape, seed):
@@ -99,7 +78,7 @@ def test_bench_int8_gemm(benchmark, size, impl):
             fns["torch"] = lambda: torch._int_mm(ta, tb)
         except (ImportError, RuntimeError, NotImplementedError):  # no torch (or no _int_mm): that row is skipped
             pass
-        benchmark.extra_info["interleaved"] = _interleaved(fns, rounds=5 if size <= 1024 else 2)
+        benchmark.extra_info["interleaved"] = interleaved_ratios(fns)
     elif impl == "numpy":
         x, y = _f32((m, k), 1), _f32((k, n), 2)
         fn, args = np.matmul, (x, y)
@@ -204,9 +183,9 @@ def test_bench_int4_gemv_cold(benchmark, int4_weights, act, impl):
         wf = [w] + [w.copy() for _ in range(_copies(w.nbytes) - 1)]
         n3 = nbytes // 24
         tri = [(np.zeros(n3), np.ones(n3), np.full(n3, 2.0), 3.0, get_num_threads()) for _ in range(_copies(24 * n3))]
-        benchmark.extra_info["interleaved"] = _interleaved(
+        benchmark.extra_info["interleaved"] = interleaved_ratios(
             {"memwall": _Rotor(gemv, [(x, c) for c in copies]), "numpy": _Rotor(np.matmul, [(c, x) for c in wf]),
-             "stream-triad": _Rotor(_triad_kernel, tri)}, blocks=8, rounds=15)
+             "stream-triad": _Rotor(_triad_kernel, tri)})
         del wf, tri
     elif impl == "stream-triad":
         # a triad whose STREAM-counted bytes (24 per element) equal the GEMV's weight bytes, rotating cold

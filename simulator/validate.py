@@ -46,6 +46,8 @@ __all__ = [
     "host_cases",
     "crossover_check",
     "validate",
+    "interleaved_times",
+    "interleaved_ratios",
     "TARGET_MEDIAN_OVERALL",
     "TARGET_MEDIAN_FAMILY",
     "TARGET_CROSSOVER_PP",
@@ -246,6 +248,19 @@ def interleaved_times(entries, *, min_time: float = 0.01, min_rounds: int = 3, m
              for i, v in samples.items()}
     return {"times": times, "rounds": rounds, "wall_s": clock() - t_start, "statistic": TIMING_STATISTIC}
 
+
+
+def interleaved_ratios(entries, ref: str = "memwall", *, rounds: int = 8, min_time: float = 0.01) -> dict:
+    """``{id: median time of id / median time of ref}`` for every entry but ``ref`` (above 1: ``ref`` is faster),
+    all timed by :func:`interleaved_times` in ``rounds`` interleaved rounds of ``min_time`` seconds each.
+
+    The benchmarks use it beside pytest-benchmark's back-to-back blocks of one implementation, which on a
+    machine whose speed drifts over seconds can compare different phases."""
+    if ref not in entries:
+        raise ValueError(f"ref: {ref!r} is not one of the entries {list(entries)}")
+    times = interleaved_times(entries, min_time=min_time, min_rounds=rounds, max_rounds=rounds)["times"]
+    mine = times[ref]["median_s"]
+    return {name: t["median_s"] / mine for name, t in times.items() if name != ref}
 
 def best_time(fn: Callable[[], object], *, repeat: int = 5, min_time: float = 0.02) -> float:
     """The statistic of :func:`interleaved_times` for one call: the minimum of ``repeat`` samples."""

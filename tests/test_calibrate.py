@@ -200,6 +200,14 @@ def test_interleaved_rounds_stop_at_the_budget_after_the_minimum():
     assert t["n"] == 4 and len(calls) == 8 and 0 < t["min_s"] <= t["median_s"]  # a warm-up call per sample
 
 
+def test_interleaved_ratios_divide_medians_by_the_reference():
+    samples = {"memwall": iter([1.0, 3.0, 2.0]), "numpy": iter([8.0, 4.0, 6.0]), "scipy": iter([2.0, 2.0, 2.0])}
+    entries = {k: val.Sampler(lambda it=it: next(it)) for k, it in samples.items()}
+    assert val.interleaved_ratios(entries, rounds=3) == {"numpy": 3.0, "scipy": 1.0}  # medians 2, 6, 2
+    with pytest.raises(ValueError, match="ref"):
+        val.interleaved_ratios({"numpy": lambda: None}, rounds=1)
+
+
 def test_interleaved_rounds_reject_bad_input():
     with pytest.raises(TypeError, match="entries"):
         val.interleaved_times([lambda: None])
