@@ -988,6 +988,16 @@ if has_avx512_vnni():
                     c += scale[j, g] * (zp8[j, g] - np.float32(8.0)) * xgs[g]
             out[j] = out[j] - c + (bias[j] if has_bias else np.float32(0.0))
 
+    @njit(inline="always")
+    def _first_nonfinite(x):  # pragma: no cover - compiled
+        """Index of the first NaN/Inf of float32 x, or -1: an integer test of the exponent bits, which the
+        kernels' fastmath cannot assume away."""
+        xi = x.view(np.int32)
+        for i in range(xi.shape[0]):
+            if (xi[i] & 0x7F800000) == 0x7F800000:
+                return i
+        return -1
+
     @njit(parallel=True, fastmath=True, cache=True)
     def _int4_gemv_zmm_kernel(x, g, q4u, scale, zp8, has_zp, bias, out, gb):  # pragma: no cover
         """As _int4_gemv_kernel, with the row dot products in explicit zmm IR (:func:`._wo_ir.make_int4_rows`:
@@ -998,10 +1008,9 @@ if has_avx512_vnni():
         entries and group sums (:func:`_gemv_split_kernel`, groups of ``g``) here, in the same compiled call.
         Returns -1, or the index of the first non-finite entry of x (then nothing is computed; see
         :func:`_int4_gemv_a16_kernel`)."""
-        xi = x.view(np.int32)
-        for i in range(xi.shape[0]):
-            if (xi[i] & 0x7F800000) == 0x7F800000:
-                return i
+        bad = _first_nonfinite(x)
+        if bad >= 0:
+            return bad
         n, nb = q4u.shape
         ngroups = scale.shape[1]
         xe = np.empty(nb, dtype=np.float32)
@@ -1033,12 +1042,11 @@ if has_avx512_vnni():
         :func:`._wo_ir.make_int4_rows_a16` (nibbles x 16-bit fixed-point activations on ``vpdpbusd``), tasks,
         prefetch and zero-point epilogue as in :func:`_int4_gemv_zmm_kernel`.  ``gb % 64 == 0``.  One compiled
         call per token: the Python side between two GEMVs stays small (it runs with caches the weights evicted).
-        Returns -1, or the index of the first non-finite entry of x (then nothing is computed): an integer test
-        of the exponent bits, which fastmath cannot assume away."""
-        xi = x.view(np.int32)
-        for i in range(xi.shape[0]):
-            if (xi[i] & 0x7F800000) == 0x7F800000:
-                return i
+        Returns -1, or the index of the first non-finite entry of x (then nothing is computed:
+        :func:`_first_nonfinite`)."""
+        bad = _first_nonfinite(x)
+        if bad >= 0:
+            return bad
         n, nb = q4u.shape
         ngroups = scale.shape[1]
         xa = np.empty(4 * nb, dtype=np.int8)
@@ -1181,6 +1189,19 @@ if has_avx512_vnni():
     _wo_tile_8x32 = make_wo_tile(8, 2)
     _wo_tile_16x16 = make_wo_tile(16, 1)
 
+    @njit(inline="always")
+    def _wo_panel_tiles(buf, ldb, xt, xo, mpad, kc, outt, c0):  # pragma: no cover - compiled
+        """outt rows [c0, c0 + 16) += the dequantized panel ``buf`` (16 x kc, leading dimension ldb) @ the K block of
+        ``xt`` at ``xo`` (kc x mpad): 8x32 register tiles across the tokens, a 16x16 one for an odd 16 left."""
+        nv = mpad // 16
+        j = 0
+        while j + 2 <= nv:
+            _wo_tile_8x32(buf, 0, ldb, xt, xo + 16 * j, mpad, kc, outt, c0 * mpad + 16 * j, mpad)
+            _wo_tile_8x32(buf, 8 * ldb, ldb, xt, xo + 16 * j, mpad, kc, outt, (c0 + 8) * mpad + 16 * j, mpad)
+            j += 2
+        if j < nv:
+            _wo_tile_16x16(buf, 0, ldb, xt, xo + 16 * j, mpad, kc, outt, c0 * mpad + 16 * j, mpad)
+
     @njit(parallel=True, cache=True)
     def _wo4_fused_kernel(xt, mpad, q4u, scale, zp8, gb, kcb, nthr, outt):  # pragma: no cover - compiled
         """outt (npad, mpad) += W (n, K) @ x^T for INT4 weights, fused: per K block of ``kcb`` bytes and panel of
@@ -1196,7 +1217,6 @@ if has_avx512_vnni():
         zf = zp8.reshape(n * ng)
         npan = (n + _WO_PANEL - 1) // _WO_PANEL
         ldb = 2 * kcb
-        nv = mpad // 16
         for t in prange(nthr):
             pa = t * npan // nthr
             pb = (t + 1) * npan // nthr
@@ -1218,15 +1238,7 @@ if has_avx512_vnni():
                             for r in range(n - c0):
                                 _deq4_row(qf, (c0 + r) * nb, nb, b0, b1, gb, sf, zf, (c0 + r) * ng, ng,
                                           buf[r * ldb:], ldb)
-                        xo = 2 * b0 * mpad
-                        j = 0
-                        while j + 2 <= nv:
-                            _wo_tile_8x32(buf, 0, ldb, xt, xo + 16 * j, mpad, kc, outt, c0 * mpad + 16 * j, mpad)
-                            _wo_tile_8x32(buf, 8 * ldb, ldb, xt, xo + 16 * j, mpad, kc, outt,
-                                          (c0 + 8) * mpad + 16 * j, mpad)
-                            j += 2
-                        if j < nv:
-                            _wo_tile_16x16(buf, 0, ldb, xt, xo + 16 * j, mpad, kc, outt, c0 * mpad + 16 * j, mpad)
+                        _wo_panel_tiles(buf, ldb, xt, 2 * b0 * mpad, mpad, kc, outt, c0)
 
 
     @njit(parallel=True, fastmath=True, cache=True)
@@ -1240,7 +1252,6 @@ if has_avx512_vnni():
         qf = q8.reshape(n * k)
         npan = (n + _WO_PANEL - 1) // _WO_PANEL
         ldb = kcb
-        nv = mpad // 16
         for t in prange(nthr):
             pa = t * npan // nthr
             pb = (t + 1) * npan // nthr
@@ -1264,15 +1275,7 @@ if has_avx512_vnni():
                             else:
                                 for i in range(np.uint64(kc)):
                                     buf[o + i] = np.float32(0.0)
-                        xo = k0 * mpad
-                        j = 0
-                        while j + 2 <= nv:
-                            _wo_tile_8x32(buf, 0, ldb, xt, xo + 16 * j, mpad, kc, outt, c0 * mpad + 16 * j, mpad)
-                            _wo_tile_8x32(buf, 8 * ldb, ldb, xt, xo + 16 * j, mpad, kc, outt,
-                                          (c0 + 8) * mpad + 16 * j, mpad)
-                            j += 2
-                        if j < nv:
-                            _wo_tile_16x16(buf, 0, ldb, xt, xo + 16 * j, mpad, kc, outt, c0 * mpad + 16 * j, mpad)
+                        _wo_panel_tiles(buf, ldb, xt, k0 * mpad, mpad, kc, outt, c0)
 
     _int4_tok_rows = make_int4_rows_tokens(_WO_TOK_ROWS, _WO_TOK)
     _int4_tok_1 = make_int4_rows_tokens(1, 1)
