@@ -317,8 +317,8 @@ if has_avx512_vnni():
         for t in prange(ntask):
             mb = t // njc
             jc = t - mb * njc
-            ip0 = mb * mb_panels
-            ip1 = min(mpan, ip0 + mb_panels)
+            ip0 = mb * mpan // nmb  # nmb blocks of mpan // nmb or one more panels: balanced across the threads
+            ip1 = (mb + 1) * mpan // nmb
             cbuf = np.empty((ip1 - ip0) * MR * NR, dtype=np.int32)
             abuf = np.empty((ip1 - ip0) * nkb * MR * 4 * KB, dtype=np.uint8)
             _pack_a_panels(a8, m, k, ip0, ip1, k4_lo, k4n, nkb, abuf)
@@ -414,8 +414,8 @@ def _generic_gemm_kernel(a8, bh, m, n, k, kp2, k2_lo, k2_hi, mb_panels, jc_panel
     for t in prange(nmb * njc):
         mb = t // njc
         jc = t - mb * njc
-        ip0 = mb * mb_panels
-        ip1 = min(mpan, ip0 + mb_panels)
+        ip0 = mb * mpan // nmb
+        ip1 = (mb + 1) * mpan // nmb
         cbuf = np.empty((ip1 - ip0) * MR * NR, dtype=np.int32)
         abuf = np.empty((ip1 - ip0) * nkb * MR * 2 * KB2, dtype=np.int16)
         _pack_a_pairs(a8, m, k, ip0, ip1, k2_lo, k2n, nkb, abuf)
