@@ -85,6 +85,11 @@ class _Em:
         self.b.call(self.pf_fn, [self.b.gep(i8ptr, [off]), ir.Constant(_I32, 0), ir.Constant(_I32, locality),
                                  ir.Constant(_I32, 1)])
 
+    def store_sums(self, vecs, optr):
+        """``optr[r]`` = the horizontal sum of ``vecs[r]`` (one float per row)."""
+        for r, v in enumerate(vecs):
+            self.b.store(self.hsum(v), self.b.gep(optr, [self.k(r)]), align=4)
+
     def hsum(self, v):
         b = self.b
         width = 16
@@ -186,9 +191,7 @@ def make_int4_rows(rows: int, signed: bool = False, one_acc: bool = False):
                 s = b.load(b.gep(rows_s[r], [g]), align=4)
                 a = accs[r] if one_acc else b.fadd(accs[2 * r], accs[2 * r + 1])
                 tots.append(e.fma(e.splat(s), a, gl.vals[r]))
-            tots = gl.close(tots)
-            for r in range(rows):
-                b.store(e.hsum(tots[r]), b.gep(op, [e.k(r)]), align=4)
+            e.store_sums(gl.close(tots), op)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -370,9 +373,7 @@ def make_int4_rows_a16(rows: int):
                 s = b.fmul(b.load(b.gep(rows_s[r], [g]), align=4), sxg)
                 d = e.fma(b.sitofp(accs[r], _VF), _F256, b.sitofp(accs[rows + r], _VF))
                 tots.append(e.fma(e.splat(s), d, gl.vals[r]))
-            tots = gl.close(tots)
-            for r in range(rows):
-                b.store(e.hsum(tots[r]), b.gep(op, [e.k(r)]), align=4)
+            e.store_sums(gl.close(tots), op)
             return context.get_dummy_value()
 
         return sig, codegen
