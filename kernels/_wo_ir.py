@@ -309,19 +309,20 @@ _F256 = ir.Constant(_VF, [256.0] * 16)
 
 
 def make_int4_rows_a16(rows: int):
-    """An intrinsic ``f(q, q_off, nb, xa, corr, sx, scale, s_off, ngroups, gb, pf, out, out_off)``: the INT4 GEMV
-    of :func:`make_int4_rows` with 16-bit fixed-point activations, on the integer units (AVX-512 VNNI).
+    """An intrinsic ``f(q, q_off, nb, xa, corr, sx, scale, s_off, ngroups, gb, pf, out, out_off)``: the INT4 GEMV of
+    :func:`make_int4_rows` with 16-bit fixed-point activations, on the integer units (AVX-512 VNNI).
 
     The caller (:func:`memwall.kernels.gemm._a16_prep`) rounds each group of the token to ``v = h * 256 + l``
-    (``|v| <= A16_QMAX``, ``h``, ``l`` int8, ``x ~ sx[g] * v``) and lays the parts out per 64-byte weight chunk
-    ``c`` as ``xa[256c : 256c + 256] = [h of the even inputs | h of the odd | l of the even | l of the odd]`` (64
-    bytes each; byte ``j`` of a chunk holds inputs ``2(64c + j)`` (low nibble) and ``2(64c + j) + 1`` (high)).  Per
-    row and chunk: one 64-byte load, the two nibble vectors (``and``, ``shift + and``; the offset-binary ``u``
-    in [0, 15]) and four ``vpdpbusd`` (u8 nibbles x s8 parts) into two int32 accumulators; per group,
-    ``d = 256 * acc_h + acc_l`` in float and ``tot += scale[r, g] * sx[g] * d``.  ``corr[32g : 32g + 32]`` starts ``acc_h`` and ``acc_l``
-    at ``-8 * sum h`` and ``-8 * sum l`` of group g (lane 0; the other lanes 0), so ``d`` is the dot product with
-    the weights ``u - 8`` themselves.  Exact integer sums: ``|acc| < 2**31`` for groups below ~1M inputs, and the
-    float conversion is exact below 2**24 (groups below ~8k inputs; float32 rounding beyond).  ``gb % 64 == 0``; ``pf`` as in :func:`make_int4_rows`, per chunk."""
+    (``|v| <= A16_QMAX``, ``h``, ``l`` int8, ``x ~ sx[g] * v``) and lays the parts out per 64-byte weight chunk ``c`` as
+    ``xa[256c : 256c + 256] = [h of the even inputs | h of the odd | l of the even | l of the odd]`` (64 bytes each;
+    byte ``j`` of a chunk holds inputs ``2(64c + j)`` (low nibble) and ``2(64c + j) + 1`` (high)).  Per row and
+    chunk: one 64-byte load, the two nibble vectors (``and``, ``shift + and``; the offset-binary ``u`` in [0, 15])
+    and four ``vpdpbusd`` (u8 nibbles x s8 parts) into two int32 accumulators; per group, ``d = 256 * acc_h +
+    acc_l`` in float and ``tot += scale[r, g] * sx[g] * d``.  ``corr[32g : 32g + 32]`` starts ``acc_h`` and
+    ``acc_l`` at ``-8 * sum h`` and ``-8 * sum l`` of group g (lane 0; the other lanes 0), so ``d`` is the dot
+    product with the weights ``u - 8`` themselves.  Exact integer sums: ``|acc| < 2**31`` for groups below ~1M
+    inputs, and the float conversion is exact below 2**24 (groups below ~8k inputs; float32 rounding beyond).
+    ``gb % 64 == 0``; ``pf`` as in :func:`make_int4_rows`, per chunk."""
 
     @intrinsic
     def int4_rows_a16(typingctx, q, q_off, nb, xa, corr, sx, scale, s_off, ngroups, gb, pf, out, out_off):

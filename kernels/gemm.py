@@ -920,33 +920,42 @@ def _a16_prep(x, g, xa, corr, sx, xgs, xr):  # pragma: no cover - compiled
     float32), ``xgs[gi] = sx * sum v`` and, for the VNNI kernel, the int8 parts of ``v = 256 h + l`` in ``xa``
     (per 64-byte weight chunk ``c``: ``[h even | h odd | l even | l odd]``, 64 bytes each; inputs ``2i`` and
     ``2i + 1`` at byte ``i % 64`` of chunk ``i // 64``; ``len(xa) >= 256 * ceil(K / 128)``) and
-    ``corr[32 gi]``, ``corr[32 gi + 16]`` = ``-8 * sum h``, ``-8 * sum l`` (the weights' offset-binary -8).  Loops laid out to vectorize (~3 us at K=4096)."""
+    ``corr[32 gi]``, ``corr[32 gi + 16]`` = ``-8 * sum h``, ``-8 * sum l`` (the weights' offset-binary -8).  x
+    must be finite (the group maximum is taken on the bit patterns).  Loops laid out to vectorize (~6 us at
+    K=4096)."""
     k = x.shape[0]
     v = np.zeros(len(xa) // 2, dtype=np.int32)
     qmax = np.float32(A16_QMAX)
+    xi = x.view(np.int32)
+    bits = np.zeros(1, dtype=np.int32)
     for gi in range(sx.shape[0]):
         lo = np.uint64(gi * g)
         hi = np.uint64(min(k, gi * g + g))
-        m = np.float32(0.0)
+        # max |x| on the bit patterns: for finite floats without sign the integer order is the float order, and
+        # the integer max reduction vectorizes (the float one does not: ~2x slower)
+        mb = np.int32(0)
         for kk in range(lo, hi):  # unsigned indices: no negative-index wraparound, so the loops vectorize
-            m = max(m, abs(x[kk]))
+            mb = max(mb, xi[kk] & np.int32(0x7FFFFFFF))
+        bits[0] = mb
+        m = bits.view(np.float32)[0]
         step = np.float32(np.float64(m) / A16_QMAX)
         inv = np.float32(1.0 / np.float64(step)) if step > 0 else np.float32(0.0)
-        sh = 0
-        sl = 0
         for kk in range(lo, hi):
             q = min(qmax, max(-qmax, np.rint(x[kk] * inv)))
-            vi = np.int32(q)
-            v[kk] = vi
+            v[kk] = np.int32(q)
             xr[kk] = step * q
+        sum_h = np.int32(0)  # |sums| <= 128 * g: int32 for any group below 16M inputs
+        sum_l = np.int32(0)
+        for kk in range(lo, hi):
+            vi = v[kk]
             low = ((vi + np.int32(128)) & np.int32(255)) - np.int32(128)
-            sh += np.int64((vi - low) >> np.int32(8))
-            sl += np.int64(low)
+            sum_h += (vi - low) >> np.int32(8)
+            sum_l += low
         sx[gi] = step
-        xgs[gi] = step * np.float32(256 * sh + sl)
-        # -8 * sum v = 256 * (-8 * sum h) + (-8 * sum l): the two accumulators' starting lane 0 (int32 for any K)
-        corr[32 * gi] = -8 * sh
-        corr[32 * gi + 16] = -8 * sl
+        xgs[gi] = step * np.float32(256 * np.int64(sum_h) + np.int64(sum_l))
+        # -8 * sum v = 256 * (-8 * sum h) + (-8 * sum l): the two accumulators' starting lane 0
+        corr[32 * gi] = -8 * sum_h
+        corr[32 * gi + 16] = -8 * sum_l
     for c in range(np.uint64(len(xa) // 256)):
         for j in range(np.uint64(64)):
             ve = v[np.uint64(128) * c + np.uint64(2) * j]
@@ -1465,14 +1474,22 @@ _EMPTY_I32_2D = np.zeros((1, 1), dtype=np.int32)
 
 @njit(fastmath=True, cache=True)
 def _gemv_split_kernel(x, g, xe, xo, xgs):  # pragma: no cover - compiled
-    """xe/xo = even/odd entries of x (zero past its end), xgs[i] = sum of group i of x (g entries each)."""
+    """xe/xo = even/odd entries of x (zero past its end), xgs[i] = sum of group i of x (g entries each).
+
+    Unsigned indices and the odd tail apart, so both loops vectorize (~2 us at K=4096 instead of ~15)."""
     k = x.shape[0]
-    for i in range(xe.shape[0]):
-        xe[i] = x[2 * i] if 2 * i < k else np.float32(0.0)
-        xo[i] = x[2 * i + 1] if 2 * i + 1 < k else np.float32(0.0)
+    half = np.uint64(k // 2)
+    for i in range(half):
+        xe[i] = x[np.uint64(2) * i]
+        xo[i] = x[np.uint64(2) * i + np.uint64(1)]
+    for i in range(half, np.uint64(xe.shape[0])):
+        xe[i] = np.float32(0.0)
+        xo[i] = np.float32(0.0)
+    if k % 2:
+        xe[half] = x[k - 1]
     for gi in range(xgs.shape[0]):
         s = np.float32(0.0)
-        for kk in range(gi * g, min(k, (gi + 1) * g)):
+        for kk in range(np.uint64(gi * g), np.uint64(min(k, (gi + 1) * g))):
             s += x[kk]
         xgs[gi] = s
 
