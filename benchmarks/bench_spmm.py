@@ -10,8 +10,13 @@ BLAS, Numba and torch to the same count).  Targets from the issue (same-run medi
   dense NumPy and scipy.sparse CSR beside them.
 
 Each case runs memwall and its baselines back to back (15 rounds each, scipy 5), so a ratio compares
-timings taken seconds apart; on the shared 2-core host a neighbour process still shifts single runs, so
-look at a few runs (or ``MEMWALL_BENCH_THREADS=1`` for the per-core picture).
+timings taken seconds apart; on the shared 2-core host a neighbour process still shifts single runs.  The
+memwall entry of a targeted case therefore also times memwall and its baselines in interleaved rounds
+(``interleaved`` in the table, :func:`memwall.simulator.validate.interleaved_ratios`; the target is judged on
+it, as for the GEMM benchmarks).  The two regimes differ beyond the noise: back to back, a baseline re-reads
+weights that partly stayed in the last-level cache; interleaved, every call finds the other's data there, as
+a layer does in a forward pass (2:4 vs dense: 1.1-1.6x back to back, 1.8-1.9x interleaved; CSR 65%: 1.3-2.0x
+and 1.3x).
 
 The sweep (``memwall.kernels.spmm.crossover_sweep``) times every format against dense over sparsities and
 reports the interpolated crossover sparsity in ``extra_info["table"]``:
@@ -27,6 +32,7 @@ import pytest
 
 from memwall.kernels import BSRMatrix, CSRMatrix, NMSparseMatrix, spmm
 from memwall.kernels.spmm import crossover_sweep
+from memwall.simulator.validate import interleaved_ratios
 
 ROWS = COLS = int(os.environ.get("MEMWALL_SPMM_N", "4096"))
 BATCH = 64
@@ -92,6 +98,12 @@ def test_spmm(benchmark, data, matrices, fmt, s, targets, impl):
         benchmark.extra_info.update(impl="memwall", ops=2 * A.nnz * BATCH, targets=targets)
         out = benchmark.pedantic(spmm, args=(A, X), rounds=ROUNDS, iterations=1, warmup_rounds=2)
         assert np.allclose(out, A.to_scipy() @ X, rtol=1e-3, atol=1e-2)
+        if targets:  # the targeted ratios again, memwall and its baselines in interleaved rounds
+            fns = {"memwall": lambda: spmm(A, X), "numpy": lambda: W @ X}
+            if "scipy" in targets:
+                S = A.to_scipy()
+                fns["scipy"] = lambda: S @ X
+            benchmark.extra_info["interleaved"] = interleaved_ratios(fns, rounds=6)
     elif impl == "scipy":
         S = A.to_scipy()
         benchmark.extra_info.update(impl="scipy", ops=2 * S.nnz * BATCH)
