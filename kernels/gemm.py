@@ -1698,6 +1698,12 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
     pw = _check_packed(packed)
     if act_quant is None:
         act_quant = "int8" if pw.bits == 8 else "none"
+    if (pw.bits == 4 and bias is None and act_quant in ("none", "int16") and type(x) is np.ndarray
+            and x.dtype == np.float32 and x.flags.c_contiguous and x.shape[-1] == pw.in_features
+            and (x.ndim == 1 or (x.ndim == 2 and x.shape[0] == 1))):
+        y = _int4_gemv_lean(x.reshape(-1), pw, act_quant)  # one token: as int4_gemv's type-checked entry
+        if y is not None:
+            return y if x.ndim == 1 else y.reshape(1, -1)
     check_choice(act_quant, "act_quant", ("int8", "int16", "none"))
     p = _resolve_path(path)
     x2, one = _activations(x, pw.in_features)

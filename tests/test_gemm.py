@@ -609,8 +609,11 @@ def test_int4_gemv_a16_matches_reference(n, shape, sym, seed):
     y = G.int4_gemv(x[0], pw, bias, act_quant="int16")
     assert y.shape == (n,)
     assert_close(y, want[0], terms[0])
-    # without bias: the lean entry (type checks only; the kernel checks x is finite)
-    assert_close(G.int4_gemv(x[0], pw, act_quant="int16"), want[0] - bias, terms[0])
+    # without bias: the lean entry (type checks only; the kernel checks x is finite), also from quantized_linear
+    y0 = G.int4_gemv(x[0], pw, act_quant="int16")
+    assert_close(y0, want[0] - bias, terms[0])
+    np.testing.assert_array_equal(G.quantized_linear(x[:1], pw, act_quant="int16"), y0[None])
+    np.testing.assert_array_equal(G.quantized_linear(x[0], pw, act_quant="none"), G.int4_gemv(x[0], pw))
     assert_close(G._int4_gemv_raw(G._round_a16(x, pw)[0], pw, bias), want[0], terms[0])
     np.testing.assert_array_equal(G.quantized_linear(x, pw, bias, act_quant="int16")[0], y)
 
@@ -646,6 +649,9 @@ def test_a16_bad_input(rng):
             G.int4_gemv(bad, pw, np.zeros(4, np.float32), act_quant="int16")
         with pytest.raises(ValueError, match="x"):
             G.int4_gemv(bad, pw)
+        for aq in ("none", "int16"):
+            with pytest.raises(ValueError, match="x"):
+                G.quantized_linear(bad[None], pw, act_quant=aq)
 
 
 def test_int4_gemv_generic_and_ir_kernels_agree(rng):
