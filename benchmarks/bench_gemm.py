@@ -171,33 +171,31 @@ def test_bench_int4_gemv_cold(benchmark, int4_weights, act, impl):
     label = "float32 activations" if act == "none" else "A16: int16 activations"
     benchmark.group = f"int4_gemv {GEMV_N}x{GEMV_K} g{GEMV_GROUP} cold, {label}"
     x = _f32(GEMV_K, 8)
+    n3 = nbytes // 24  # a triad whose STREAM-counted bytes (24 per element) equal the GEMV's weight bytes
+
+    def gemv(xv, c):
+        return G.int4_gemv(xv, c, act_quant=act)
+
+    # every implementation rotates through copies that together exceed the last-level cache (built on demand:
+    # the NumPy copies alone take ~200 MB)
+    runners = {
+        "memwall": lambda: _Rotor(gemv, [(x, c) for c in copies]),
+        "numpy": lambda: _Rotor(np.matmul, [(c, x) for c in [w] + [w.copy() for _ in range(_copies(w.nbytes) - 1)]]),
+        "stream-triad": lambda: _Rotor(_triad_kernel, [(np.zeros(n3), np.ones(n3), np.full(n3, 2.0), 3.0,
+                                                        get_num_threads()) for _ in range(_copies(24 * n3))]),
+    }
+    run = runners[impl]()
     if impl == "memwall":
         benchmark.extra_info.update(impl=impl, bytes=nbytes, ops=2 * GEMV_N * GEMV_K, copies=len(copies),
                                     targets={"stream-triad": 0.8, "numpy": 5.0}, act_quant=act)
         ref = copies[0].dequantize().astype(np.float64) @ x
-        assert np.abs(G.int4_gemv(x, copies[0], act_quant=act) - ref).max() < 1e-3 * np.abs(ref).max()
-
-        def gemv(xv, c):
-            return G.int4_gemv(xv, c, act_quant=act)
-        run = _Rotor(gemv, [(x, c) for c in copies])
-        wf = [w] + [w.copy() for _ in range(_copies(w.nbytes) - 1)]
-        n3 = nbytes // 24
-        tri = [(np.zeros(n3), np.ones(n3), np.full(n3, 2.0), 3.0, get_num_threads()) for _ in range(_copies(24 * n3))]
+        assert np.abs(gemv(x, copies[0]) - ref).max() < 1e-3 * np.abs(ref).max()
         benchmark.extra_info["interleaved"] = interleaved_ratios(
-            {"memwall": _Rotor(gemv, [(x, c) for c in copies]), "numpy": _Rotor(np.matmul, [(c, x) for c in wf]),
-             "stream-triad": _Rotor(_triad_kernel, tri)})
-        del wf, tri
+            {"memwall": run, "numpy": runners["numpy"](), "stream-triad": runners["stream-triad"]()})
     elif impl == "stream-triad":
-        # a triad whose STREAM-counted bytes (24 per element) equal the GEMV's weight bytes, rotating cold
-        n = nbytes // 24
-        sets = [(np.zeros(n), np.ones(n), np.full(n, 2.0), 3.0, get_num_threads())
-                for _ in range(_copies(3 * 8 * n))]
-        benchmark.extra_info.update(impl=impl, bytes=24 * n, copies=len(sets))
-        run = _Rotor(_triad_kernel, sets)
+        benchmark.extra_info.update(impl=impl, bytes=24 * n3, copies=len(run.argsets))
     else:
-        wf = [w] + [w.copy() for _ in range(_copies(w.nbytes) - 1)]
-        benchmark.extra_info.update(impl=impl, bytes=w.nbytes, ops=2 * GEMV_N * GEMV_K, copies=len(wf))
-        run = _Rotor(np.matmul, [(c, x) for c in wf])
+        benchmark.extra_info.update(impl=impl, bytes=w.nbytes, ops=2 * GEMV_N * GEMV_K, copies=len(run.argsets))
     for _ in range(3):
         run()
     benchmark.pedantic(run, rounds=21, iterations=1, warmup_rounds=2)

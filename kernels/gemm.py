@@ -1330,7 +1330,7 @@ def _wo4_fused(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarr
     m, k = x.shape
     n = pw.out_features
     nb = pw._q4u.shape[1]
-    gb = nb if pw.n_groups == 1 else pw.group_size // 2
+    gb = _group_bytes(pw)
     mpad = -(-m // 16) * 16
     # activations transposed to (2 * nb, mpad) in chunk order: row 2i + 16h + l of step i (i % 16 == 0) is input
     # 2 * (i + l) + h (low nibbles of the step's 16 bytes first, then the high nibbles)
@@ -1408,7 +1408,7 @@ def _weight_only_blas(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> n
     out = np.empty((m, n), dtype=np.float32)
     rows = max(1, min(n, _WO_BLOCK_BYTES // max(4 * k, 1)))
     buf = np.empty((rows, k), dtype=np.float32)
-    gb = (pw._q4u.shape[1] if pw.n_groups == 1 else pw.group_size // 2) if pw.bits == 4 else 1
+    gb = _group_bytes(pw) if pw.bits == 4 else 1
     for r0 in range(0, n, rows):
         blk = buf[: min(rows, n - r0)]
         if pw.bits == 4:
@@ -1427,7 +1427,7 @@ def _wo4_ir_ok(pw: PackedWeights) -> bool:
     if _DEFAULT_PATH != "vnni":
         return False
     nb = pw._q4u.shape[1]
-    gb = nb if pw.n_groups == 1 else pw.group_size // 2
+    gb = _group_bytes(pw)
     return nb % 16 == 0 and gb % 16 == 0
 
 
@@ -1457,7 +1457,7 @@ def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -
         return _weight_only_blas(x, pw, bias_v)
     out = np.empty((m, n), dtype=np.float32)
     if pw.bits == 4:
-        gb = pw._q4u.shape[1] if pw.n_groups == 1 else pw.group_size // 2
+        gb = _group_bytes(pw)
         _weight_only_gemm_kernel(x, 4, pw._q4u, _EMPTY_I8_2D, pw.scale, pw._zp8, _EMPTY_F32, _EMPTY_I32,
                                  gb, bias_v, out)
     else:
@@ -1494,6 +1494,11 @@ def _gemv_split_kernel(x, g, xe, xo, xgs):  # pragma: no cover - compiled
         xgs[gi] = s
 
 
+def _group_bytes(pw: PackedWeights) -> int:
+    """Packed bytes per INT4 weight group of a row (the whole row for one group)."""
+    return pw._q4u.shape[1] if pw.n_groups == 1 else pw.group_size // 2
+
+
 def _a16_group(pw: PackedWeights) -> int:
     """Inputs per activation group of the A16 rounding: the weight group, or the whole row for one group."""
     return pw.in_features if pw.n_groups == 1 else pw.group_size
@@ -1515,50 +1520,43 @@ def _round_a16(x2: np.ndarray, pw: PackedWeights) -> np.ndarray:
 _NO_BIAS = np.zeros(0, dtype=np.float32)
 
 
-def _int4_gemv_lean(x: np.ndarray, pw: PackedWeights, act_quant):
-    """The AVX-512 GEMV kernels (``act_quant`` "none" or "int16") without bias on an x validated by type; None
-    where they do not apply or x is not finite (the caller's full path then takes over, and raises)."""
-    nb = pw._q4u.shape[1]
-    gb = nb if pw.n_groups == 1 else pw.group_size >> 1
+def _int4_gemv_vnni(x: np.ndarray, pw: PackedWeights, act_quant: str, bias_v: np.ndarray):
+    """One token on the AVX-512 GEMV kernel of ``act_quant`` ("none": float activations, "int16": the A16
+    kernel); None where it does not apply (no VNNI path, groups not whole 16- / 64-byte chunks) or x is not
+    finite (the kernels check)."""
+    gb = _group_bytes(pw)
     if _DEFAULT_PATH != "vnni":
         return None
     out = np.empty(pw.out_features, dtype=np.float32)
     if act_quant == "int16" and gb % 64 == 0:
-        bad = _int4_gemv_a16_kernel(x, _a16_group(pw), pw._q4u, pw.scale, pw._zp8, pw._zp_used, _NO_BIAS, out, gb)
+        bad = _int4_gemv_a16_kernel(x, _a16_group(pw), pw._q4u, pw.scale, pw._zp8, pw._zp_used, bias_v, out, gb)
     elif act_quant == "none" and gb % 16 == 0:
-        bad = _int4_gemv_zmm_kernel(x, pw.group_size, pw._q4u, pw.scale, pw._zp8, pw._zp_used, _NO_BIAS, out, gb)
+        bad = _int4_gemv_zmm_kernel(x, pw.group_size, pw._q4u, pw.scale, pw._zp8, pw._zp_used, bias_v, out, gb)
     else:
         return None
     return out if bad < 0 else None
 
 
 def _int4_gemv_a16(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
-    """One token, activations rounded to 16-bit fixed point: the VNNI integer kernel where the groups span whole
-    64-byte chunks, else the float kernel on the rounded activations (the same numbers either way)."""
-    nb = pw._q4u.shape[1]
-    gb = nb if pw.n_groups == 1 else pw.group_size // 2
-    if _DEFAULT_PATH != "vnni" or gb % 64:
-        return _int4_gemv_raw(_round_a16(x[None], pw)[0], pw, bias_v)
-    out = np.empty(pw.out_features, dtype=np.float32)
-    if _int4_gemv_a16_kernel(x, _a16_group(pw), pw._q4u, pw.scale, pw._zp8, pw._zp_used, bias_v, out, gb) >= 0:
-        raise AssertionError("x: non-finite values after validation")  # pragma: no cover - checked by the caller
-    return out
+    """One token (finite x), activations rounded to 16-bit fixed point: the VNNI integer kernel where the groups
+    span whole 64-byte chunks, else the float kernels on the rounded activations (the same numbers either way)."""
+    y = _int4_gemv_vnni(x, pw, "int16", bias_v)
+    return y if y is not None else _int4_gemv_raw(_round_a16(x[None], pw)[0], pw, bias_v)
 
 
 def _int4_gemv_raw(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
+    """One token (finite x), float activations: the AVX-512 kernel, else the portable one."""
+    y = _int4_gemv_vnni(x, pw, "none", bias_v)
+    if y is not None:
+        return y
     nb = pw._q4u.shape[1]
     g = pw.group_size
-    gb = nb if pw.n_groups == 1 else g // 2
     out = np.empty(pw.out_features, dtype=np.float32)
-    if _DEFAULT_PATH == "vnni" and gb % 16 == 0:
-        if _int4_gemv_zmm_kernel(x, g, pw._q4u, pw.scale, pw._zp8, pw._zp_used, bias_v, out, gb) >= 0:
-            raise AssertionError("x: non-finite values after validation")  # pragma: no cover - checked by the caller
-        return out
     xe = np.empty(nb, dtype=np.float32)
     xo = np.empty(nb, dtype=np.float32)
     xgs = np.empty(pw.n_groups, dtype=np.float32)
-    _gemv_split_kernel(x, g, xe, xo, xgs)  # one pass instead of five NumPy temporaries (~15 us per call)
-    _int4_gemv_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, bias_v, out, gb)
+    _gemv_split_kernel(x, g, xe, xo, xgs)  # one pass instead of five NumPy temporaries
+    _int4_gemv_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, bias_v, out, _group_bytes(pw))
     return out
 
 
@@ -1609,7 +1607,7 @@ def int4_gemv(x, packed: PackedWeights, bias=None, *, act_quant: str = "none") -
             and x.ndim == 1 and x.flags.c_contiguous and packed.bits == 4 and x.shape[0] == packed.in_features):
         # the common call, checked in a few attribute tests (the kernel checks x is finite): after a GEMV the
         # weights have flushed the caches, and the full validation below costs ~10% of a 4096x4096 GEMV
-        y = _int4_gemv_lean(x, packed, act_quant)
+        y = _int4_gemv_vnni(x, packed, act_quant, _NO_BIAS)
         if y is not None:
             return y
     pw = _check_packed(packed, 4)
@@ -1701,7 +1699,7 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
     if (pw.bits == 4 and bias is None and act_quant in ("none", "int16") and type(x) is np.ndarray
             and x.dtype == np.float32 and x.flags.c_contiguous and x.shape[-1] == pw.in_features
             and (x.ndim == 1 or (x.ndim == 2 and x.shape[0] == 1))):
-        y = _int4_gemv_lean(x.reshape(-1), pw, act_quant)  # one token: as int4_gemv's type-checked entry
+        y = _int4_gemv_vnni(x.reshape(-1), pw, act_quant, _NO_BIAS)  # one token: int4_gemv's type-checked entry
         if y is not None:
             return y if x.ndim == 1 else y.reshape(1, -1)
     check_choice(act_quant, "act_quant", ("int8", "int16", "none"))
