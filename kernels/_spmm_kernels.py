@@ -28,6 +28,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from ._sched import fetch_add as _fetch_add
+
 # 2**(e - 25) for the float16 exponent field e (e = 0: subnormals, 2**-24 per mantissa unit; e = 31: inf).
 _H2F = np.array([2.0 ** (max(e, 1) - 25) for e in range(31)] + [np.inf], dtype=np.float32)
 
@@ -475,23 +477,6 @@ def _make_nm_row(nv):
         return sig, codegen
 
     return nm_row
-
-
-@intrinsic
-def _fetch_add(typingctx, counter, idx):
-    """Atomically ``old = counter[idx]; counter[idx] += 1; return old`` (int64 array): the work queue of the
-    mm kernels.  Each thread takes the next chunk of rows when it is done with its last one, so a thread that
-    loses its core to another process for a while does not hold the others up (a static schedule would);
-    every chunk writes only its own rows in a fixed order, so who computes it does not change the result."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and isinstance(idx, types.Integer)):
-        return None
-    sig = types.int64(counter, idx)
-
-    def codegen(context, builder, signature, args):
-        e = _Emit(context, builder, signature, args)
-        return builder.atomic_rmw("add", e.ptr(0, e.i64(1)), e.c64(1), "monotonic")
-
-    return sig, codegen
 
 
 _csr_row = [None] + [_make_csr_row(nv) for nv in (1, 2, 3, 4)]

@@ -1,0 +1,80 @@
+"""Work distribution of the parallel kernels: atomic counters that the threads take task numbers from.
+
+A static schedule (``prange`` over the tasks) fixes each thread's share before the call starts, so the call
+lasts as long as its slowest thread.  On a shared machine the two cores of this project's VM are slowed
+independently (co-tenants on the cores' sibling hyperthreads: measured uncorrelated between the two vCPUs,
+one below 80% of its median while the other ran above 90% in a quarter of 100 ms windows).
+
+Two schemes, both built on :func:`fetch_add`:
+
+* one shared queue (``fetch_add(queue, 0)``): a thread takes the next task when it is done with its last one;
+* :func:`next_task`, per-thread ranges with stealing: thread ``w`` first takes the tasks of its own contiguous
+  range, in order, then helps empty the others' ranges.  While no core runs slow, every thread streams through
+  one contiguous range, as with a static split (the hardware and software prefetches keep running ahead);
+  measured on the cold INT4 GEMV, a single queue of 128-row items lost 5% to a static split in calm phases,
+  this scheme won 4-8% over it.
+
+Usage inside a compiled kernel (``workers`` = the thread count, passed in by the caller)::
+
+    queue = task_queues(workers)
+    for w in prange(workers):
+        t, done = next_task(queue, w, workers, ntask, 0)
+        while t < ntask:
+            ...                       # task t: writes only its own outputs, in a fixed order
+            t, done = next_task(queue, w, workers, ntask, done)
+
+Every task writes its own outputs in an order that does not depend on which thread runs it, so results stay
+bit-identical for any thread count.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+_I64 = ir.IntType(64)
+
+
+@intrinsic
+def fetch_add(typingctx, counter, idx):
+    """Atomically ``old = counter[idx]; counter[idx] += 1; return old`` (``counter``: an int64 array)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and isinstance(idx, types.Integer)):
+        return None
+    sig = types.int64(counter, idx)
+
+    def codegen(context, builder, signature, args):
+        counter_v, idx_v = args
+        st = signature.args
+        idx_v = context.cast(builder, idx_v, st[1], types.int64)
+        ary = context.make_array(st[0])(context, builder, counter_v)
+        ptr = builder.gep(builder.bitcast(ary.data, _I64.as_pointer()), [idx_v])
+        return builder.atomic_rmw("add", ptr, ir.Constant(_I64, 1), "monotonic")
+
+    return sig, codegen
+
+
+#: int64 slots between two threads' counters: one 64-byte line each, so the owners' updates do not contend
+_STRIDE = 8
+
+
+@njit(inline="always")
+def task_queues(workers):  # pragma: no cover - compiled
+    """The counters of :func:`next_task` for ``workers`` threads (all zero: nothing taken)."""
+    return np.zeros(_STRIDE * workers, np.int64)
+
+
+@njit(inline="always")
+def next_task(queue, w, workers, ntask, done):  # pragma: no cover - compiled
+    """``(t, done)``: the next task of thread ``w`` out of ``ntask`` (``ntask`` when none is left).
+
+    Range ``r`` holds tasks ``[r * ntask // workers, (r + 1) * ntask // workers)`` and counts in
+    ``queue[_STRIDE * r]`` how many of them were taken.  Thread ``w`` takes from ranges ``w, w + 1, ...`` (mod
+    ``workers``), moving on when one is empty; ``done`` (0 at the start) is how many it has found empty."""
+    while done < workers:
+        r = (w + done) % workers
+        t = r * ntask // workers + fetch_add(queue, _STRIDE * r)
+        if t < (r + 1) * ntask // workers:
+            return t, done
+        done += 1
+    return ntask, done
