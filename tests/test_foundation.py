@@ -7,7 +7,12 @@ import sys
 import numpy as np
 import pytest
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit, prange
+
 from memwall.kernels import _validate as v
+from memwall.kernels._sched import next_task, task_queues
 from memwall.simulator import cli
 
 
@@ -105,3 +110,43 @@ def test_bench_report_ratios_and_the_interleaved_judgement():
     assert by[("g", "torch")]["memwall_speedup"] == 0.8 and by[("g", "torch")]["met"] == "NO"
     assert "interleaved" not in by[("h", "scipy")] and by[("h", "scipy")]["met"] == "yes"  # 2.5x >= 2
     assert by[("h", "memwall")]["Gop/s"] == 2.0 and tables == []
+
+
+
+@njit(parallel=True)
+def _run_queue(ntask, workers, hits):
+    queue = task_queues(workers)
+    for w in prange(workers):
+        t, done = next_task(queue, w, workers, ntask, 0)
+        while t < ntask:
+            hits[t] += 1
+            t, done = next_task(queue, w, workers, ntask, done)
+
+
+@njit
+def _take_all(queue, w, workers, ntask):
+    """Every task thread w gets when it runs alone (the others never start)."""
+    got = []
+    t, done = next_task(queue, w, workers, ntask, 0)
+    while t < ntask:
+        got.append(t)
+        t, done = next_task(queue, w, workers, ntask, done)
+    return got
+
+
+@settings(max_examples=40, deadline=None)
+@given(ntask=st.integers(0, 300), workers=st.integers(1, 5))
+def test_next_task_hands_out_every_task_once(ntask, workers):
+    """Whatever the thread count and however the threads interleave, each task runs exactly once."""
+    hits = np.zeros(ntask, np.int64)
+    _run_queue(ntask, workers, hits)
+    assert (hits == 1).all()
+
+
+def test_next_task_takes_the_own_range_first_then_the_others():
+    """A thread streams through its own contiguous range in order, then empties the next ranges (stealing);
+    a thread that arrives after that finds nothing left."""
+    ntask, workers = 10, 3  # ranges [0, 3), [3, 6), [6, 10)
+    queue = task_queues(workers)
+    assert list(_take_all(queue, 1, workers, ntask)) == [3, 4, 5, 6, 7, 8, 9, 0, 1, 2]
+    assert list(_take_all(queue, 0, workers, ntask)) == []
