@@ -260,7 +260,7 @@ def _store_tile(tile, ldt, r0, rows, c0, cols, n, c, out, epi, has_zp, sa, za, r
 
 
 if has_avx512_vnni():
-    from ._vnni import KB, make_microkernel, prefetch_l2, sfence
+    from ._vnni import KB, make_microkernel, prefetch_l2, sfence, store_nt16
 
     _mk = make_microkernel(MR, NV)
     _mk1 = make_microkernel(1, NV, MR)  # one row of an MR panel: short edges and GEMV-like M
@@ -305,10 +305,11 @@ if has_avx512_vnni():
         (:func:`._sched.next_task`).  A task first packs its row block (+128 per byte,
         ``[panel][block][MR][64]``) into a buffer that then stays in its L2, and for each of its B panels walks
         K in chunks of ``kc4`` groups of 4 (the B chunk, kc4 * 4 * NR bytes, stays in L1) and, per chunk, every
-        A panel.  Partial tiles wait in a per-task int32 buffer between chunks; in the last chunk a full tile goes from the registers
-        straight to c (non-temporal with ``nt``: c 64-byte aligned, n % 16 == 0), and an edge tile or a
-        dequantized one is written right after its last micro-kernel call, so the output traffic overlaps
-        the arithmetic."""
+        A panel.  Partial tiles wait in a per-task int32 buffer (cbuf) between chunks.  In the last chunk a
+        full tile goes to c: with ``nt`` (c 64-byte aligned, n % 16 == 0) it waits in cbuf and the next
+        micro-kernel call streams it out with non-temporal stores between its K blocks (the task's last tile at
+        its end); without, straight from the registers.  An edge tile or a dequantized one is written right
+        after its last micro-kernel call."""
         mpan = (m + MR - 1) // MR
         npan = (n + NR - 1) // NR
         nmb = (mpan + mb_panels - 1) // mb_panels
@@ -320,6 +321,9 @@ if has_avx512_vnni():
         queue = task_queues(nw)
         for w in prange(nw):
             t, done = next_task(queue, w, nw, ntask, 0)
+            pend = 0  # lines of a full tile waiting in cbuf[pend_src:] for c[pend_dst:] (written by the next call)
+            pend_src = 0
+            pend_dst = 0
             while t < ntask:
                 mb = t // njc
                 jc = t - mb * njc
@@ -356,20 +360,33 @@ if has_avx512_vnni():
                             a_base = ((ip - ip0) * nkb + kc // KB) * MR * 4 * KB
                             t_off = (ip - ip0) * MR * NR
                             rows = min(MR, m - ip * MR)
-                            if last and epi == 0 and rows == MR and cols == NR:
+                            full = last and epi == 0 and rows == MR and cols == NR
+                            if full and not nt:  # straight from the registers to c
                                 _mk(abuf, a_base, bp, b_off, kn, cbuf, t_off, NR, first, comp, jp * NR,
-                                    c, ip * MR * n + jp * NR, n, nt)
+                                    c, ip * MR * n + jp * NR, n, cbuf, pend_src, c, pend_dst, n, pend)
+                                pend = 0
                                 continue
                             if rows > MR // 2:
                                 _mk(abuf, a_base, bp, b_off, kn, cbuf, t_off, NR, first, comp, jp * NR,
-                                    cbuf, t_off, NR, 0)
+                                    cbuf, t_off, NR, cbuf, pend_src, c, pend_dst, n, pend)
+                                pend = 0
                             else:  # a short edge panel: one row at a time instead of MR rows of padding
                                 for r in range(rows):
                                     _mk1(abuf, a_base + 4 * KB * r, bp, b_off, kn, cbuf, t_off + r * NR, NR, first,
-                                         comp, jp * NR, cbuf, t_off + r * NR, NR, 0)
-                            if last:
+                                         comp, jp * NR, cbuf, t_off + r * NR, NR, cbuf, pend_src, c, pend_dst, n,
+                                         pend)
+                                    pend = 0
+                            if full:  # non-temporal: the next call streams the tile out between its K blocks
+                                pend = 2 * MR
+                                pend_src = t_off
+                                pend_dst = ip * MR * n + jp * NR
+                            elif last:
                                 _store_tile(cbuf[t_off:], NR, ip * MR, rows, jp * NR, cols, n,
                                             c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
+                for ln in range(pend):  # the task's last tile, before its cbuf goes
+                    r = ln // NV
+                    store_nt16(c, pend_dst + r * n + 16 * (ln - r * NV), cbuf, pend_src + r * NR + 16 * (ln - r * NV))
+                pend = 0
                 t, done = next_task(queue, w, nw, ntask, done)
             if nt:
                 sfence()
@@ -1048,9 +1065,10 @@ if has_avx512_vnni():
         :func:`._wo_ir.make_int4_rows_a16` (nibbles x 16-bit fixed-point activations on ``vpdpbusd``).
 
         ``_GEMV_RB`` rows per task with a software prefetch of the rows two tasks ahead; ``workers`` threads take
-        ``_GEMV_CHUNK`` tasks at a time, from their own range of rows first (:func:`._sched.next_task`).  Asymmetric weights (``has_zp``) subtract
-        ``scale * zero_point * xgs`` (zero_point = zp8 - 8) per (row, group).  Returns -1, or the index of the
-        first non-finite entry of x (then nothing is computed: :func:`_first_nonfinite`)."""
+        ``_GEMV_CHUNK`` tasks at a time, from their own range of rows first (:func:`._sched.next_task`).
+        Asymmetric weights (``has_zp``) subtract ``scale * zero_point * xgs`` (zero_point = zp8 - 8) per (row,
+        group).  Returns -1, or the index of the first non-finite entry of x (then nothing is computed:
+        :func:`_first_nonfinite`)."""
         bad = _first_nonfinite(x)
         if bad >= 0:
             return bad
