@@ -131,7 +131,7 @@ DRAIN_PER_BLOCK = 3
 
 def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
     """An intrinsic ``mk(ap, a_off, bp, b_off, k4n, cin, cin_off, ldin, first, init, init_off, cout, cout_off,
-    ldout, dsrc, dsrc_off, ddst, ddst_off, lddst, ndrain)``.
+    ldout, dsrc, dsrc_off, ddst, ddst_off, lddst, ndrain, dnt)``.
 
     ``ap``/``bp``/``cin``/``init``/``cout`` are 1-D arrays (uint8 / int8 / int32 / int32 / int32); offsets are
     element offsets; ``k4n`` the number of K groups of 4.  The accumulators start from
@@ -146,11 +146,13 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
     ``k4n % KB`` groups.
 
     Drain: the call also writes ``ndrain`` 64-byte lines of an earlier tile, waiting at ``dsrc[dsrc_off:]``
-    (rows of ``16 * nv`` int32), to ``ddst[ddst_off:]`` (leading dimension ``lddst``; every row start 64-byte
-    aligned: the caller checks) with non-temporal stores: line ``l`` is 16 values of row ``l // nv``,
-    ``DRAIN_PER_BLOCK`` lines at the start of each K block, the rest after the K loop.  A tile's 24 stores in a
-    burst at the end of its own call kept the fill buffers busy while the next call's loads missed L1 (measured:
-    the whole int32 output cost 11-14% of a 1024^3 GEMM; streamed this way, 2 threads went 757 -> 833 Gop/s).
+    (rows of ``16 * nv`` int32), to ``ddst[ddst_off:]`` (leading dimension ``lddst``): line ``l`` is 16 values of
+    row ``l // nv``, ``DRAIN_PER_BLOCK`` lines at the start of each K block, the rest after the K loop;
+    non-temporal stores when ``dnt`` != 0 (every destination row start 64-byte aligned: the caller checks),
+    plain ones otherwise.  A tile's 24 stores in a burst at the end of its own call kept the fill buffers busy
+    while the next call's loads missed L1 (measured: the whole int32 output cost 11-14% of a 1024^3 GEMM;
+    streamed this way, 2 threads went 757 -> 833 Gop/s; with plain stores at 1000^3 and 1023^3, 654-675 ->
+    744-751 Gop/s).
     """
     nr = 16 * nv
     a_rows = mr if a_rows is None else a_rows
@@ -175,7 +177,7 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
         co0 = builder.gep(data(11, _I32), [i64(12)])
         ds0 = builder.gep(data(14, _I32), [i64(15)])
         dd0 = builder.gep(data(16, _I32), [i64(17)])
-        ldd_v, nd_v = i64(18), i64(19)
+        ldd_v, nd_v, dnt_v = i64(18), i64(19), i64(20)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), _VPDPBUSD)
 
         def vload(ptr, off):
@@ -186,8 +188,12 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
             row, vec = builder.udiv(line, c64(nv)), builder.urem(line, c64(nv))
             val = vload(ds0, builder.add(builder.mul(row, c64(nr)), builder.mul(vec, c64(16))))
             dst = builder.gep(dd0, [builder.add(builder.mul(row, ldd_v), builder.mul(vec, c64(16)))])
-            store = builder.store(val, builder.bitcast(dst, _V16.as_pointer()), align=64)
-            store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
+            with builder.if_else(builder.icmp_signed("!=", dnt_v, c64(0))) as (non_temporal, plain):
+                with non_temporal:
+                    store = builder.store(val, builder.bitcast(dst, _V16.as_pointer()), align=64)
+                    store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
+                with plain:
+                    builder.store(val, builder.bitcast(dst, _V16.as_pointer()), align=4)
 
         def drain_block(kb):
             for j in range(DRAIN_PER_BLOCK):
@@ -243,12 +249,13 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
 
     @intrinsic
     def mk(typingctx, ap, a_off, bp, b_off, k4n, cin, cin_off, ldin, first, init, init_off, cout, cout_off, ldout,
-           dsrc, dsrc_off, ddst, ddst_off, lddst, ndrain):
-        ints = (a_off, b_off, k4n, cin_off, ldin, first, init_off, cout_off, ldout, dsrc_off, ddst_off, lddst, ndrain)
+           dsrc, dsrc_off, ddst, ddst_off, lddst, ndrain, dnt):
+        ints = (a_off, b_off, k4n, cin_off, ldin, first, init_off, cout_off, ldout, dsrc_off, ddst_off, lddst, ndrain,
+                dnt)
         if not all(isinstance(t, types.Integer) for t in ints):
             return None
         sig = types.void(ap, a_off, bp, b_off, k4n, cin, cin_off, ldin, first, init, init_off, cout, cout_off,
-                         ldout, dsrc, dsrc_off, ddst, ddst_off, lddst, ndrain)
+                         ldout, dsrc, dsrc_off, ddst, ddst_off, lddst, ndrain, dnt)
         return sig, codegen
 
     mk.__name__ = f"vnni_mk_{mr}x{nr}_a{a_rows}"

@@ -306,10 +306,10 @@ if has_avx512_vnni():
         ``[panel][block][MR][64]``) into a buffer that then stays in its L2, and for each of its B panels walks
         K in chunks of ``kc4`` groups of 4 (the B chunk, kc4 * 4 * NR bytes, stays in L1) and, per chunk, every
         A panel.  Partial tiles wait in a per-task int32 buffer (cbuf) between chunks.  In the last chunk a
-        full tile goes to c: with ``nt`` (c 64-byte aligned, n % 16 == 0) it waits in cbuf and the next
-        micro-kernel call streams it out with non-temporal stores between its K blocks (the task's last tile at
-        its end); without, straight from the registers.  An edge tile or a dequantized one is written right
-        after its last micro-kernel call."""
+        full int32 tile waits in cbuf too, and the next micro-kernel call streams it out to c between its K
+        blocks (the task's last tile at the task's end), with non-temporal stores where ``nt`` (c 64-byte
+        aligned, n % 16 == 0).  An edge tile or a dequantized one is written right after its last micro-kernel
+        call."""
         mpan = (m + MR - 1) // MR
         npan = (n + NR - 1) // NR
         nmb = (mpan + mb_panels - 1) // mb_panels
@@ -360,33 +360,34 @@ if has_avx512_vnni():
                             a_base = ((ip - ip0) * nkb + kc // KB) * MR * 4 * KB
                             t_off = (ip - ip0) * MR * NR
                             rows = min(MR, m - ip * MR)
-                            full = last and epi == 0 and rows == MR and cols == NR
-                            if full and not nt:  # straight from the registers to c
-                                _mk(abuf, a_base, bp, b_off, kn, cbuf, t_off, NR, first, comp, jp * NR,
-                                    c, ip * MR * n + jp * NR, n, cbuf, pend_src, c, pend_dst, n, pend)
-                                pend = 0
-                                continue
                             if rows > MR // 2:
                                 _mk(abuf, a_base, bp, b_off, kn, cbuf, t_off, NR, first, comp, jp * NR,
-                                    cbuf, t_off, NR, cbuf, pend_src, c, pend_dst, n, pend)
+                                    cbuf, t_off, NR, cbuf, pend_src, c, pend_dst, n, pend, nt)
                                 pend = 0
                             else:  # a short edge panel: one row at a time instead of MR rows of padding
                                 for r in range(rows):
                                     _mk1(abuf, a_base + 4 * KB * r, bp, b_off, kn, cbuf, t_off + r * NR, NR, first,
                                          comp, jp * NR, cbuf, t_off + r * NR, NR, cbuf, pend_src, c, pend_dst, n,
-                                         pend)
+                                         pend, nt)
                                     pend = 0
-                            if full:  # non-temporal: the next call streams the tile out between its K blocks
+                            if last and epi == 0 and rows == MR and cols == NR:
+                                # a full int32 tile: the next call streams it out between its K blocks
                                 pend = 2 * MR
                                 pend_src = t_off
                                 pend_dst = ip * MR * n + jp * NR
                             elif last:
                                 _store_tile(cbuf[t_off:], NR, ip * MR, rows, jp * NR, cols, n,
                                             c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
-                for ln in range(pend):  # the task's last tile, before its cbuf goes
-                    r = ln // NV
-                    store_nt16(c, pend_dst + r * n + 16 * (ln - r * NV), cbuf, pend_src + r * NR + 16 * (ln - r * NV))
-                pend = 0
+                if pend:  # the task's last tile, before its cbuf goes
+                    if nt:
+                        for ln in range(pend):
+                            r = ln // NV
+                            store_nt16(c, pend_dst + r * n + 16 * (ln - r * NV), cbuf,
+                                       pend_src + r * NR + 16 * (ln - r * NV))
+                    else:
+                        _store_tile(cbuf[pend_src:], NR, pend_dst // n, MR, pend_dst % n, NR, n,
+                                    c, out, epi, has_zp, sa, za, rsa, sb, zb, csb, bias, kk)
+                    pend = 0
                 t, done = next_task(queue, w, nw, ntask, done)
             if nt:
                 sfence()
