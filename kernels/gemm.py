@@ -1008,16 +1008,18 @@ def _a16_prep(x, g, xa, corr, sx, xgs, xr):  # pragma: no cover - compiled
             xa[o + np.uint64(192)] = lo_
 
 
-#: rows per GEMV task: several concurrent DRAM streams per thread, and the x vectors of a step loaded once for
-#: all of them (4096x4096 g128 cold, 2 threads, alternating blocks, 3 runs: float path 8 rows 6-12% faster than
-#: 4, 6 rows as 8, 16 slower; A16 kernel 8 rows ~4% faster than 4)
-_GEMV_RB = 8
-#: software prefetch distance of the INT4 GEMV, in rows (one line per row and group, two tasks ahead)
+#: rows per GEMV task: concurrent DRAM streams per thread, and the x vectors of a step loaded once for all of
+#: them.  With a static split, 8 rows were 6-12% faster than 4 (float path) and ~4% (A16); with the work ranges
+#: below, 4 rows are faster (4096x4096 g128 cold, 2 threads, interleaved with NumPy, 3 runs: float path
+#: 4.8-5.0x -> 5.0-5.5x, A16 5.3-5.5x -> 6.3x; 2 rows as 4)
+_GEMV_RB = 4
+#: software prefetch distance of the INT4 GEMV, in rows (one line per row and group, 32 KB ahead at K = 4096;
+#: 8 and 24 rows measured within noise of 16)
 _GEMV_PF_ROWS = 16
-#: tasks per item of the INT4 GEMV's work ranges (:func:`._sched.next_task`); measured cold at 4096^2,
-#: interleaved with NumPy, 2 threads, three runs: 5.0 / 5.2 / 5.4x with a static split in halves (float
-#: activations, A16), 4.7 / 4.9 / 5.1x with one queue of 16-task items, 5.2 / 5.5 / 5.8x with these ranges
-_GEMV_CHUNK = 2
+#: tasks per item of the INT4 GEMV's work ranges (:func:`._sched.next_task`): 16 rows.  Measured (8-row tasks)
+#: cold at 4096^2, interleaved with NumPy, 2 threads, three runs: 5.0 / 5.2 / 5.4x with a static split in halves
+#: (float activations, A16), 4.7 / 4.9 / 5.1x with one queue of 128-row items, 5.2 / 5.5 / 5.8x with these ranges
+_GEMV_CHUNK = 4
 
 if has_avx512_vnni():
     from ._wo_ir import make_int4_rows, make_int4_rows_a16
@@ -1065,7 +1067,7 @@ if has_avx512_vnni():
         ``gb % 64 == 0``): x is rounded by :func:`_a16_prep` (groups of ``g``) and the rows run on
         :func:`._wo_ir.make_int4_rows_a16` (nibbles x 16-bit fixed-point activations on ``vpdpbusd``).
 
-        ``_GEMV_RB`` rows per task with a software prefetch of the rows two tasks ahead; ``workers`` threads take
+        ``_GEMV_RB`` rows per task with a software prefetch ``_GEMV_PF_ROWS`` rows ahead; ``workers`` threads take
         ``_GEMV_CHUNK`` tasks at a time, from their own range of rows first (:func:`._sched.next_task`).
         Asymmetric weights (``has_zp``) subtract ``scale * zero_point * xgs`` (zero_point = zp8 - 8) per (row,
         group).  Returns -1, or the index of the first non-finite entry of x (then nothing is computed:
