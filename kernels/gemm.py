@@ -1256,8 +1256,9 @@ if has_avx512_vnni():
         16 output channels, the nibbles are dequantized (:func:`._wo_ir.make_dequant4_panel`) into a small
         float32 panel (L1) and register tiles (:func:`._wo_ir.make_wo_tile`: 8 channels x 32 tokens or 16 x 16)
         multiply it with the transposed activations ``xt`` ((2 * nb, mpad) in chunk order, mpad % 16 == 0).
-        Thread ``t`` owns a contiguous range of panels (and their outt rows); every output sums its terms in
-        one fixed order, so the thread count does not change the bits.  gb % 16 == 0, nb % 16 == 0, kcb % 16 == 0."""
+        Tasks of ``_WO_SUPER`` panels (and their outt rows), taken by ``nthr`` threads from their own range first
+        (:func:`._sched.next_task`); every output sums its terms in one fixed order, so the thread count does not
+        change the bits.  gb % 16 == 0, nb % 16 == 0, kcb % 16 == 0."""
         n, nb = q4u.shape
         ng = scale.shape[1]
         qf = q4u.reshape(n * nb)
@@ -1265,15 +1266,17 @@ if has_avx512_vnni():
         zf = zp8.reshape(n * ng)
         npan = (n + _WO_PANEL - 1) // _WO_PANEL
         ldb = 2 * kcb
-        for t in prange(nthr):
-            pa = t * npan // nthr
-            pb = (t + 1) * npan // nthr
+        nsup = (npan + _WO_SUPER - 1) // _WO_SUPER
+        queue = task_queues(nthr)
+        for w in prange(nthr):
             buf = np.zeros(_WO_PANEL * ldb, dtype=np.float32)
-            for s0 in range(pa, pb, _WO_SUPER):
+            t, done = next_task(queue, w, nthr, nsup, 0)
+            while t < nsup:
+                s0 = t * _WO_SUPER
                 for b0 in range(0, nb, kcb):
                     b1 = min(nb, b0 + kcb)
                     kc = 2 * (b1 - b0)
-                    for p in range(s0, min(pb, s0 + _WO_SUPER)):
+                    for p in range(s0, min(npan, s0 + _WO_SUPER)):
                         c0 = p * _WO_PANEL
                         if c0 + _WO_PANEL <= n:
                             if b1 < nb:  # this panel's lines of the next K block (used after SUPER panels)
@@ -1287,27 +1290,29 @@ if has_avx512_vnni():
                                 _deq4_row(qf, (c0 + r) * nb, nb, b0, b1, gb, sf, zf, (c0 + r) * ng, ng,
                                           buf[r * ldb:], ldb)
                         _wo_panel_tiles(buf, ldb, xt, 2 * b0 * mpad, mpad, kc, outt, c0)
-
+                t, done = next_task(queue, w, nthr, nsup, done)
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _wo8_fused_kernel(xt, mpad, q8, scale, zp, kcb, nthr, outt):  # pragma: no cover - compiled
         """outt (npad, mpad) += W (n, K) @ x^T for INT8 weight-only, fused as :func:`_wo4_fused_kernel`: per K
         block of ``kcb`` inputs and panel of 16 output channels, ``(q - zp) * scale`` (per channel) goes into a
         float32 panel in L1 (a vectorized loop) and the register tiles multiply it with ``xt`` ((K, mpad), the
-        activations transposed, mpad % 16 == 0).  Thread ``t`` owns a contiguous range of panels; one fixed
-        summation order per output, whatever the thread count."""
+        activations transposed, mpad % 16 == 0).  Tasks and threads as there; one fixed summation order per
+        output, whatever the thread count."""
         n, k = q8.shape
         qf = q8.reshape(n * k)
         npan = (n + _WO_PANEL - 1) // _WO_PANEL
         ldb = kcb
-        for t in prange(nthr):
-            pa = t * npan // nthr
-            pb = (t + 1) * npan // nthr
+        nsup = (npan + _WO_SUPER - 1) // _WO_SUPER
+        queue = task_queues(nthr)
+        for w in prange(nthr):
             buf = np.zeros(_WO_PANEL * ldb, dtype=np.float32)
-            for s0 in range(pa, pb, _WO_SUPER):
+            t, done = next_task(queue, w, nthr, nsup, 0)
+            while t < nsup:
+                s0 = t * _WO_SUPER
                 for k0 in range(0, k, kcb):
                     kc = min(k, k0 + kcb) - k0
-                    for p in range(s0, min(pb, s0 + _WO_SUPER)):
+                    for p in range(s0, min(npan, s0 + _WO_SUPER)):
                         c0 = p * _WO_PANEL
                         for r in range(_WO_PANEL):
                             o = np.uint64(r * ldb)
@@ -1324,6 +1329,7 @@ if has_avx512_vnni():
                                 for i in range(np.uint64(kc)):
                                     buf[o + i] = np.float32(0.0)
                         _wo_panel_tiles(buf, ldb, xt, k0 * mpad, mpad, kc, outt, c0)
+                t, done = next_task(queue, w, nthr, nsup, done)
 
     _int4_tok_rows = make_int4_rows_tokens(_WO_TOK_ROWS, _WO_TOK)
     _int4_tok_1 = make_int4_rows_tokens(1, 1)
