@@ -505,17 +505,21 @@ TASKS_PER_THREAD = 4
 
 
 def _vnni_schedule(mpan: int, npan: int, k4n: int, threads: int) -> tuple[int, int]:
-    """(A panels per row block, B panels per task): row blocks that fit L2, at least ``TASKS_PER_THREAD``
-    tasks per thread (a multiple of the thread count, so that equal cores finish together), column chunks when
-    there are too few row blocks."""
+    """(A panels per row block, B panels per task): row blocks that fit L2 (a multiple of the thread count, so
+    that equal cores finish together), then at least ``TASKS_PER_THREAD`` tasks per thread from more row blocks
+    when A is at least as large as B (each row block re-reads B, from the cache at these sizes) or else from
+    column chunks (each re-packs its row block of A: for a few rows against a large B, re-reading B from DRAM
+    per row block cost W8A8 with 32 tokens a third of its speed)."""
     if SCHEDULE == "panels":
         nmb = max(1, min(mpan, -(-2 * threads // npan)))
         return -(-mpan // nmb), 1
     want = TASKS_PER_THREAD * threads
     per_panel = MR * 4 * max(k4n, 1)
     mb_target = max(1, A_BLOCK_BYTES // per_panel)
-    nmb = max(-(-mpan // mb_target), want)
-    nmb = -(-nmb // threads) * threads
+    nmb = -(-mpan // mb_target)
+    nmb = -(-nmb // threads) * threads if nmb >= threads else nmb
+    if nmb < want and mpan * MR >= npan * NR:
+        nmb = want
     nmb = min(nmb, mpan)
     mb_panels = -(-mpan // nmb)
     nmb = -(-mpan // mb_panels)
