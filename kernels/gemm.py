@@ -507,7 +507,7 @@ TASKS_PER_THREAD = 4
 def _vnni_schedule(mpan: int, npan: int, k4n: int, threads: int) -> tuple[int, int]:
     """(A panels per row block, B panels per task): row blocks that fit L2 (a multiple of the thread count, so
     that equal cores finish together), then at least ``TASKS_PER_THREAD`` tasks per thread from more row blocks
-    when A is at least as large as B (each row block re-reads B, from the cache at these sizes) or else from
+    when A is at least half as large as B (each row block re-reads B, from the cache at these sizes) or else from
     column chunks (each re-packs its row block of A: for a few rows against a large B, re-reading B from DRAM
     per row block cost W8A8 with 32 tokens a third of its speed)."""
     if SCHEDULE == "panels":
@@ -518,7 +518,7 @@ def _vnni_schedule(mpan: int, npan: int, k4n: int, threads: int) -> tuple[int, i
     mb_target = max(1, A_BLOCK_BYTES // per_panel)
     nmb = -(-mpan // mb_target)
     nmb = -(-nmb // threads) * threads if nmb >= threads else nmb
-    if nmb < want and mpan * MR >= npan * NR:
+    if nmb < want and 2 * mpan * MR >= npan * NR:
         nmb = want
     nmb = min(nmb, mpan)
     mb_panels = -(-mpan // nmb)
