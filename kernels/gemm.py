@@ -95,7 +95,8 @@ def active_paths() -> dict[str, str]:
     return {
         "int8_gemm": "avx512-vnni (vpdpbusd 12x32 micro-kernel)" if vnni else "generic (int16-pair 12x32 IR micro-kernel, no intrinsics)",
         "int8_epi": "fused dequant epilogue on the L1 tile",
-        "int4_gemv": ("zmm IR rows (vpermps nibble lookup, vector group sums), 8 rows/task + prefetch" if vnni
+        "int4_gemv": (f"zmm IR rows (vpermps nibble lookup, vector group sums), {_GEMV_RB} rows/task + prefetch, "
+                      "per-thread row ranges with stealing" if vnni
                       else "numba (auto-vectorized)") + ", nibbles dequantized in registers; act_quant='int16': "
                      + ("A16 integer rows (nibbles x 16-bit fixed-point activations on vpdpbusd)" if vnni
                         else "activations rounded, then the float kernel"),
