@@ -373,7 +373,7 @@ if has_avx512_vnni():
                                     pend = 0
                             if last and epi == 0 and rows == MR and cols == NR:
                                 # a full int32 tile: the next call streams it out between its K blocks
-                                pend = 2 * MR
+                                pend = MR * NV
                                 pend_src = t_off
                                 pend_dst = ip * MR * n + jp * NR
                             elif last:
