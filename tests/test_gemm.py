@@ -20,7 +20,8 @@ from memwall.kernels.quant import quantize_rows_int8
 
 PATHS = G.available_paths()
 # tile edges of both paths (same MR x NR tiles; the generic path steps K in pairs, VNNI in groups of 4)
-EDGE_DIMS = sorted({0, 1, 2, 3, 4, 5, 7, G.MR - 1, G.MR, G.MR + 1, G.NR - 1, G.NR, G.NR + 1, 2 * G.NR + 1})
+EDGE_DIMS = sorted({0, 1, 2, 3, 4, 5, 7, G.MR - 1, G.MR, G.MR + 1, G.NR - 1, G.NR, G.NR + 1, 2 * G.NR + 1,
+                    G.MRG - 1, G.MRG, G.MRG + 1, G.NRG - 1, G.NRG, G.NRG + 1})  # both paths' tiles
 
 
 # ================================================================================================
