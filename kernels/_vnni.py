@@ -219,10 +219,18 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
             c_acc.append([vload(ci0, builder.add(row_off, c64(16 * v))) for v in range(nv)])
         builder.branch(pre_bb)
 
+        pf_fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
+
         def step(a_ptr, b_ptr, u, accs):
-            """One K group of 4 (``u``: index inside the block, constant or value)."""
+            """One K group of 4 (``u``: index inside the block, constant or value).  In an unrolled block, the
+            first ``mr`` steps each prefetch one row's line of the next A block into L1 (measured +1-3% at 1024^3
+            and 2048^3: the block's lines otherwise all miss L1 together at its first step)."""
             if isinstance(u, int):
                 b_off, a_off = c64(u * nr * 4), c64(4 * u)
+                if u < mr:
+                    builder.call(pf_fn, [builder.gep(a_ptr, [c64(a_rows * 64 + 64 * u)]), ir.Constant(_I32, 0),
+                                         ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
             else:
                 b_off, a_off = builder.mul(u, c64(nr * 4)), builder.mul(u, c64(4))
             bvec = [vload(b_ptr, builder.add(b_off, c64(64 * v))) for v in range(nv)]
