@@ -24,12 +24,10 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._vnni import K_LOOP_BLOCKS, emit_blocked_k_loop
+from ._vnni import TileCall, emit_blocked_k_loop
 
 _I16 = ir.IntType(16)
 _I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_I8 = ir.IntType(8)
 _V16 = ir.VectorType(_I32, 16)
 _V32H = ir.VectorType(_I16, 32)
 _V32W = ir.VectorType(_I32, 32)
@@ -69,42 +67,10 @@ def make_madd_microkernel(mr: int, nv: int, a_rows: int | None = None):
         sig = types.void(ap, a_off, bp, b_off, k2n, cin, cin_off, ldin, first, init, init_off, cout, cout_off, ldout)
 
         def codegen(context, builder, signature, args):
-            st = signature.args
             _mark_wide(builder.function)
-
-            def i64(i):
-                return context.cast(builder, args[i], st[i], types.int64)
-
-            def data(i, ty):
-                return builder.bitcast(context.make_array(st[i])(context, builder, args[i]).data, ty.as_pointer())
-
-            def c64(x):
-                return ir.Constant(_I64, x)
-
-            a0 = builder.gep(data(0, _I32), [i64(1)])
-            b0 = builder.gep(data(2, _I16), [i64(3)])
-            k2n_v, ldin_v, first_v, ldout_v = i64(4), i64(7), i64(8), i64(13)
-            ci0 = builder.gep(data(5, _I32), [i64(6)])
-            i0 = builder.gep(data(9, _I32), [i64(10)])
-            co0 = builder.gep(data(11, _I32), [i64(12)])
-
-            def load(ptr, off, vty):
-                p = builder.gep(ptr, [off if not isinstance(off, int) else c64(off)])
-                return builder.load(builder.bitcast(p, vty.as_pointer()), align=4)
-
-            from_init_bb = builder.append_basic_block("gmk_from_init")
-            from_c_bb = builder.append_basic_block("gmk_from_c")
-            loop_bbs = [builder.append_basic_block(f"gmk_{name}") for name in K_LOOP_BLOCKS]
-            pre_bb = loop_bbs[0]
-            builder.cbranch(builder.icmp_signed("!=", first_v, c64(0)), from_init_bb, from_c_bb)
-
-            builder.position_at_end(from_init_bb)
-            init_vals = [load(i0, 16 * v, _V16) for v in range(nv)]
-            builder.branch(pre_bb)
-            builder.position_at_end(from_c_bb)
-            c_acc = [[load(ci0, builder.add(builder.mul(ldin_v, c64(r)), c64(16 * v)), _V16) for v in range(nv)]
-                     for r in range(mr)]
-            builder.branch(pre_bb)
+            t = TileCall(context, builder, signature, args, _I32, _I16, mr, nv)
+            c64, load = t.c64, t.vload
+            incoming, loop_bbs = t.start("gmk")
 
             undef = ir.Constant(_V16, ir.Undefined)
             zeros = ir.Constant(_V16, [0] * 16)
@@ -124,13 +90,9 @@ def make_madd_microkernel(mr: int, nv: int, a_rows: int | None = None):
                     out.append([builder.add(accs[r][v], _madd(builder, a_pairs, bvec[v])) for v in range(nv)])
                 return out
 
-            rem_acc = emit_blocked_k_loop(builder, [([init_vals] * mr, from_init_bb), (c_acc, from_c_bb)], k2n_v, KB2,
-                                          a0, a_rows * KB2, b0, KB2 * nr * 2, step, loop_bbs)
-            for r in range(mr):
-                row_off = builder.mul(ldout_v, c64(r))
-                for v in range(nv):
-                    p = builder.bitcast(builder.gep(co0, [builder.add(row_off, c64(16 * v))]), _V16.as_pointer())
-                    builder.store(rem_acc[r][v], p, align=4)
+            rem_acc = emit_blocked_k_loop(builder, incoming, t.k_steps, KB2, t.a0, a_rows * KB2, t.b0, KB2 * nr * 2,
+                                          step, loop_bbs)
+            t.store(rem_acc)
             return context.get_dummy_value()
 
         return sig, codegen

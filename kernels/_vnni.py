@@ -53,6 +53,65 @@ KB = 16
 K_LOOP_BLOCKS = ("pre", "blk_head", "blk_body", "rem_pre", "rem_head", "rem_body", "exit")
 
 
+class TileCall:
+    """The arguments and the frame that both INT8 micro-kernels (this module's and :mod:`._generic_ir`'s) share.
+
+    The intrinsic's first 14 arguments are ``(ap, a_off, bp, b_off, k_steps, cin, cin_off, ldin, first, init,
+    init_off, cout, cout_off, ldout)``: ``a0``/``b0`` point at A and B (elements of ``a_elem``/``b_elem``),
+    ``ci0``/``i0``/``co0`` at the input tile, the initial row and the output tile (int32).  :meth:`start` emits
+    the accumulators' start (from ``init`` when ``first`` != 0, else from the tile at ``cin``) and returns what
+    :func:`emit_blocked_k_loop` takes; :meth:`store` writes the final tile to ``cout``."""
+
+    def __init__(self, context, builder, signature, args, a_elem, b_elem, mr: int, nv: int):
+        self.b, self.ctx, self.st, self.args, self.mr, self.nv = builder, context, signature.args, args, mr, nv
+        self.a0 = builder.gep(self.data(0, a_elem), [self.i64(1)])
+        self.b0 = builder.gep(self.data(2, b_elem), [self.i64(3)])
+        self.k_steps, self.ldin, self.first, self.ldout = self.i64(4), self.i64(7), self.i64(8), self.i64(13)
+        self.ci0 = builder.gep(self.data(5, _I32), [self.i64(6)])
+        self.i0 = builder.gep(self.data(9, _I32), [self.i64(10)])
+        self.co0 = builder.gep(self.data(11, _I32), [self.i64(12)])
+
+    def i64(self, i):
+        return self.ctx.cast(self.b, self.args[i], self.st[i], types.int64)
+
+    def data(self, i, ty):
+        return self.b.bitcast(self.ctx.make_array(self.st[i])(self.ctx, self.b, self.args[i]).data, ty.as_pointer())
+
+    @staticmethod
+    def c64(x):
+        return ir.Constant(_I64, x)
+
+    def vload(self, ptr, off, vty=None):
+        """A vector (default ``<16 x i32>``) at element offset ``off`` (an int or an i64 value) from ``ptr``."""
+        p = self.b.gep(ptr, [off if not isinstance(off, int) else self.c64(off)])
+        return self.b.load(self.b.bitcast(p, (vty or _V16).as_pointer()), align=4)
+
+    def start(self, prefix: str):
+        """``(incoming, loop_bbs)`` for :func:`emit_blocked_k_loop` (basic blocks named ``prefix_...``)."""
+        b, c64, mr, nv = self.b, self.c64, self.mr, self.nv
+        from_init_bb = b.append_basic_block(f"{prefix}_from_init")
+        from_c_bb = b.append_basic_block(f"{prefix}_from_c")
+        loop_bbs = [b.append_basic_block(f"{prefix}_{name}") for name in K_LOOP_BLOCKS]
+        b.cbranch(b.icmp_signed("!=", self.first, c64(0)), from_init_bb, from_c_bb)
+        b.position_at_end(from_init_bb)
+        init_vals = [self.vload(self.i0, 16 * v) for v in range(nv)]
+        b.branch(loop_bbs[0])
+        b.position_at_end(from_c_bb)
+        c_acc = [[self.vload(self.ci0, b.add(b.mul(self.ldin, c64(r)), c64(16 * v))) for v in range(nv)]
+                 for r in range(mr)]
+        b.branch(loop_bbs[0])
+        return [([init_vals] * mr, from_init_bb), (c_acc, from_c_bb)], loop_bbs
+
+    def store(self, acc):
+        """The ``mr x 16*nv`` tile ``acc`` to ``cout`` (leading dimension ``ldout``)."""
+        b, c64 = self.b, self.c64
+        for r in range(self.mr):
+            row_off = b.mul(self.ldout, c64(r))
+            for v in range(self.nv):
+                b.store(acc[r][v], b.bitcast(b.gep(self.co0, [b.add(row_off, c64(16 * v))]), _V16.as_pointer()),
+                        align=4)
+
+
 def emit_blocked_k_loop(builder, incoming, k_steps, block, a0, a_block, b0, b_block, step, blocks, hook=None):
     """The register-blocked K loop of a micro-kernel (this module's and :mod:`._generic_ir`'s), emitted into
     ``blocks`` (basic blocks named as in :data:`K_LOOP_BLOCKS`, appended by the caller, the first still empty).
@@ -159,31 +218,12 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
     a_rows = mr if a_rows is None else a_rows
 
     def codegen(context, builder, signature, args):
-        st = signature.args
-
-        def i64(i):
-            return context.cast(builder, args[i], st[i], types.int64)
-
-        def data(i, ty):
-            return builder.bitcast(context.make_array(st[i])(context, builder, args[i]).data, ty.as_pointer())
-
-        def c64(x):
-            return ir.Constant(_I64, x)
-
-        a0 = builder.gep(data(0, _I8), [i64(1)])
-        b0 = builder.gep(data(2, _I8), [i64(3)])
-        k4n_v, ldin_v, first_v, ldout_v = i64(4), i64(7), i64(8), i64(13)
-        ci0 = builder.gep(data(5, _I32), [i64(6)])
-        i0 = builder.gep(data(9, _I32), [i64(10)])
-        co0 = builder.gep(data(11, _I32), [i64(12)])
-        ds0 = builder.gep(data(14, _I32), [i64(15)])
-        dd0 = builder.gep(data(16, _I32), [i64(17)])
-        ldd_v, nd_v, dnt_v = i64(18), i64(19), i64(20)
+        t = TileCall(context, builder, signature, args, _I8, _I8, mr, nv)
+        c64, vload = t.c64, t.vload
+        ds0 = builder.gep(t.data(14, _I32), [t.i64(15)])
+        dd0 = builder.gep(t.data(16, _I32), [t.i64(17)])
+        ldd_v, nd_v, dnt_v = t.i64(18), t.i64(19), t.i64(20)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), _VPDPBUSD)
-
-        def vload(ptr, off):
-            p = builder.gep(ptr, [off if not isinstance(off, int) else c64(off)])
-            return builder.load(builder.bitcast(p, _V16.as_pointer()), align=4)
 
         def drain_line(line):
             row, vec = builder.udiv(line, c64(nv)), builder.urem(line, c64(nv))
@@ -202,22 +242,7 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
                 with builder.if_then(builder.icmp_signed("<", line, nd_v)):
                     drain_line(line)
 
-        from_init_bb = builder.append_basic_block("mk_from_init")
-        from_c_bb = builder.append_basic_block("mk_from_c")
-        loop_bbs = [builder.append_basic_block(f"mk_{name}") for name in K_LOOP_BLOCKS]
-        pre_bb = loop_bbs[0]
-        builder.cbranch(builder.icmp_signed("!=", first_v, c64(0)), from_init_bb, from_c_bb)
-
-        # --- initial accumulators: from init (first K block) or from C -------------------------------------
-        builder.position_at_end(from_init_bb)
-        init_vals = [vload(i0, 16 * v) for v in range(nv)]
-        builder.branch(pre_bb)
-        builder.position_at_end(from_c_bb)
-        c_acc = []
-        for r in range(mr):
-            row_off = builder.mul(ldin_v, c64(r))
-            c_acc.append([vload(ci0, builder.add(row_off, c64(16 * v))) for v in range(nv)])
-        builder.branch(pre_bb)
+        incoming, loop_bbs = t.start("mk")
 
         pf_fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
@@ -241,19 +266,14 @@ def make_microkernel(mr: int, nv: int, a_rows: int | None = None):
                 out.append([builder.call(fn, [accs[r][v], abc, bvec[v]]) for v in range(nv)])
             return out
 
-        rem_acc = emit_blocked_k_loop(builder, [([init_vals] * mr, from_init_bb), (c_acc, from_c_bb)], k4n_v, KB,
-                                      a0, a_rows * 64, b0, KB * nr * 4, step, loop_bbs, drain_block)
+        rem_acc = emit_blocked_k_loop(builder, incoming, t.k_steps, KB, t.a0, a_rows * 64, t.b0, KB * nr * 4, step,
+                                      loop_bbs, drain_block)
         # --- the lines not drained in the blocks (fewer blocks than lines / DRAIN_PER_BLOCK) -------------------
-        start = builder.mul(builder.sdiv(k4n_v, c64(KB)), c64(DRAIN_PER_BLOCK))
+        start = builder.mul(builder.sdiv(t.k_steps, c64(KB)), c64(DRAIN_PER_BLOCK))
         with cgutils.for_range(builder, builder.sub(nd_v, start)) as loop:  # none when nd_v <= start
             drain_line(builder.add(start, loop.index))
 
-        # --- store the tile --------------------------------------------------------------------------------
-        for r in range(mr):
-            row_off = builder.mul(ldout_v, c64(r))
-            for v in range(nv):
-                p = builder.bitcast(builder.gep(co0, [builder.add(row_off, c64(16 * v))]), _V16.as_pointer())
-                builder.store(rem_acc[r][v], p, align=4)
+        t.store(rem_acc)
         return context.get_dummy_value()
 
     @intrinsic
