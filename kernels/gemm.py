@@ -1261,59 +1261,65 @@ if has_avx512_vnni():
         if j < nv:
             _wo_tile_16x16(buf, 0, ldb, xt, xo + 16 * j, mpad, kc, outt, c0 * mpad + 16 * j, mpad)
 
-    @njit(parallel=True, cache=True)
-    def _wo4_fused_kernel(xt, mpad, q4u, scale, zp8, gb, kcb, nthr, outt):  # pragma: no cover - compiled
-        """outt (npad, mpad) += W (n, K) @ x^T for INT4 weights, fused: per K block of ``kcb`` bytes and panel of
-        16 output channels, the nibbles are dequantized (:func:`._wo_ir.make_dequant4_panel`) into a small
-        float32 panel (L1) and register tiles (:func:`._wo_ir.make_wo_tile`: 8 channels x 32 tokens or 16 x 16)
-        multiply it with the transposed activations ``xt`` ((2 * nb, mpad) in chunk order, mpad % 16 == 0).
-        Tasks of ``_WO_SUPER`` panels (and their outt rows), taken by ``nthr`` threads from their own range first
-        (:func:`._sched.next_task`); every output sums its terms in one fixed order, so the thread count does not
-        change the bits.  gb % 16 == 0, nb % 16 == 0, kcb % 16 == 0."""
-        n, nb = q4u.shape
-        ng = scale.shape[1]
-        qf = q4u.reshape(n * nb)
-        sf = scale.reshape(n * ng)
-        zf = zp8.reshape(n * ng)
-        npan = (n + _WO_PANEL - 1) // _WO_PANEL
-        ldb = 2 * kcb
-        nsup = (npan + _WO_SUPER - 1) // _WO_SUPER
-        queue = task_queues(nthr)
-        for w in prange(nthr):
-            buf = np.zeros(_WO_PANEL * ldb, dtype=np.float32)
-            t, done = next_task(queue, w, nthr, nsup, 0)
-            while t < nsup:
-                s0 = t * _WO_SUPER
-                for b0 in range(0, nb, kcb):
-                    b1 = min(nb, b0 + kcb)
-                    kc = 2 * (b1 - b0)
-                    for p in range(s0, min(npan, s0 + _WO_SUPER)):
-                        c0 = p * _WO_PANEL
-                        if c0 + _WO_PANEL <= n:
-                            if b1 < nb:  # this panel's lines of the next K block (used after SUPER panels)
-                                for r in range(_WO_PANEL):
-                                    for ln in range(b1, min(nb, b1 + kcb), 64):
-                                        _prefetch(qf, (c0 + r) * nb + ln)
-                            _deq4_panel(qf, c0 * nb, nb, b0, b1, gb, sf, zf, c0 * ng, ng, buf, ldb)
-                        else:
-                            buf[:] = 0.0
-                            for r in range(n - c0):
-                                _deq4_row(qf, (c0 + r) * nb, nb, b0, b1, gb, sf, zf, (c0 + r) * ng, ng,
-                                          buf[r * ldb:], ldb)
-                        _wo_panel_tiles(buf, ldb, xt, 2 * b0 * mpad, mpad, kc, outt, c0)
-                t, done = next_task(queue, w, nthr, nsup, done)
+    @njit(inline="always")
+    def _wo8_panel(qf, k, c0, n, k0, kc, kcb, scale, zp, buf, ldb):  # pragma: no cover - compiled
+        """buf rows r < 16: ``(q - zp) * scale`` of INT8 weight row ``c0 + r`` over inputs [k0, k0 + kc) (zero
+        rows past n), with a prefetch of each row's lines of the next K block."""
+        for r in range(_WO_PANEL):
+            o = np.uint64(r * ldb)
+            if c0 + r < n:
+                sc = scale[c0 + r]
+                zs = np.float32(zp[c0 + r]) * sc
+                src = np.uint64((c0 + r) * k + k0)
+                if k0 + kcb < k:  # this row's lines of the next K block
+                    for ln in range(0, kcb, 64):
+                        _prefetch(qf, src + np.uint64(kcb + ln))
+                for i in range(np.uint64(kc)):
+                    buf[o + i] = np.float32(qf[src + i]) * sc - zs
+            else:
+                for i in range(np.uint64(kc)):
+                    buf[o + i] = np.float32(0.0)
+
+    @njit(inline="always")
+    def _wo4_panel(qf, nb, c0, n, b0, b1, kcb, gb, sf, zf, ng, buf, ldb):  # pragma: no cover - compiled
+        """buf rows r < 16: the dequantized INT4 weight row ``c0 + r`` over bytes [b0, b1) (zero rows past n);
+        a full panel prefetches its lines of the next K block."""
+        if c0 + _WO_PANEL <= n:
+            if b1 < nb:  # this panel's lines of the next K block (used after SUPER panels)
+                for r in range(_WO_PANEL):
+                    for ln in range(b1, min(nb, b1 + kcb), 64):
+                        _prefetch(qf, (c0 + r) * nb + ln)
+            _deq4_panel(qf, c0 * nb, nb, b0, b1, gb, sf, zf, c0 * ng, ng, buf, ldb)
+        else:
+            buf[:] = 0.0
+            for r in range(n - c0):
+                _deq4_row(qf, (c0 + r) * nb, nb, b0, b1, gb, sf, zf, (c0 + r) * ng, ng, buf[r * ldb:], ldb)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _wo8_fused_kernel(xt, mpad, q8, scale, zp, kcb, nthr, outt):  # pragma: no cover - compiled
-        """outt (npad, mpad) += W (n, K) @ x^T for INT8 weight-only, fused as :func:`_wo4_fused_kernel`: per K
-        block of ``kcb`` inputs and panel of 16 output channels, ``(q - zp) * scale`` (per channel) goes into a
-        float32 panel in L1 (a vectorized loop) and the register tiles multiply it with ``xt`` ((K, mpad), the
-        activations transposed, mpad % 16 == 0).  Tasks and threads as there; one fixed summation order per
-        output, whatever the thread count."""
-        n, k = q8.shape
-        qf = q8.reshape(n * k)
+    def _wo_fused_kernel(xt, mpad, bits, q4u, q8, scale4, zp8_4, scale8, zp8, gb, kcb, nthr,
+                         outt):  # pragma: no cover - compiled
+        """outt (npad, mpad) += W (n, K) @ x^T for weight-only INT4 (``bits == 4``) or INT8 weights, fused: per K
+        block of ``kcb`` bytes of the weight rows and panel of 16 output channels, the weights are dequantized
+        into a small float32 panel (L1) and register tiles (:func:`._wo_ir.make_wo_tile`: 8 channels x 32 tokens
+        or 16 x 16) multiply it with the transposed activations ``xt`` (mpad % 16 == 0).
+
+        INT4 (q4u, group scales scale4, zero points + 8 zp8_4; gb % 16 == 0, nb % 16 == 0, kcb % 16 == 0): the
+        nibbles are decoded by :func:`._wo_ir.make_dequant4_panel`; xt is (2 * nb, mpad) in chunk order.  INT8
+        (q8, per-channel scale8 and zero points zp8): ``(q - zp) * scale`` in a vectorized loop; xt is (K, mpad).
+        The other format's arrays are placeholders.  Tasks of ``_WO_SUPER`` panels (and their outt rows), taken by
+        ``nthr`` threads from their own range first (:func:`._sched.next_task`); every output sums its terms in
+        one fixed order, so the thread count does not change the bits."""
+        four = bits == 4
+        n = q4u.shape[0] if four else q8.shape[0]
+        nbytes = q4u.shape[1] if four else q8.shape[1]  # bytes per weight row
+        per = 2 if four else 1  # inputs per byte
+        q4f = q4u.reshape(q4u.size)
+        q8f = q8.reshape(q8.size)
+        ng = scale4.shape[1]
+        sf = scale4.reshape(scale4.size)
+        zf = zp8_4.reshape(zp8_4.size)
         npan = (n + _WO_PANEL - 1) // _WO_PANEL
-        ldb = kcb
+        ldb = per * kcb
         nsup = (npan + _WO_SUPER - 1) // _WO_SUPER
         queue = task_queues(nthr)
         for w in prange(nthr):
@@ -1321,25 +1327,15 @@ if has_avx512_vnni():
             t, done = next_task(queue, w, nthr, nsup, 0)
             while t < nsup:
                 s0 = t * _WO_SUPER
-                for k0 in range(0, k, kcb):
-                    kc = min(k, k0 + kcb) - k0
+                for b0 in range(0, nbytes, kcb):
+                    b1 = min(nbytes, b0 + kcb)
                     for p in range(s0, min(npan, s0 + _WO_SUPER)):
                         c0 = p * _WO_PANEL
-                        for r in range(_WO_PANEL):
-                            o = np.uint64(r * ldb)
-                            if c0 + r < n:
-                                sc = scale[c0 + r]
-                                zs = np.float32(zp[c0 + r]) * sc
-                                src = np.uint64((c0 + r) * k + k0)
-                                if k0 + kcb < k:  # this row's lines of the next K block
-                                    for ln in range(0, kcb, 64):
-                                        _prefetch(qf, src + np.uint64(kcb + ln))
-                                for i in range(np.uint64(kc)):
-                                    buf[o + i] = np.float32(qf[src + i]) * sc - zs
-                            else:
-                                for i in range(np.uint64(kc)):
-                                    buf[o + i] = np.float32(0.0)
-                        _wo_panel_tiles(buf, ldb, xt, k0 * mpad, mpad, kc, outt, c0)
+                        if four:
+                            _wo4_panel(q4f, nbytes, c0, n, b0, b1, kcb, gb, sf, zf, ng, buf, ldb)
+                        else:
+                            _wo8_panel(q8f, nbytes, c0, n, b0, b1 - b0, kcb, scale8, zp8, buf, ldb)
+                        _wo_panel_tiles(buf, ldb, xt, per * b0 * mpad, mpad, per * (b1 - b0), outt, c0)
                 t, done = next_task(queue, w, nthr, nsup, done)
 
     _int4_tok_rows = make_int4_rows_tokens(_WO_TOK_ROWS, _WO_TOK)
@@ -1380,40 +1376,31 @@ if has_avx512_vnni():
                     out[tt, j] -= c
 
 
-def _wo4_fused(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
-    """x (M, K) float32 @ W^T for INT4 weights on the fused AVX-512 path (see :func:`_wo4_fused_kernel`);
-    needs ``bytes per row % 16 == 0`` and ``group bytes % 16 == 0`` (the caller checks)."""
-    m, k = x.shape
-    n = pw.out_features
-    nb = pw._q4u.shape[1]
-    gb = _group_bytes(pw)
-    mpad = -(-m // 16) * 16
-    # activations transposed to (2 * nb, mpad) in chunk order: row 2i + 16h + l of step i (i % 16 == 0) is input
-    # 2 * (i + l) + h (low nibbles of the step's 16 bytes first, then the high nibbles)
-    xpad = np.zeros((mpad, 2 * nb), dtype=np.float32)
-    xpad[:m, :k] = x
-    xt = np.ascontiguousarray(xpad.reshape(mpad, nb // 16, 16, 2).transpose(1, 3, 2, 0)).reshape(-1)
-    kcb = max(16, (_WO_XT_BYTES // (8 * mpad)) // 16 * 16)
-    npad = -(-n // _WO_PANEL) * _WO_PANEL
-    outt = np.zeros(npad * mpad, dtype=np.float32)
-    nthr = max(1, min(get_num_threads(), npad // _WO_PANEL))
-    _wo4_fused_kernel(xt, mpad, pw._q4u, pw.scale, pw._zp8, gb, kcb, nthr, outt)
-    y = outt.reshape(npad, mpad)[:n, :m].T + bias_v
-    return np.ascontiguousarray(y, dtype=np.float32)
-
-
-def _wo8_fused(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
-    """x (M, K) float32 @ W^T for INT8 weight-only on the fused AVX-512 path (:func:`_wo8_fused_kernel`)."""
+def _wo_fused(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
+    """x (M, K) float32 @ W^T for weight-only INT4 or INT8 on the fused AVX-512 path (:func:`_wo_fused_kernel`);
+    INT4 needs ``bytes per row % 16 == 0`` and ``group bytes % 16 == 0`` (the caller checks)."""
     m, k = x.shape
     n = pw.out_features
     mpad = -(-m // 16) * 16
-    xt = np.zeros((k, mpad), dtype=np.float32)
-    xt[:, :m] = x.T
-    kcb = max(16, (_WO_XT_BYTES // (4 * mpad)) // 16 * 16)
+    if pw.bits == 4:
+        nb = pw._q4u.shape[1]
+        # activations transposed to (2 * nb, mpad) in chunk order: row 2i + 16h + l of step i (i % 16 == 0) is
+        # input 2 * (i + l) + h (low nibbles of the step's 16 bytes first, then the high nibbles)
+        xpad = np.zeros((mpad, 2 * nb), dtype=np.float32)
+        xpad[:m, :k] = x
+        xt = np.ascontiguousarray(xpad.reshape(mpad, nb // 16, 16, 2).transpose(1, 3, 2, 0)).reshape(-1)
+        kcb = max(16, (_WO_XT_BYTES // (8 * mpad)) // 16 * 16)  # bytes of a weight row: 2 inputs each
+        fmt = (pw._q4u, _EMPTY_I8_2D, pw.scale, pw._zp8, _EMPTY_F32, _EMPTY_I32, _group_bytes(pw))
+    else:
+        xt = np.zeros((k, mpad), dtype=np.float32)
+        xt[:, :m] = x.T
+        xt = xt.reshape(-1)
+        kcb = max(16, (_WO_XT_BYTES // (4 * mpad)) // 16 * 16)
+        fmt = (_EMPTY_U8_2D, pw.q8, _EMPTY_F32_2D, _EMPTY_F32_2D, pw.scale, pw.zero_point, 1)
     npad = -(-n // _WO_PANEL) * _WO_PANEL
     outt = np.zeros(npad * mpad, dtype=np.float32)
     nthr = max(1, min(get_num_threads(), npad // _WO_PANEL))
-    _wo8_fused_kernel(xt.reshape(-1), mpad, pw.q8, pw.scale, pw.zero_point, kcb, nthr, outt)
+    _wo_fused_kernel(xt, mpad, pw.bits, *fmt, kcb, nthr, outt)
     y = outt.reshape(npad, mpad)[:n, :m].T + bias_v
     return np.ascontiguousarray(y, dtype=np.float32)
 
@@ -1491,9 +1478,9 @@ def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -
     """x (M, K) float32 @ W^T for M > 1 (weight-only).
 
     INT4 on AVX-512 (:func:`_wo4_ir_ok`): up to ``WEIGHT_ONLY_FEW_TOKENS`` tokens on the GEMV-style kernel
-    (:func:`_wo4_tokens`), then the fused dequantize-panel + register-tile GEMM (:func:`_wo4_fused`), from
+    (:func:`_wo4_tokens`), then the fused dequantize-panel + register-tile GEMM (:func:`_wo_fused`), from
     ``WEIGHT_ONLY_FUSED_BLAS_TOKENS`` dequantized blocks handed to BLAS.  INT8 on AVX-512: the row-buffer kernel
-    up to ``WEIGHT_ONLY_W8_ROWBUF_TOKENS`` tokens, then the fused INT8 panel kernel (:func:`_wo8_fused`), BLAS
+    up to ``WEIGHT_ONLY_W8_ROWBUF_TOKENS`` tokens, then the same fused kernel with INT8 panels (:func:`_wo_fused`), BLAS
     blocks from ``WEIGHT_ONLY_FUSED_BLAS_TOKENS``.  Otherwise (other CPUs, odd INT4 group sizes): weight rows
     dequantized one by one inside the row-buffer kernel, or from ``WEIGHT_ONLY_BLAS_TOKENS`` tokens blocks
     handed to BLAS (:func:`_weight_only_blas`)."""
@@ -1503,11 +1490,11 @@ def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -
         if m <= WEIGHT_ONLY_FEW_TOKENS:
             return _wo4_tokens(x, pw, bias_v)
         if m < WEIGHT_ONLY_FUSED_BLAS_TOKENS:
-            return _wo4_fused(x, pw, bias_v)
+            return _wo_fused(x, pw, bias_v)
         return _weight_only_blas(x, pw, bias_v)
     if pw.bits == 8 and _DEFAULT_PATH == "vnni" and m > WEIGHT_ONLY_W8_ROWBUF_TOKENS:
         if m < WEIGHT_ONLY_FUSED_BLAS_TOKENS:
-            return _wo8_fused(x, pw, bias_v)
+            return _wo_fused(x, pw, bias_v)
         return _weight_only_blas(x, pw, bias_v)
     if m >= WEIGHT_ONLY_BLAS_TOKENS:
         return _weight_only_blas(x, pw, bias_v)

@@ -481,7 +481,7 @@ def test_int4_weight_only_ir_paths_match_reference(m, n, shape, sym, seed):
     k, group = shape
     x, pw, bias, want, terms = _wo_case(np.random.default_rng(seed), m, n, k, group, sym)
     assert G._wo4_ir_ok(pw)
-    for fn in (G._wo4_tokens, G._wo4_fused):
+    for fn in (G._wo4_tokens, G._wo_fused):
         y = fn(x, pw, bias)
         assert y.shape == (m, n)
         assert_close(y, want, terms)
@@ -499,7 +499,7 @@ def test_int4_weight_only_ir_threads_identical(rng):
     try:
         for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
             numba.set_num_threads(t)
-            outs.append([G._wo4_tokens(x[:5], pw, bias), G._wo4_fused(x, pw, bias), G.int4_gemv(x[0], pw, bias),
+            outs.append([G._wo4_tokens(x[:5], pw, bias), G._wo_fused(x, pw, bias), G.int4_gemv(x[0], pw, bias),
                          G.int4_gemv(x[0], pw, bias, act_quant="int16"), G.int4_gemv(x[1, :256], p16, act_quant="int16")])
     finally:
         numba.set_num_threads(before)
@@ -520,7 +520,7 @@ def test_int8_weight_only_fused_matches_reference(m, n, k, sym, seed):
     bias = rng.standard_normal(n).astype(np.float32)
     pw = G.pack_weights(w, bits=8, symmetric=sym)
     want, terms = _linear_reference(x, pw, bias, "none")
-    y = G._wo8_fused(x, pw, bias)
+    y = G._wo_fused(x, pw, bias)
     assert y.shape == (m, n)
     assert_close(y, want, terms)
 
@@ -536,7 +536,7 @@ def test_int8_weight_only_dispatch_and_threads(rng, monkeypatch):
     want, terms = _linear_reference(x, pw, bias, "none")
     monkeypatch.setattr(G, "WEIGHT_ONLY_W8_ROWBUF_TOKENS", 3)
     monkeypatch.setattr(G, "WEIGHT_ONLY_FUSED_BLAS_TOKENS", 8)
-    np.testing.assert_array_equal(G.quantized_linear(x[:5], pw, bias, act_quant="none"), G._wo8_fused(x[:5], pw, bias))
+    np.testing.assert_array_equal(G.quantized_linear(x[:5], pw, bias, act_quant="none"), G._wo_fused(x[:5], pw, bias))
     np.testing.assert_array_equal(G.quantized_linear(x, pw, bias, act_quant="none"), G._weight_only_blas(x, pw, bias))
     for y in (G.quantized_linear(x[:3], pw, bias, act_quant="none"), G._weight_only_blas(x, pw, bias)[:3]):
         assert_close(y, want[:3], terms[:3])
@@ -545,7 +545,7 @@ def test_int8_weight_only_dispatch_and_threads(rng, monkeypatch):
     try:
         for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
             numba.set_num_threads(t)
-            outs.append(G._wo8_fused(x, pw, bias))
+            outs.append(G._wo_fused(x, pw, bias))
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -559,7 +559,7 @@ def test_int4_weight_only_dispatch_by_token_count(rng, monkeypatch):
     monkeypatch.setattr(G, "WEIGHT_ONLY_FEW_TOKENS", 3)
     monkeypatch.setattr(G, "WEIGHT_ONLY_FUSED_BLAS_TOKENS", 7)
     np.testing.assert_array_equal(G.quantized_linear(x[:3], pw, bias), G._wo4_tokens(x[:3], pw, bias))
-    np.testing.assert_array_equal(G.quantized_linear(x[:6], pw, bias), G._wo4_fused(x[:6], pw, bias))
+    np.testing.assert_array_equal(G.quantized_linear(x[:6], pw, bias), G._wo_fused(x[:6], pw, bias))
     np.testing.assert_array_equal(G.quantized_linear(x, pw, bias), G._weight_only_blas(x, pw, bias))
     assert_close(G._weight_only_blas(x, pw, bias), want, terms)
     # groups whose bytes are not a multiple of 16 stay on the portable kernels
