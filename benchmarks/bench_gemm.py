@@ -35,6 +35,9 @@ from memwall.simulator.validate import interleaved_ratios
 
 RNG_SEED = 20261128
 ROUNDS = 7
+#: interleaved rounds of the targeted entries: the median of 16 samples per implementation instead of 8 (the
+#: machine's speed drifts by up to 2x within seconds; more rounds narrow the spread, not move its centre)
+INTERLEAVED_ROUNDS = 16
 
 
 def _i8(shape, seed):
@@ -79,7 +82,7 @@ def test_bench_int8_gemm(benchmark, size, impl):
             fns["torch"] = lambda: torch._int_mm(ta, tb)
         except (ImportError, RuntimeError, NotImplementedError):  # no torch (or no _int_mm): that row is skipped
             pass
-        benchmark.extra_info["interleaved"] = interleaved_ratios(fns)
+        benchmark.extra_info["interleaved"] = interleaved_ratios(fns, rounds=INTERLEAVED_ROUNDS)
     elif impl == "numpy":
         x, y = _f32((m, k), 1), _f32((k, n), 2)
         fn, args = np.matmul, (x, y)
@@ -108,7 +111,8 @@ def test_bench_int8_gemm_generic(benchmark, impl):
             return G.int8_gemm(x, y, path="generic")
         args = (a, b)
         x, y = _f32((size, size), 1), _f32((size, size), 2)
-        benchmark.extra_info["interleaved"] = interleaved_ratios({"memwall": lambda: fn(a, b), "numpy": lambda: x @ y})
+        benchmark.extra_info["interleaved"] = interleaved_ratios({"memwall": lambda: fn(a, b), "numpy": lambda: x @ y},
+                                                                 rounds=INTERLEAVED_ROUNDS)
     else:
         fn, args = np.matmul, (_f32((size, size), 1), _f32((size, size), 2))
     fn(*args)
@@ -128,7 +132,8 @@ def test_bench_int8_gemm_off_tile(benchmark, size, multiple, impl):
         benchmark.extra_info.update(targets={"tile-multiple": round(0.8 * (multiple / size) ** 3, 4)})
         am, bm = _i8((multiple, multiple), 1), G.pack_int8(_i8((multiple, multiple), 2))
         benchmark.extra_info["interleaved"] = interleaved_ratios(
-            {"memwall": lambda: G.int8_gemm(a, b), "tile-multiple": lambda: G.int8_gemm(am, bm)})
+            {"memwall": lambda: G.int8_gemm(a, b), "tile-multiple": lambda: G.int8_gemm(am, bm)},
+            rounds=INTERLEAVED_ROUNDS)
     benchmark.pedantic(G.int8_gemm, args=(a, b), rounds=ROUNDS, iterations=1, warmup_rounds=1)
 
 
@@ -197,7 +202,8 @@ def test_bench_int4_gemv_cold(benchmark, int4_weights, act, impl):
         ref = copies[0].dequantize().astype(np.float64) @ x
         assert np.abs(gemv(x, copies[0]) - ref).max() < 1e-3 * np.abs(ref).max()
         benchmark.extra_info["interleaved"] = interleaved_ratios(
-            {"memwall": run, "numpy": runners["numpy"](), "stream-triad": runners["stream-triad"]()})
+            {"memwall": run, "numpy": runners["numpy"](), "stream-triad": runners["stream-triad"]()},
+            rounds=INTERLEAVED_ROUNDS)
     elif impl == "stream-triad":
         benchmark.extra_info.update(impl=impl, bytes=24 * n3, copies=len(run.argsets))
     else:
