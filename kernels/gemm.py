@@ -1262,9 +1262,10 @@ if has_avx512_vnni():
             _wo_tile_16x16(buf, 0, ldb, xt, xo + 16 * j, mpad, kc, outt, c0 * mpad + 16 * j, mpad)
 
     @njit(inline="always")
-    def _wo8_panel(qf, k, c0, n, k0, kc, kcb, scale, zp, buf, ldb):  # pragma: no cover - compiled
-        """buf rows r < 16: ``(q - zp) * scale`` of INT8 weight row ``c0 + r`` over inputs [k0, k0 + kc) (zero
-        rows past n), with a prefetch of each row's lines of the next K block."""
+    def _wo8_panel(qf, k, c0, n, k0, k1, kcb, scale, zp, buf, ldb):  # pragma: no cover - compiled
+        """buf rows r < 16: ``(q - zp) * scale`` of INT8 weight row ``c0 + r`` over inputs [k0, k1) (zero rows
+        past n), with a prefetch of each row's lines of the next K block."""
+        kc = k1 - k0
         for r in range(_WO_PANEL):
             o = np.uint64(r * ldb)
             if c0 + r < n:
@@ -1334,7 +1335,7 @@ if has_avx512_vnni():
                         if four:
                             _wo4_panel(q4f, nbytes, c0, n, b0, b1, kcb, gb, sf, zf, ng, buf, ldb)
                         else:
-                            _wo8_panel(q8f, nbytes, c0, n, b0, b1 - b0, kcb, scale8, zp8, buf, ldb)
+                            _wo8_panel(q8f, nbytes, c0, n, b0, b1, kcb, scale8, zp8, buf, ldb)
                         _wo_panel_tiles(buf, ldb, xt, per * b0 * mpad, mpad, per * (b1 - b0), outt, c0)
                 t, done = next_task(queue, w, nthr, nsup, done)
 
