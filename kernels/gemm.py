@@ -22,13 +22,14 @@ into chunks whose int32 partial sums cannot overflow, add the chunks in int64 an
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from . import config
 from ._validate import as_array, check_choice, check_finite, check_int, check_positive, check_range
 from ._generic_ir import KB2, make_madd_microkernel
 from .cpu import has_avx512_vnni
-from ._sched import next_task, task_queues
+from ._sched import next_task, num_threads, task_queues
+from .quant import _quantize_rows_int8
 
 __all__ = [
     "PackedInt8",
@@ -541,11 +542,17 @@ def _vnni_schedule(mpan: int, npan: int, k4n: int, threads: int, mr: int = MR, n
 NT_STORES = True
 
 
+@njit(cache=True)
+def _address(a):  # pragma: no cover - compiled
+    """The address of a's data (~0.5 us; ``a.ctypes.data`` costs ~3 us)."""
+    return a.ctypes.data
+
+
 def _aligned_empty(size: int, dtype) -> np.ndarray:
     """np.empty(size, dtype) whose data starts on a 64-byte boundary (a view into a slightly larger buffer)."""
     itemsize = np.dtype(dtype).itemsize
     buf = np.empty(size + 64 // itemsize, dtype=dtype)
-    skip = (-buf.ctypes.data % 64) // itemsize
+    skip = (-_address(buf) % 64) // itemsize
     return buf[skip:skip + size]
 
 
@@ -570,11 +577,11 @@ def _run(a: np.ndarray, pb: PackedInt8, path: str, k4_lo: int, k4_hi: int, comp:
         a = np.zeros((m, 4), dtype=np.int8)
         pb = _pack_checked(np.zeros((4, n), dtype=np.int8), 4, n, False)
         kp4, k4_lo, k4_hi, comp = 1, 0, 1, pb.comp
-    threads = max(1, get_num_threads())
+    threads = max(1, num_threads())
     if path == "vnni":
         mpan, npan = (m + MR - 1) // MR, (n + NR - 1) // NR
         mb_panels, jc_panels = _vnni_schedule(mpan, npan, k4_hi - k4_lo, threads)
-        nt = int(NT_STORES and n % 16 == 0 and c.ctypes.data % 64 == 0)
+        nt = int(NT_STORES and epi is None and n % 16 == 0)  # c from _aligned_empty: 64-byte aligned
         _vnni_gemm_kernel(np.ascontiguousarray(a).reshape(-1).view(np.uint8), pb.data, comp, m, n, a.shape[1], kp4, k4_lo, k4_hi,
                           mb_panels, jc_panels, KC4, nt, threads, c, out, *args)
     else:
@@ -676,6 +683,12 @@ def _float_vec(v, name: str, length: int, *, positive: bool, default: float | No
         return np.full(length, default, dtype=np.float32)
     if isinstance(v, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a real number or a float array, got bool")
+    # a scalar within float32 range (NaN fails the test): checked once, not per entry; anything else takes
+    # the general path, which names the problem
+    if isinstance(v, (int, float, np.integer, np.floating)) and -3.4e38 < v < 3.4e38:
+        f = np.float32(v)
+        if f > 0 or not positive:
+            return np.full(length, f, dtype=np.float32)
     arr = as_array(v, name, dtype=np.float32, ndim=(0, 1), allow_convert=True)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected real numbers, got {arr.dtype.name}")
@@ -757,9 +770,11 @@ def int8_gemm_dequant(a, b, a_scale, b_scale, *, a_zero_point=None, b_zero_point
     return _dequant_product(a, pb, p, sa, za, sb, zb, bias_v)
 
 
-def _dequant_product(a, pb, path, sa, za, sb, zb, bias_v) -> np.ndarray:
+def _dequant_product(a, pb, path, sa, za, sb, zb, bias_v, has_zp: bool | None = None) -> np.ndarray:
+    """The dequantizing product; ``has_zp``: whether any zero point is nonzero (None: computed here)."""
     m, k = a.shape
-    has_zp = bool(za.any() or zb.any())
+    if has_zp is None:
+        has_zp = bool(za.any() or zb.any())
     rsa = a.sum(axis=1, dtype=np.int64) if has_zp else _EMPTY_I64
     csb = pb.colsum if has_zp else _EMPTY_I64
     kp4 = (k + 3) // 4
@@ -1400,7 +1415,7 @@ def _wo_fused(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarra
         fmt = (_EMPTY_U8_2D, pw.q8, _EMPTY_F32_2D, _EMPTY_F32_2D, pw.scale, pw.zero_point, 1)
     npad = -(-n // _WO_PANEL) * _WO_PANEL
     outt = np.zeros(npad * mpad, dtype=np.float32)
-    nthr = max(1, min(get_num_threads(), npad // _WO_PANEL))
+    nthr = max(1, min(num_threads(), npad // _WO_PANEL))
     _wo_fused_kernel(xt, mpad, pw.bits, *fmt, kcb, nthr, outt)
     y = outt.reshape(npad, mpad)[:n, :m].T + bias_v
     return np.ascontiguousarray(y, dtype=np.float32)
@@ -1579,7 +1594,7 @@ def _int4_gemv_vnni(x: np.ndarray, pw: PackedWeights, act_quant: str, bias_v: np
     else:
         return None
     bad = _int4_gemv_zmm_kernel(x, g, pw._q4u, pw.scale, pw._zp8, pw._zp_used, bias_v, out, gb, a16,
-                                max(1, get_num_threads()))
+                                max(1, num_threads()))
     return out if bad < 0 else None
 
 
@@ -1614,8 +1629,9 @@ def _check_packed(packed, bits=None) -> PackedWeights:
     return packed
 
 
-def _activations(x, k: int) -> tuple[np.ndarray, bool]:
-    """x as float32 (tokens, K) and whether it was 1-D."""
+def _activations(x, k: int, finite: bool = True) -> tuple[np.ndarray, bool]:
+    """x as float32 (tokens, K) and whether it was 1-D; ``finite``: raise on NaN/Inf here (False for callers
+    whose kernel finds them itself, e.g. the INT8 activation quantizer)."""
     _require_float(x, "x")
     x = as_array(x, "x", dtype=np.float32, ndim=(1, 2), allow_convert=True)
     one = x.ndim == 1
@@ -1623,7 +1639,8 @@ def _activations(x, k: int) -> tuple[np.ndarray, bool]:
     if x2.shape[1] != k:
         raise ValueError(f"x: inner dimension mismatch, expected (tokens, {k}) for weights with in_features={k}, "
                          f"got shape {x.shape}")
-    check_finite(x2, "x")
+    if finite:
+        check_finite(x2, "x")
     return np.ascontiguousarray(x2), one
 
 
@@ -1687,9 +1704,7 @@ def int4_gemm(x, packed: PackedWeights, bias=None, *, act_quant: str = "none", p
 
 
 def _w4a8(x2: np.ndarray, pw: PackedWeights, bias_v: np.ndarray, path: str) -> np.ndarray:
-    from .quant import quantize_rows_int8
-
-    xq, sx = quantize_rows_int8(x2)
+    xq, sx = _quantize_rows_int8(x2)  # raises on NaN/Inf in x2
     pb = pw.int8
     m = xq.shape[0]
     n, k = pw.shape
@@ -1750,7 +1765,7 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
             return y if x.ndim == 1 else y.reshape(1, -1)
     check_choice(act_quant, "act_quant", ("int8", "int16", "none"))
     p = _resolve_path(path)
-    x2, one = _activations(x, pw.in_features)
+    x2, one = _activations(x, pw.in_features, finite=act_quant != "int8")
     n = pw.out_features
     bias_v = _float_vec(bias, "bias", n, positive=False, default=0.0)
     m = x2.shape[0]
@@ -1763,10 +1778,9 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
             y = quantized_linear(_round_a16(x2, pw), pw, bias_v, act_quant="none")
     elif act_quant == "int8":
         if pw.bits == 8:
-            from .quant import quantize_rows_int8
-
-            xq, sx = quantize_rows_int8(x2)
-            y = _dequant_product(xq, pw.int8, p, sx, np.zeros(m, np.int32), pw.scale, pw.zero_point, bias_v)
+            xq, sx = _quantize_rows_int8(x2)  # NaN/Inf in x2 (not checked by _activations here) raise in it
+            y = _dequant_product(xq, pw.int8, p, sx, np.zeros(m, np.int32), pw.scale, pw.zero_point, bias_v,
+                                 has_zp=pw._zp_used)
         else:
             y = _w4a8(x2, pw, bias_v, p)
     elif m == 1:

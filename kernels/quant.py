@@ -55,10 +55,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from numba import njit, prange
 
+from ._sched import call_serial, num_threads
 from ._validate import as_array, check_choice, check_finite, check_fraction, check_int, check_positive, check_range
 
 __all__ = [
@@ -97,13 +97,8 @@ PARALLEL_MIN_ELEMENTS = 1 << 17
 
 def _launch(kernel, n_elements, *args):
     """Call a parallel kernel, on one thread when the work is small (results do not depend on threads)."""
-    if n_elements < PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1:
-        old = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            return kernel(*args)
-        finally:
-            numba.set_num_threads(old)
+    if n_elements < PARALLEL_MIN_ELEMENTS:
+        return call_serial(kernel, *args)
     return kernel(*args)
 
 
@@ -367,7 +362,7 @@ def _mse_best_ratios(seg, lo, hi, qmin, qmax, symmetric, signed, grid) -> np.nda
     best = np.empty(n_seg)
     seg = np.ascontiguousarray(seg)
     nblk = (length + _MSE_BLOCK - 1) // _MSE_BLOCK
-    if n_seg < 2 * numba.get_num_threads() and nblk > 1:
+    if n_seg < 2 * num_threads() and nblk > 1:
         part = np.empty((n_seg, nblk, grid))
         _launch(_mse_blocks_kernel, seg.size * grid, seg, lo, hi, qmin, qmax, symmetric, signed, ratios, part)
         err = np.zeros((n_seg, grid))
@@ -813,7 +808,12 @@ def quantize_rows_int8(x) -> tuple[np.ndarray, np.ndarray]:
     -------
     (q int8 (rows, K), scale float32 (rows,)).  NaN/Inf in x raise ValueError.
     """
-    x = _float_input(x, "x", ndim=2)
+    return _quantize_rows_int8(_float_input(x, "x", ndim=2))
+
+
+def _quantize_rows_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantize_rows_int8` of an already validated float32 C-contiguous 2-D ``x`` (callers that have
+    checked their activations skip a second validation pass)."""
     q = np.empty(x.shape, np.int8)
     scale = np.empty(x.shape[0], np.float32)
     if x.size == 0:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from numba import njit, prange
 
 from memwall.kernels import _validate as v
-from memwall.kernels._sched import next_task, task_queues
+from memwall.kernels._sched import call_serial, next_task, num_threads, task_queues
 from memwall.simulator import cli
 
 
@@ -150,3 +150,68 @@ def test_next_task_takes_the_own_range_first_then_the_others():
     queue = task_queues(workers)
     assert list(_take_all(queue, 1, workers, ntask)) == [3, 4, 5, 6, 7, 8, 9, 0, 1, 2]
     assert list(_take_all(queue, 0, workers, ntask)) == []
+
+
+def test_num_threads_and_call_serial_follow_numba():
+    """The cheap thread-count helpers report what numba.get_num_threads() does, and call_serial runs on one
+    thread and restores the caller's count, also when the kernel raises."""
+    import numba
+
+    before = numba.get_num_threads()
+    try:
+        for n in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(n)
+            assert num_threads() == numba.get_num_threads() == n
+            assert call_serial(numba.get_num_threads) == 1
+            assert numba.get_num_threads() == n
+
+            def boom():
+                raise RuntimeError("kernel failed")
+
+            with pytest.raises(RuntimeError, match="kernel failed"):
+                call_serial(boom)
+            assert numba.get_num_threads() == n
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_finite_and_positive_checks_find_every_kind_of_bad_entry(dtype):
+    """The fast paths (min / max reductions) let nothing through that the element-wise test would catch, and
+    the messages still name the first offending entry."""
+    for bad, msg in ((np.nan, "finite values, found nan at flat index 3"),
+                     (np.inf, "finite values, found inf at flat index 3"),
+                     (-np.inf, "finite values, found -inf at flat index 3")):
+        x = np.ones((2, 3), dtype)
+        x.flat[3] = bad
+        with pytest.raises(ValueError, match=f"x: expected {msg}"):
+            v.check_finite(x, "x")
+        with pytest.raises(ValueError, match=f"s: expected {msg}"):
+            v.check_positive(x, "s")
+    x = np.ones(5, dtype)
+    x[2] = 0
+    with pytest.raises(ValueError, match="s: expected values > 0, found 0.0 at flat index 2"):
+        v.check_positive(x, "s")
+    x[2] = -1
+    v.check_finite(x, "x")
+    with pytest.raises(ValueError, match="s: expected values > 0, found -1.0 at flat index 2"):
+        v.check_positive(x, "s")
+    v.check_finite(np.array([], dtype), "x")
+    v.check_positive(np.full((2, 2), 3, dtype), "s")
+    v.check_finite(np.array([-128, 127], np.int8), "q")  # integers are always finite
+
+
+def test_as_array_fast_path_returns_the_same_object_only_when_nothing_is_to_do():
+    x = np.zeros((3, 4), np.float32)
+    assert v.as_array(x, "x", dtype=np.float32, ndim=2) is x
+    assert v.as_array(x, "x", dtype=np.float32, ndim=(1, 2)) is x
+    assert v.as_array(x, "x") is x
+    with pytest.raises(TypeError, match="x: expected dtype float64"):
+        v.as_array(x, "x", dtype=np.float64)
+    with pytest.raises(TypeError, match="x: expected dtype int8 or uint8"):
+        v.as_array(x, "x", dtype=(np.int8, np.uint8))
+    with pytest.raises(ValueError, match="x: expected a 1-D array"):
+        v.as_array(x, "x", dtype=np.float32, ndim=1)
+    sub = np.zeros((3, 4), np.float32).view(np.ndarray)[:, :2]
+    out = v.as_array(sub, "x", dtype=np.float32, ndim=2)
+    assert out is not sub and out.flags.c_contiguous

@@ -335,6 +335,32 @@ def test_bad_input_epilogue(rng):
         G.int8_gemm_dequant(a, b, 1.0, 1.0, bias=np.array([0.0, np.nan, 1.0]))
 
 
+def test_int8_activation_paths_refuse_nan_and_inf(rng):
+    """W8A8 and W4A8 leave the NaN/Inf test of x to the INT8 quantizer: the same error, naming x and the entry."""
+    w = rng.standard_normal((8, 32)).astype(np.float32)
+    for bits, gs in ((8, None), (4, 8)):
+        pw = G.pack_weights(w, bits=bits, group_size=gs)
+        for v in (np.nan, np.inf, -np.inf):
+            x = rng.standard_normal((3, 32)).astype(np.float32)
+            x[1, 7] = v
+            with pytest.raises(ValueError, match=f"x: expected finite values, found {v} at flat index 39"):
+                G.quantized_linear(x, pw, act_quant="int8")
+            with pytest.raises(ValueError, match="x: expected finite values"):
+                G.quantized_linear(x[1], pw, act_quant="int8")
+
+
+def test_epilogue_scalar_scales_equal_their_broadcast_arrays(rng):
+    a, b = rand_i8(rng, (5, 40)), rand_i8(rng, (40, 7))
+    for sa, sb, bias in ((0.25, 3, None), (np.float64(1e-3), np.float32(2.5), 1.5), (7, 0.5, -2)):
+        want = G.int8_gemm_dequant(a, b, np.full(5, sa, np.float32), np.full(7, sb, np.float32),
+                                   bias=None if bias is None else np.full(7, bias, np.float32))
+        np.testing.assert_array_equal(G.int8_gemm_dequant(a, b, sa, sb, bias=bias), want)
+    with pytest.raises(TypeError, match="a_scale: expected dtype float32, got object"):
+        G.int8_gemm_dequant(a, b, 10**400, 1.0)
+    with pytest.raises(ValueError, match="a_scale: expected finite values, found inf"):
+        G.int8_gemm_dequant(a, b, 1e39, 1.0)
+
+
 def test_bad_input_weights_and_linear(rng):
     w = rng.standard_normal((8, 32)).astype(np.float32)
     for gs in (0, -4):
