@@ -37,10 +37,10 @@ import math
 import numbers
 import time
 
-import numba
 import numpy as np
 
 from . import _spmm_kernels as _k
+from ._sched import num_threads
 from ._validate import as_array, check_choice, check_int, check_positive
 from .config import INT32_MAX, SPMM_PANEL_BYTES, SPMM_PANEL_MIN_NNZ
 from .formats import BSRMatrix, CSRMatrix, NMSparseMatrix
@@ -233,7 +233,7 @@ def _padded(X: np.ndarray) -> np.ndarray:
 
 def _workers() -> int:
     """Threads the mm kernels start (each takes chunks from a shared queue until none is left)."""
-    return max(1, numba.get_num_threads())
+    return max(1, num_threads())
 
 
 def _chunks(work: np.ndarray, rows_per_chunk: int) -> np.ndarray:
