@@ -1073,6 +1073,11 @@ if has_avx512_vnni():
         """Index of the first NaN/Inf of float32 x, or -1: an integer test of the exponent bits, which the
         kernels' fastmath cannot assume away."""
         xi = x.view(np.int32)
+        m = np.int32(0)
+        for i in range(np.uint64(xi.shape[0])):  # a max reduction (vectorizes), the search only when needed
+            m = max(m, xi[i] & np.int32(0x7FFFFFFF))
+        if m < np.int32(0x7F800000):
+            return -1
         for i in range(xi.shape[0]):
             if (xi[i] & 0x7F800000) == 0x7F800000:
                 return i
@@ -1107,7 +1112,9 @@ if has_avx512_vnni():
         xe = np.empty(nb * fl, dtype=np.float32)
         xo = np.empty(nb * fl, dtype=np.float32)
         xa = np.empty(4 * nb * (1 - fl), dtype=np.int8)
-        corr = np.zeros(32 * ngroups * (1 - fl), dtype=np.int32)
+        corr = np.empty(32 * ngroups * (1 - fl), dtype=np.int32)
+        for i in range(corr.shape[0]):  # not np.zeros: in a parallel kernel that is one more pool launch
+            corr[i] = 0
         sx = np.empty(ngroups * (1 - fl), dtype=np.float32)
         xr = np.empty(x.shape[0] * (1 - fl), dtype=np.float32)
         xgs = np.empty(ngroups, dtype=np.float32)

@@ -357,8 +357,8 @@ def test_epilogue_scalar_scales_equal_their_broadcast_arrays(rng):
         np.testing.assert_array_equal(G.int8_gemm_dequant(a, b, sa, sb, bias=bias), want)
     with pytest.raises(TypeError, match="a_scale: expected dtype float32, got object"):
         G.int8_gemm_dequant(a, b, 10**400, 1.0)
-    with pytest.raises(ValueError, match="a_scale: expected finite values, found inf"):
-        G.int8_gemm_dequant(a, b, 1e39, 1.0)
+    with pytest.raises(ValueError, match="a_scale: expected finite values, found inf"), np.errstate(over="ignore"):
+        G.int8_gemm_dequant(a, b, 1e39, 1.0)  # float64 1e39 becomes inf in float32 (NumPy warns; we raise)
 
 
 def test_bad_input_weights_and_linear(rng):
@@ -679,6 +679,28 @@ def test_a16_bad_input(rng):
         for aq in ("none", "int16"):
             with pytest.raises(ValueError, match="x"):
                 G.quantized_linear(bad[None], pw, act_quant=aq)
+
+
+def test_int4_gemv_finite_check_reads_bit_patterns(rng):
+    """The GEMV kernel's own NaN/Inf test (a max over the bit patterns, then a search) at the edges of the
+    float32 range: the largest finite values and subnormals pass, every non-finite pattern (signed NaN, NaN
+    with a payload, +-Inf, last position) is refused with the full validation's message."""
+    pw = G.pack_weights(rng.standard_normal((8, 128)).astype(np.float32), bits=4, group_size=128)
+    big = np.float32(np.finfo(np.float32).max)
+    for edge in (big, -big, np.float32(1e-45), np.float32(-0.0)):
+        x = np.zeros(128, np.float32)
+        x[7] = edge
+        for aq in ("none", "int16"):
+            y = G.int4_gemv(x, pw, act_quant=aq)  # products may overflow to +-inf: not an input error
+            assert y.shape == (8,)
+    nans = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF, 0x7F800000, 0xFF800000], np.uint32)
+    for bits in nans.view(np.float32):
+        for pos in (0, 127):
+            x = np.ones(128, np.float32)
+            x[pos] = bits
+            for aq in ("none", "int16"):
+                with pytest.raises(ValueError, match=f"x: expected finite values, found .* at flat index {pos}"):
+                    G.int4_gemv(x, pw, act_quant=aq)
 
 
 def test_int4_gemv_generic_and_ir_kernels_agree(rng):
