@@ -356,8 +356,8 @@ def make_int4_rows_a16(rows: int):
             sl = _Loop(b, "a16c", gstart, b.add(gstart, gb_v), 64, [c_h] * rows + [c_l] * rows)
             i = sl.i
             with b.if_then(do_pf):
-                for r in range(rows):
-                    e.prefetch(rowq[r], b.add(i, pf_v))
+                for r in range(rows):  # into L2 as in make_int4_rows: +2.5% on average over L1 (10 interleaved runs)
+                    e.prefetch(rowq[r], b.add(i, pf_v), locality=2)
             xo = b.mul(i, e.k(4))
             xeh, xoh, xel, xol = (iload(xap, b.add(xo, e.k(64 * s))) for s in range(4))
             acc = list(sl.vals)
