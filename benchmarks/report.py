@@ -16,6 +16,13 @@ speed drifts over seconds the two medians can come from different phases; where 
     python benchmarks/report.py -k gemm           # a subset (pytest -k)
     python benchmarks/report.py --json out.json   # from a saved run (pytest --benchmark-json)
     python benchmarks/report.py --markdown        # table for the README
+    python benchmarks/report.py -k gemm --repeat 5   # five runs, one table of medians across them
+    python benchmarks/report.py --json a.json b.json # saved runs (pytest --benchmark-json), combined
+
+Several runs (``--repeat N`` or several ``--json`` files) give one row per (case, impl) with the median over
+the runs of each column, the range of the judged ratio (``judged_range``: interleaved where given, else block),
+and in how many runs the target was met (``met_runs``); ``met`` judges the median.  On a machine whose speed
+drifts between runs, that is the statement to quote, not one run.
 """
 from __future__ import annotations
 
@@ -82,6 +89,38 @@ def summarize(data: dict) -> tuple[list[dict], list[tuple[str, list[dict]]]]:
     return rows, tables
 
 
+_MEDIAN_COLS = ("median_ms", "Gop/s", "GB/s", "memwall_speedup", "interleaved")
+
+
+def combine_runs(runs: list[list[dict]]) -> list[dict]:
+    """Rows of several runs of :func:`summarize` -> one row per (case, impl) in first-seen order: the median
+    over the runs of each numeric column, ``runs`` (how many runs had the row) and, where a target is set,
+    ``judged_range`` (min-max of the judged ratio), ``met_runs`` ("k/n") and ``met`` on the median judged ratio."""
+    import statistics
+
+    keyed: dict[tuple[str, str], list[dict]] = {}
+    for rows in runs:
+        for r in rows:
+            keyed.setdefault((r["case"], r["impl"]), []).append(r)
+    out = []
+    for (case, impl), rs in keyed.items():
+        row: dict = {"case": case, "impl": impl, "runs": len(rs)}
+        for col in _MEDIAN_COLS:
+            vals = [r[col] for r in rs if col in r]
+            if vals:
+                row[col] = statistics.median(vals)
+        targets = [r["target"] for r in rs if "target" in r]
+        if targets:
+            judged = [r.get("interleaved", r["memwall_speedup"]) for r in rs if "target" in r]
+            mid = statistics.median(judged)
+            row["target"] = targets[0]
+            row["judged_range"] = f"{min(judged):.3g}-{max(judged):.3g}"
+            row["met_runs"] = f"{sum(r['met'] == 'yes' for r in rs if 'target' in r)}/{len(judged)}"
+            row["met"] = "yes" if mid >= targets[0] else "NO"
+        out.append(row)
+    return out
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
@@ -111,19 +150,36 @@ def print_table(rows: list[dict], markdown: bool, file=sys.stdout) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-k", dest="select", help="pytest -k expression selecting benchmarks")
-    ap.add_argument("--json", dest="json_in", help="read a saved pytest-benchmark JSON instead of running")
+    ap.add_argument("--json", dest="json_in", nargs="+", metavar="JSON",
+                    help="read saved pytest-benchmark JSON(s) instead of running (several: combined)")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N", help="run the selection N times, combine")
+    ap.add_argument("--save-json", metavar="DIR", help="also write each run's JSON to DIR/run<i>.json")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
     ap.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error(f"--repeat: expected a run count >= 1, got {args.repeat}")
     if args.json_in:
-        with open(args.json_in, encoding="utf-8") as fh:
-            data = json.load(fh)
+        datas = []
+        for path in args.json_in:
+            with open(path, encoding="utf-8") as fh:
+                datas.append(json.load(fh))
     else:
-        data = run_benchmarks(args.select, args.pytest_args)
-    rows, tables = summarize(data)
+        datas = [run_benchmarks(args.select, args.pytest_args) for _ in range(args.repeat)]
+    if args.save_json:
+        os.makedirs(args.save_json, exist_ok=True)
+        for i, data in enumerate(datas):
+            with open(os.path.join(args.save_json, f"run{i}.json"), "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+    summaries = [summarize(d) for d in datas]
+    rows, tables = summaries[-1]
+    if len(datas) > 1:
+        rows = combine_runs([s[0] for s in summaries])
+    data = datas[-1]
     machine = data.get("machine_info", {})
     print(f"machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
-          f"threads: {os.environ.get('MEMWALL_BENCH_THREADS', 'all')}")
+          f"threads: {os.environ.get('MEMWALL_BENCH_THREADS', 'all')}"
+          + (f", runs: {len(datas)} (medians over runs; tables below: the last run)" if len(datas) > 1 else ""))
     print_table(rows, args.markdown)
     for name, table in tables:
         print(f"\n{name}")

@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("-k", dest="select", help="pytest -k expression selecting benchmarks (e.g. gemm, spmm)")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables")
     p.add_argument("--threads", type=int, help="threads for every library (default: all CPUs)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run the selection N times: medians over the runs, and in how many each target was met")
     p.set_defaults(func=_bench)
 
 
@@ -127,4 +129,6 @@ def _bench(args) -> int:
         cmd += ["-k", args.select]
     if args.markdown:
         cmd.append("--markdown")
+    if args.repeat != 1:
+        cmd += ["--repeat", str(args.repeat)]
     return subprocess.call(cmd, env=env)

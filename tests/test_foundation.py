@@ -1,6 +1,7 @@
 """Package layout, validation helpers, CLI entry points."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -113,6 +114,51 @@ def test_bench_report_ratios_and_the_interleaved_judgement():
 
 
 
+
+def _bench_run(judged, block=4.5):
+    """A pytest-benchmark JSON of one run: memwall and numpy, the given interleaved ratio, target 4.0."""
+    return {"machine_info": {"cpu": {"brand_raw": "test cpu"}}, "benchmarks": [
+        {"name": "g-memwall", "group": "g", "stats": {"median": 1.0},
+         "extra_info": {"impl": "memwall", "ops": 1e9, "targets": {"numpy": 4.0}, "interleaved": {"numpy": judged}}},
+        {"name": "g-numpy", "group": "g", "stats": {"median": block}, "extra_info": {"impl": "numpy"}},
+    ]}
+
+
+def test_bench_report_combines_runs_on_medians():
+    """Several runs: medians over the runs, the judged ratio's range, the runs that met the target, and ``met``
+    on the median (3.5, 4.2, 4.5 -> 4.2 >= 4.0, met in 2 of 3)."""
+    report = _load_report()
+    runs = [report.summarize(_bench_run(j, block))[0] for j, block in ((3.5, 4.0), (4.5, 5.0), (4.2, 4.4))]
+    rows = report.combine_runs(runs)
+    by = {(r["case"], r["impl"]): r for r in rows}
+    np_row = by[("g", "numpy")]
+    assert np_row["runs"] == 3 and np_row["interleaved"] == 4.2 and np_row["memwall_speedup"] == 4.4
+    assert np_row["median_ms"] == 4400.0 and np_row["judged_range"] == "3.5-4.5"
+    assert np_row["met_runs"] == "2/3" and np_row["met"] == "yes"
+    rows = report.combine_runs(runs[:1] + [report.summarize(_bench_run(3.9))[0]])
+    assert {(r["impl"], r.get("met")) for r in rows} == {("memwall", None), ("numpy", "NO")}  # median 3.7
+    assert by[("g", "memwall")]["Gop/s"] == 1.0 and "target" not in by[("g", "memwall")]
+
+
+def test_bench_report_reads_and_combines_saved_runs(tmp_path, capsys):
+    import json
+
+    report = _load_report()
+    paths = []
+    for i, judged in enumerate((3.0, 5.0)):
+        paths.append(str(tmp_path / f"r{i}.json"))
+        with open(paths[-1], "w", encoding="utf-8") as fh:
+            json.dump(_bench_run(judged), fh)
+    assert report.main(["--json", *paths, "--markdown", "--save-json", str(tmp_path / "copy")]) == 0
+    out = capsys.readouterr().out
+    assert "runs: 2" in out and "| g | numpy | 2 |" in out and "3-5" in out and "1/2" in out
+    assert sorted(os.listdir(tmp_path / "copy")) == ["run0.json", "run1.json"]
+    assert report.main(["--json", paths[0]]) == 0
+    assert "runs:" not in capsys.readouterr().out  # one run: the plain table
+    with pytest.raises(SystemExit):
+        report.main(["--repeat", "0"])
+    assert "--repeat: expected a run count >= 1, got 0" in capsys.readouterr().err
+
 @njit(parallel=True)
 def _run_queue(ntask, workers, hits):
     queue = task_queues(workers)
@@ -215,3 +261,22 @@ def test_as_array_fast_path_returns_the_same_object_only_when_nothing_is_to_do()
     sub = np.zeros((3, 4), np.float32).view(np.ndarray)[:, :2]
     out = v.as_array(sub, "x", dtype=np.float32, ndim=2)
     assert out is not sub and out.flags.c_contiguous
+
+
+def test_memwall_bench_hands_its_options_to_the_report(monkeypatch):
+    """`memwall bench` runs benchmarks/report.py of the checkout with the selection, the run count and the
+    thread count (the benchmarks themselves are not run here)."""
+    from memwall.simulator.cli import main
+
+    seen = {}
+
+    def fake_call(cmd, env=None):
+        seen.update(cmd=cmd, env=env)
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", fake_call)
+    assert main(["bench", "-k", "gemm", "--repeat", "3", "--threads", "2", "--markdown"]) == 0
+    assert seen["cmd"][1].endswith(os.path.join("benchmarks", "report.py"))
+    assert seen["cmd"][2:] == ["-k", "gemm", "--markdown", "--repeat", "3"]
+    assert seen["env"]["MEMWALL_BENCH_THREADS"] == "2"
+    assert main(["bench"]) == 0 and seen["cmd"][2:] == []
