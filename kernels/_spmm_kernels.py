@@ -750,7 +750,7 @@ def bsr_mm_int8(indptr, indices, data, w_scales, r, c, Xq, x_scales, out):  # pr
 # columns are decoded from its metadata bit stream into a scratch buffer owned by the thread, then the same
 # axpy loop as CSR.
 # ================================================================================================
-@njit(fastmath=True)
+@njit(fastmath=True, inline="always")
 def _nm_decode(meta, row_off, nmeta, t0, t1, n, m, bits, cols):  # pragma: no cover - compiled
     """cols[t - t0] = (t // n) * m + position of kept value t, for t in [t0, t1) with t0 a multiple of n
     (little-endian bit stream, ``bits`` per value)."""
@@ -800,8 +800,6 @@ def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, bounds, workers, out)
     K = X.shape[0]
     has_scales = scales.shape[0] > 0
     per = P // m * n
-    mask = (1 << bits) - 1
-    fast = bits > 0 and 8 % max(bits, 1) == 0  # 1, 2, 4 or 8 bits: no value straddles a byte
     nch = bounds.shape[0] - 1
     queue = np.zeros(1, np.int64)
     for _w in prange(workers):
@@ -817,36 +815,8 @@ def nm_mm(data, meta, nmeta, kr, n, m, bits, scales, X, P, bounds, workers, out)
                     t0 = k0 // m * n
                     t1 = min(kr, t0 + per)
                     for i in range(r0, r1):
-                        # decode this (row, panel) inline (a helper call taking the arrays costs reference counting)
-                        row_off = i * nmeta
-                        if t1 == t0:
-                            pass
-                        elif bits == 0:
-                            for g in range(t0 // n, t1 // n):
-                                for q in range(n):
-                                    cols[g * n + q - t0] = g * m
-                        elif fast:
-                            for g in range(t0 // n, t1 // n):
-                                base = g * m
-                                for q in range(n):
-                                    bp = (g * n + q) * bits
-                                    cols[g * n + q - t0] = base + ((np.int32(meta[row_off + (bp >> 3)]) >> (bp & 7)) & mask)
-                        else:
-                            q = 0
-                            base = (t0 // n) * m
-                            bitpos = t0 * bits
-                            for t in range(t0, t1):
-                                byte = bitpos >> 3
-                                sh = bitpos & 7
-                                w = np.int32(meta[row_off + byte]) >> sh
-                                if sh + bits > 8 and byte + 1 < nmeta:
-                                    w = w | (np.int32(meta[row_off + byte + 1]) << (8 - sh))
-                                cols[t - t0] = base + (w & mask)
-                                bitpos += bits
-                                q += 1
-                                if q == n:
-                                    q = 0
-                                    base += m
+                        # inlined at compile time (a call taking the arrays would cost reference counting)
+                        _nm_decode(meta, i * nmeta, nmeta, t0, t1, n, m, bits, cols)
                         s = scales[i] if has_scales else np.float32(1.0)
                         _csr_seg(nv, out, i * B + b0, X, B, b0, cols, 0, data, i * kr + t0, t1 - t0, K, s, init)
                     init = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memwall.kernels import BSRMatrix, CSRMatrix, NMSparseMatrix, spmm
@@ -405,6 +405,29 @@ def test_nm_wide_step_falls_back(rng):
     X = rng.standard_normal((24 * 7, 20)).astype(np.float32)
     A = NMSparseMatrix.from_dense(w, 9, 24)
     assert_close(spmm(A, X), ref_float(A, X), A, X)
+
+
+#: N:M shapes that take the decode-then-CSR kernel (nm_mm): 5-bit positions straddling bytes (9:24), 8-bit
+#: positions with an unroll step over 64 values (65:256), 9-bit positions (1:300, 3:512)
+NM_DECODE_CASES = [(9, 24), (65, 256), (1, 300), (3, 512)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(nm=st.sampled_from(NM_DECODE_CASES), rows=st.integers(0, 7), groups=st.integers(0, 5),
+       batch=st.sampled_from([1, 3, 16, 70]), seed=st.integers(0, 2**16))
+def test_nm_decode_then_csr_kernel_hypothesis(nm, rows, groups, batch, seed):
+    from memwall.kernels._spmm_kernels import nm_period
+
+    n, m = nm
+    assert nm_period(n, m) == 0  # these shapes are the ones the tiled kernel refuses
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, groups * m)).astype(np.float32)
+    w[rng.random(w.shape) < 0.3] = 0
+    X = rng.standard_normal((groups * m, batch)).astype(np.float32)
+    A = NMSparseMatrix.from_dense(w, n, m)
+    got = spmm(A, X)
+    assert got.shape == (rows, batch)
+    assert_close(got, ref_float(A, X), A, X)
 
 
 @given(nm=st.sampled_from(NM_CASES), rows=st.integers(0, 9), groups=st.integers(0, 70),
