@@ -390,7 +390,7 @@ def make_int4_rows_tokens(rows: int, tokens: int):
     Each 16-byte step of a weight row is decoded once and used for every token:
     ``out[out_off + t*ldo + r] = sum_g scale[s_off + r*ngroups + g] * sum_{i in g} (xe[t*ldx + i] * lo + xo[t*ldx + i]
     * hi)`` for ``r < rows``, ``t < tokens`` (one vector accumulator per (row, token) and group, folded into a
-    vector total with the broadcast group scale)."""
+    vector total with the broadcast group scale).  ``pf`` as in :func:`make_int4_rows` (into L2)."""
 
     @intrinsic
     def int4_rows_tok(typingctx, q, q_off, nb, xe, xo, ldx, scale, s_off, ngroups, gb, pf, out, out_off, ldo):
@@ -417,7 +417,7 @@ def make_int4_rows_tokens(rows: int, tokens: int):
             gstart = b.mul(g, gb_v)
             with b.if_then(do_pf):
                 for r in range(rows):
-                    e.prefetch(rowq[r], b.add(gstart, pf_v))
+                    e.prefetch(rowq[r], b.add(gstart, pf_v), locality=2)
             sl = _Loop(b, "i4ts", gstart, b.add(gstart, gb_v), 16, [_ZERO] * nacc)
             i = sl.i
             acc = list(sl.vals)

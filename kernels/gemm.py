@@ -1365,10 +1365,14 @@ if has_avx512_vnni():
     _int4_tok_1 = make_int4_rows_tokens(1, 1)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _int4_tokens_kernel(xe, xo, xgs, q4u, scale, zp8, out, gb):  # pragma: no cover - compiled
+    def _int4_tokens_kernel(xe, xo, xgs, q4u, scale, zp8, out, gb, workers):  # pragma: no cover - compiled
         """out (mpad, n) = x @ W^T (no bias) for few tokens: the GEMV kernel decoding each weight step once for
         ``_WO_TOK`` tokens (xe/xo: (mpad, nb) even/odd inputs, mpad % _WO_TOK == 0; xgs (mpad, ngroups)).
-        ``_WO_TOK_ROWS`` rows per task (the x vectors of a step loaded once for all of them); gb % 16 == 0."""
+        ``_WO_TOK_ROWS`` rows per task (the x vectors of a step loaded once for all of them); gb % 16 == 0.  As
+        in the one-token GEMV: ``workers`` threads take ``_GEMV_CHUNK`` tasks at a time from their own range of
+        rows first (:func:`._sched.next_task`), and the first token pair prefetches each row's lines
+        ``_GEMV_PF_ROWS`` rows ahead into L2 (was: a static split, 4 rows ahead into L1; cold 4096^2, 2 / 4
+        tokens, 16 interleaved comparisons: within 1.5% in 11, 5% faster in 1, 14-23% faster in 4)."""
         n, nb = q4u.shape
         ngroups = scale.shape[1]
         mpad = xe.shape[0]
@@ -1378,25 +1382,33 @@ if has_avx512_vnni():
         xof = xo.reshape(mpad * nb)
         of = out.reshape(mpad * n)
         nblk = n // _WO_TOK_ROWS
-        for t in prange(nblk + 1):
-            j0 = _WO_TOK_ROWS * t
-            j1 = min(n, j0 + _WO_TOK_ROWS)
-            for t0 in range(0, mpad, _WO_TOK):
-                if t < nblk:
-                    pf = _WO_TOK_ROWS * nb if (t0 == 0 and j0 + 2 * _WO_TOK_ROWS <= n) else 0
-                    _int4_tok_rows(qf, j0 * nb, nb, xef[t0 * nb:], xof[t0 * nb:], nb, sf, j0 * ngroups, ngroups,
-                                   gb, pf, of, t0 * n + j0, n)
-                else:
-                    for tt in range(t0, t0 + _WO_TOK):
-                        for j in range(j0, j1):
-                            _int4_tok_1(qf, j * nb, nb, xef[tt * nb:], xof[tt * nb:], nb, sf, j * ngroups, ngroups,
-                                        gb, 0, of, tt * n + j, n)
-            for j in range(j0, j1):
-                for tt in range(mpad):
-                    c = np.float32(0.0)
-                    for g in range(ngroups):
-                        c += scale[j, g] * zp8[j, g] * xgs[tt, g]
-                    out[tt, j] -= c
+        ntask = nblk + 1
+        nchunk = (ntask + _GEMV_CHUNK - 1) // _GEMV_CHUNK
+        nw = min(workers, nchunk)
+        queue = task_queues(nw)
+        for w in prange(nw):
+            ch, done = next_task(queue, w, nw, nchunk, 0)
+            while ch < nchunk:
+                for t in range(ch * _GEMV_CHUNK, min(ntask, (ch + 1) * _GEMV_CHUNK)):
+                    j0 = _WO_TOK_ROWS * t
+                    j1 = min(n, j0 + _WO_TOK_ROWS)
+                    for t0 in range(0, mpad, _WO_TOK):
+                        if t < nblk:
+                            pf = _GEMV_PF_ROWS * nb if (t0 == 0 and j0 + _GEMV_PF_ROWS + _WO_TOK_ROWS <= n) else 0
+                            _int4_tok_rows(qf, j0 * nb, nb, xef[t0 * nb:], xof[t0 * nb:], nb, sf, j0 * ngroups,
+                                           ngroups, gb, pf, of, t0 * n + j0, n)
+                        else:
+                            for tt in range(t0, t0 + _WO_TOK):
+                                for j in range(j0, j1):
+                                    _int4_tok_1(qf, j * nb, nb, xef[tt * nb:], xof[tt * nb:], nb, sf, j * ngroups,
+                                                ngroups, gb, 0, of, tt * n + j, n)
+                    for j in range(j0, j1):
+                        for tt in range(mpad):
+                            c = np.float32(0.0)
+                            for g in range(ngroups):
+                                c += scale[j, g] * zp8[j, g] * xgs[tt, g]
+                            out[tt, j] -= c
+                ch, done = next_task(queue, w, nw, nchunk, done)
 
 
 def _wo_fused(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
@@ -1443,7 +1455,7 @@ def _wo4_tokens(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndar
     xo = np.ascontiguousarray(xp[:, 1::2])
     xgs = xp[:, : ng * 2 * gb].reshape(mpad, ng, 2 * gb).sum(axis=2, dtype=np.float32)
     out = np.empty((mpad, n), dtype=np.float32)
-    _int4_tokens_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, out, gb)
+    _int4_tokens_kernel(xe, xo, xgs, pw._q4u, pw.scale, pw._zp8, out, gb, max(1, num_threads()))
     y = out[:m]
     y += bias_v
     return y
