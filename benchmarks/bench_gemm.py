@@ -18,10 +18,13 @@
   to 16-bit fixed point (``act_quant="int16"``: the integer A16 kernel on ``vpdpbusd``).  Interleaved ratios as
   for the INT8 GEMM.
 * ``quantized_linear 4096x4096 batch B``: W8A8 and W4A16 through :func:`quantized_linear` vs NumPy float32
-  ``x @ W.T`` (informational: the issue sets no target for these).
+  ``x @ W.T`` (informational: the issue sets no target for these).  These entries do not rotate weight copies:
+  8-16 MB of compressed weights can stay in a large last-level cache between calls (64 MB of float32 cannot),
+  which the cold ``int4_gemv`` entries rule out.
 * ``w4a16 4096x4096 g128 tokens T``: batched weight-only INT4 (the few-token and fused kernels) vs NumPy float32
   ``x @ W.T`` with dense weights (target 1.5x, issue 5); ``w8a16 ... tokens T``: the same with INT8 weights
-  (row buffer up to 8 tokens, then the fused INT8 panel kernel; no target).
+  (row buffer up to 8 tokens, then the fused INT8 panel kernel; no target); ``quantized_linear 4096x4096 w8a16
+  batch 1``: the weight-only INT8 GEMV (no target).
 """
 from __future__ import annotations
 
@@ -232,6 +235,16 @@ def test_bench_quantized_linear(benchmark, linear_layer, batch, mode, impl):
     benchmark.group = f"quantized_linear 4096x4096 {mode} batch {batch}"
     benchmark.extra_info.update(impl=impl, ops=2 * batch * w.size)
     _time_linear(benchmark, impl, x, w, packed[mode])
+
+
+@pytest.mark.parametrize("impl", ["memwall", "numpy"])
+def test_bench_w8a16_gemv(benchmark, linear_layer, impl):
+    """One token through INT8 weights with float activations (the weight-only INT8 GEMV; no target)."""
+    w, packed = linear_layer
+    x = _f32((1, 4096), 12)
+    benchmark.group = "quantized_linear 4096x4096 w8a16 batch 1"
+    benchmark.extra_info.update(impl=impl, ops=2 * w.size)
+    _time_linear(benchmark, impl, x, w, packed["w8a16"], act_quant="none")
 
 
 def _time_linear(benchmark, impl: str, x, w, pw, act_quant=None) -> None:

@@ -445,3 +445,57 @@ def make_int4_rows_tokens(rows: int, tokens: int):
 
     int4_rows_tok.__name__ = f"int4_rows_{rows}x{tokens}tok"
     return int4_rows_tok
+
+
+def make_int8_rows(rows: int):
+    """An intrinsic ``f(q, q_off, k, k16, x, pf, out, out_off)``: the weight-only INT8 GEMV's rows.
+
+    ``out[out_off + r] = sum_{i < k16} x[i] * q[q_off + r*k + i]`` for ``r < rows`` (``q`` int8, ``k`` bytes
+    per row, ``k16 <= k`` a multiple of 16; the caller adds the tail ``[k16, k)``, the scale, zero point and
+    bias).  Per 16-byte step and row: a sign-extending load (``vpmovsxbd``), a conversion (``vcvtdq2ps``) and an
+    FMA; the x vector of a step is loaded once for all ``rows`` rows.  ``pf`` (bytes, 0: none): each row's line
+    ``pf`` bytes ahead is prefetched into L2 once per 64 bytes."""
+
+    @intrinsic
+    def int8_rows(typingctx, q, q_off, k, k16, x, pf, out, out_off):
+        if not all(isinstance(t, types.Integer) for t in (q_off, k, k16, pf, out_off)):
+            return None
+        sig = types.void(q, q_off, k, k16, x, pf, out, out_off)
+
+        def codegen(context, builder, signature, args):
+            e = _Em(context, builder, signature, args)
+            b = builder
+            q_off_v, k_v, k16_v, pf_v, o_off_v = (e.i64(i) for i in (1, 2, 3, 5, 7))
+            qp = b.gep(e.ptr(0, _I8), [q_off_v])
+            xp = e.ptr(4, _F32)
+            op = b.gep(e.ptr(6, _F32), [o_off_v])
+            rowq = [b.gep(qp, [b.mul(k_v, e.k(r))]) for r in range(rows)]
+            do_pf = b.icmp_signed("!=", pf_v, e.k(0))
+
+            def step(i, acc):
+                xv = e.vload(xp, i)
+                out_acc = []
+                for r in range(rows):
+                    qv = b.load(b.bitcast(b.gep(rowq[r], [i]), _VB.as_pointer()), align=1)
+                    wf = b.sitofp(b.sext(qv, _VI), _VF)
+                    out_acc.append(e.fma(xv, wf, acc[r]))
+                return out_acc
+
+            k64 = b.mul(b.sdiv(k16_v, e.k(64)), e.k(64))
+            cl = _Loop(b, "i8c", e.k(0), k64, 64, [_ZERO] * rows)
+            with b.if_then(do_pf):
+                for r in range(rows):
+                    e.prefetch(rowq[r], b.add(cl.i, pf_v), locality=2)
+            acc = list(cl.vals)
+            for s in range(4):
+                acc = step(b.add(cl.i, e.k(16 * s)), acc)
+            acc = cl.close(acc)
+            tl = _Loop(b, "i8t", k64, k16_v, 16, acc)
+            acc = tl.close(step(tl.i, list(tl.vals)))
+            e.store_sums(acc, op)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    int8_rows.__name__ = f"int8_rows_{rows}"
+    return int8_rows

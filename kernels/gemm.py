@@ -1153,6 +1153,48 @@ if has_avx512_vnni():
         return -1
 
 
+if has_avx512_vnni():
+    from ._wo_ir import make_int8_rows
+
+    _int8_rows_blk = make_int8_rows(_GEMV_RB)
+    _int8_rows_one = make_int8_rows(1)
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _int8_gemv_zmm_kernel(x, xs, q8, scale, zp, has_zp, bias, out, workers):  # pragma: no cover - compiled
+        """:func:`_int8_gemv_kernel` on the zmm IR rows (:func:`._wo_ir.make_int8_rows`): ``_GEMV_RB`` rows per task
+        with the INT4 GEMV's work ranges and L2 prefetch ``_GEMV_PF_ROWS`` rows ahead; the tail of each row past
+        the last whole 16 bytes, the zero point, scale and bias here."""
+        n, k = q8.shape
+        k16 = k // 16 * 16
+        qf = q8.reshape(n * k)
+        nblk = n // _GEMV_RB
+        ntask = nblk + 1
+        nchunk = (ntask + _GEMV_CHUNK - 1) // _GEMV_CHUNK
+        nw = min(workers, nchunk)
+        queue = task_queues(nw)
+        for w in prange(nw):
+            ch, done = next_task(queue, w, nw, nchunk, 0)
+            while ch < nchunk:
+                for t in range(ch * _GEMV_CHUNK, min(ntask, (ch + 1) * _GEMV_CHUNK)):
+                    j0 = t * _GEMV_RB
+                    if t < nblk:
+                        pf = _GEMV_PF_ROWS * k if j0 + _GEMV_PF_ROWS + _GEMV_RB <= n else 0
+                        _int8_rows_blk(qf, j0 * k, k, k16, x, pf, out, j0)
+                        j1 = j0 + _GEMV_RB
+                    else:
+                        for j in range(j0, n):
+                            _int8_rows_one(qf, j * k, k, k16, x, 0, out, j)
+                        j1 = n
+                    for j in range(j0, j1):
+                        acc = out[j]
+                        for i in range(k16, k):
+                            acc += x[i] * np.float32(q8[j, i])
+                        if has_zp:
+                            acc -= np.float32(zp[j]) * xs
+                        out[j] = scale[j] * acc + bias[j]
+                ch, done = next_task(queue, w, nw, nchunk, done)
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _int8_gemv_kernel(x, xs, q8, scale, zp, has_zp, bias, out):  # pragma: no cover - compiled
     """out[j] = scale[j] * (sum_k x[k] * q8[j, k] - zp[j] * sum(x)) + bias[j] (weight-only INT8, one token)."""
@@ -1808,7 +1850,11 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
         else:
             y = np.empty(n, dtype=np.float32)
             xs = np.float32(x2[0].sum(dtype=np.float32))
-            _int8_gemv_kernel(x2[0], xs, pw.q8, pw.scale, pw.zero_point, pw._zp_used, bias_v, y)
+            if _DEFAULT_PATH == "vnni":
+                _int8_gemv_zmm_kernel(x2[0], xs, pw.q8, pw.scale, pw.zero_point, pw._zp_used, bias_v, y,
+                                      max(1, num_threads()))
+            else:
+                _int8_gemv_kernel(x2[0], xs, pw.q8, pw.scale, pw.zero_point, pw._zp_used, bias_v, y)
             y = y.reshape(1, n)
     else:
         y = _blocked_weight_only(x2, pw, bias_v)

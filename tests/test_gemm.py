@@ -552,6 +552,38 @@ def test_int8_weight_only_fused_matches_reference(m, n, k, sym, seed):
 
 
 @needs_ir
+@settings(max_examples=30)
+@given(n=st.sampled_from([1, 3, 4, 5, 16, 17, 33, 70, 101]), k=st.sampled_from([1, 15, 16, 17, 63, 64, 65, 100, 256, 1000]),
+       sym=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_int8_weight_only_gemv_zmm_matches_reference(n, k, sym, seed):
+    """One token through INT8 weights on the zmm IR rows (K off the 16- and 64-byte steps: the tail is summed
+    apart; rows off the 4-row tasks; prefetch on from 20 rows) against the float64 reference and the portable
+    kernel; 1 and 2 threads give the same bits."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    x[0, rng.integers(0, k)] *= 50.0
+    bias = rng.standard_normal(n).astype(np.float32)
+    pw = G.pack_weights(w, bits=8, symmetric=sym)
+    want, terms = _linear_reference(x, pw, bias, "none")
+    portable = np.empty(n, np.float32)
+    G._int8_gemv_kernel(x[0], np.float32(x[0].sum(dtype=np.float32)), pw.q8, pw.scale, pw.zero_point, pw._zp_used,
+                        bias, portable)
+    assert_close(portable, want[0], terms[0])
+    before = numba.get_num_threads()
+    outs = []
+    try:
+        for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(t)
+            outs.append(G.quantized_linear(x, pw, bias, act_quant="none"))
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert outs[0].shape == (1, n)
+    assert_close(outs[0][0], want[0], terms[0])
+
+
+@needs_ir
 def test_int8_weight_only_dispatch_and_threads(rng, monkeypatch):
     """quantized_linear(act_quant="none") on 8-bit weights: row buffer, fused kernel, BLAS blocks by the token
     count; the fused kernel gives the same bits on 1 and 2 threads."""
