@@ -447,42 +447,45 @@ def make_int4_rows_tokens(rows: int, tokens: int):
     return int4_rows_tok
 
 
-def make_int8_rows(rows: int):
-    """An intrinsic ``f(q, q_off, k, k16, x, pf, out, out_off)``: the weight-only INT8 GEMV's rows.
+def make_int8_rows(rows: int, tokens: int = 1):
+    """An intrinsic ``f(q, q_off, k, k16, x, ldx, pf, out, out_off, ldo)``: the weight-only INT8 GEMV's rows, for
+    ``tokens`` activation rows at once.
 
-    ``out[out_off + r] = sum_{i < k16} x[i] * q[q_off + r*k + i]`` for ``r < rows`` (``q`` int8, ``k`` bytes
-    per row, ``k16 <= k`` a multiple of 16; the caller adds the tail ``[k16, k)``, the scale, zero point and
-    bias).  Per 16-byte step and row: a sign-extending load (``vpmovsxbd``), a conversion (``vcvtdq2ps``) and an
-    FMA; the x vector of a step is loaded once for all ``rows`` rows.  ``pf`` (bytes, 0: none): each row's line
-    ``pf`` bytes ahead is prefetched into L2 once per 64 bytes."""
+    ``out[out_off + t*ldo + r] = sum_{i < k16} x[t*ldx + i] * q[q_off + r*k + i]`` for ``r < rows``, ``t < tokens``
+    (``q`` int8, ``k`` bytes per row, ``k16 <= k`` a multiple of 16; the caller adds the tail ``[k16, k)``, the
+    scale, zero point and bias).  Per 16-byte step and row: a sign-extending load (``vpmovsxbd``) and a
+    conversion (``vcvtdq2ps``), then one FMA per token; the x vectors of a step are loaded once for all ``rows``
+    rows.  ``pf`` (bytes, 0: none): each row's line ``pf`` bytes ahead is prefetched into L2 once per 64 bytes."""
 
     @intrinsic
-    def int8_rows(typingctx, q, q_off, k, k16, x, pf, out, out_off):
-        if not all(isinstance(t, types.Integer) for t in (q_off, k, k16, pf, out_off)):
+    def int8_rows(typingctx, q, q_off, k, k16, x, ldx, pf, out, out_off, ldo):
+        if not all(isinstance(t, types.Integer) for t in (q_off, k, k16, ldx, pf, out_off, ldo)):
             return None
-        sig = types.void(q, q_off, k, k16, x, pf, out, out_off)
+        sig = types.void(q, q_off, k, k16, x, ldx, pf, out, out_off, ldo)
 
         def codegen(context, builder, signature, args):
             e = _Em(context, builder, signature, args)
             b = builder
-            q_off_v, k_v, k16_v, pf_v, o_off_v = (e.i64(i) for i in (1, 2, 3, 5, 7))
+            q_off_v, k_v, k16_v, ldx_v, pf_v, o_off_v, ldo_v = (e.i64(i) for i in (1, 2, 3, 5, 6, 8, 9))
             qp = b.gep(e.ptr(0, _I8), [q_off_v])
-            xp = e.ptr(4, _F32)
-            op = b.gep(e.ptr(6, _F32), [o_off_v])
+            xps = [b.gep(e.ptr(4, _F32), [b.mul(ldx_v, e.k(t))]) for t in range(tokens)]
+            op = b.gep(e.ptr(7, _F32), [o_off_v])
             rowq = [b.gep(qp, [b.mul(k_v, e.k(r))]) for r in range(rows)]
             do_pf = b.icmp_signed("!=", pf_v, e.k(0))
+            nacc = rows * tokens
 
             def step(i, acc):
-                xv = e.vload(xp, i)
-                out_acc = []
+                xv = [e.vload(xps[t], i) for t in range(tokens)]
+                out_acc = list(acc)
                 for r in range(rows):
                     qv = b.load(b.bitcast(b.gep(rowq[r], [i]), _VB.as_pointer()), align=1)
                     wf = b.sitofp(b.sext(qv, _VI), _VF)
-                    out_acc.append(e.fma(xv, wf, acc[r]))
+                    for t in range(tokens):
+                        out_acc[r * tokens + t] = e.fma(xv[t], wf, acc[r * tokens + t])
                 return out_acc
 
             k64 = b.mul(b.sdiv(k16_v, e.k(64)), e.k(64))
-            cl = _Loop(b, "i8c", e.k(0), k64, 64, [_ZERO] * rows)
+            cl = _Loop(b, "i8c", e.k(0), k64, 64, [_ZERO] * nacc)
             with b.if_then(do_pf):
                 for r in range(rows):
                     e.prefetch(rowq[r], b.add(cl.i, pf_v), locality=2)
@@ -492,10 +495,13 @@ def make_int8_rows(rows: int):
             acc = cl.close(acc)
             tl = _Loop(b, "i8t", k64, k16_v, 16, acc)
             acc = tl.close(step(tl.i, list(tl.vals)))
-            e.store_sums(acc, op)
+            for r in range(rows):
+                for t in range(tokens):
+                    o = b.add(b.mul(ldo_v, e.k(t)), e.k(r))
+                    b.store(e.hsum(acc[r * tokens + t]), b.gep(op, [o]), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    int8_rows.__name__ = f"int8_rows_{rows}"
+    int8_rows.__name__ = f"int8_rows_{rows}x{tokens}tok"
     return int8_rows

@@ -1158,15 +1158,22 @@ if has_avx512_vnni():
 
     _int8_rows_blk = make_int8_rows(_GEMV_RB)
     _int8_rows_one = make_int8_rows(1)
+    _int8_rows_blk2 = make_int8_rows(_GEMV_RB, 2)
+    _int8_rows_one2 = make_int8_rows(1, 2)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _int8_gemv_zmm_kernel(x, xs, q8, scale, zp, has_zp, bias, out, workers):  # pragma: no cover - compiled
-        """:func:`_int8_gemv_kernel` on the zmm IR rows (:func:`._wo_ir.make_int8_rows`): ``_GEMV_RB`` rows per task
-        with the INT4 GEMV's work ranges and L2 prefetch ``_GEMV_PF_ROWS`` rows ahead; the tail of each row past
-        the last whole 16 bytes, the zero point, scale and bias here."""
-        n, k = q8.shape
+    def _int8_wo_rows_kernel(x, xs, q8, scale, zp, has_zp, bias, out, workers):  # pragma: no cover - compiled
+        """out (M, N) = x (M, K) @ W^T + bias for INT8 weights and few tokens, on the zmm IR rows
+        (:func:`._wo_ir.make_int8_rows`): ``_GEMV_RB`` rows per task, two tokens per pass over them (the rows stay
+        in L1/L2 for the next pair), with the INT4 GEMV's work ranges and L2 prefetch ``_GEMV_PF_ROWS`` rows ahead
+        (first pass).  The tail of each row past the last whole 16 bytes, the zero point (``xs``: token sums),
+        scale and bias here."""
+        m, k = x.shape
+        n = q8.shape[0]
         k16 = k // 16 * 16
         qf = q8.reshape(n * k)
+        xf = x.reshape(m * k)
+        of = out.reshape(m * n)
         nblk = n // _GEMV_RB
         ntask = nblk + 1
         nchunk = (ntask + _GEMV_CHUNK - 1) // _GEMV_CHUNK
@@ -1177,21 +1184,30 @@ if has_avx512_vnni():
             while ch < nchunk:
                 for t in range(ch * _GEMV_CHUNK, min(ntask, (ch + 1) * _GEMV_CHUNK)):
                     j0 = t * _GEMV_RB
-                    if t < nblk:
-                        pf = _GEMV_PF_ROWS * k if j0 + _GEMV_PF_ROWS + _GEMV_RB <= n else 0
-                        _int8_rows_blk(qf, j0 * k, k, k16, x, pf, out, j0)
-                        j1 = j0 + _GEMV_RB
-                    else:
-                        for j in range(j0, n):
-                            _int8_rows_one(qf, j * k, k, k16, x, 0, out, j)
-                        j1 = n
+                    j1 = min(n, j0 + _GEMV_RB)
+                    for t0 in range(0, m, 2):
+                        two = t0 + 2 <= m
+                        xt = xf[t0 * k:]
+                        if t < nblk:
+                            pf = _GEMV_PF_ROWS * k if (t0 == 0 and j0 + _GEMV_PF_ROWS + _GEMV_RB <= n) else 0
+                            if two:
+                                _int8_rows_blk2(qf, j0 * k, k, k16, xt, k, pf, of, t0 * n + j0, n)
+                            else:
+                                _int8_rows_blk(qf, j0 * k, k, k16, xt, k, pf, of, t0 * n + j0, n)
+                        else:
+                            for j in range(j0, j1):
+                                if two:
+                                    _int8_rows_one2(qf, j * k, k, k16, xt, k, 0, of, t0 * n + j, n)
+                                else:
+                                    _int8_rows_one(qf, j * k, k, k16, xt, k, 0, of, t0 * n + j, n)
                     for j in range(j0, j1):
-                        acc = out[j]
-                        for i in range(k16, k):
-                            acc += x[i] * np.float32(q8[j, i])
-                        if has_zp:
-                            acc -= np.float32(zp[j]) * xs
-                        out[j] = scale[j] * acc + bias[j]
+                        for tt in range(m):
+                            acc = out[tt, j]
+                            for i in range(k16, k):
+                                acc += x[tt, i] * np.float32(q8[j, i])
+                            if has_zp:
+                                acc -= np.float32(zp[j]) * xs[tt]
+                            out[tt, j] = scale[j] * acc + bias[j]
                 ch, done = next_task(queue, w, nw, nchunk, done)
 
 
@@ -1482,6 +1498,15 @@ def _wo_fused(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarra
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
+def _wo8_rows(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
+    """x (M, K) float32 (C-contiguous) @ W^T + bias for INT8 weights and few tokens on the AVX-512 IR rows
+    (:func:`_int8_wo_rows_kernel`)."""
+    out = np.empty((x.shape[0], pw.out_features), dtype=np.float32)
+    xs = x.sum(axis=1, dtype=np.float32)
+    _int8_wo_rows_kernel(x, xs, pw.q8, pw.scale, pw.zero_point, pw._zp_used, bias_v, out, max(1, num_threads()))
+    return out
+
+
 def _wo4_tokens(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:
     """x (M, K) float32 @ W^T for few tokens on the AVX-512 GEMV-style kernel (:func:`_int4_tokens_kernel`);
     needs ``group bytes % 16 == 0`` (the caller checks)."""
@@ -1510,10 +1535,11 @@ WEIGHT_ONLY_BLAS_TOKENS = 16
 #: fused 5.4 ms at 12 tokens, fused 5.5 vs 6.4 at 16; fused 31 vs BLAS 43 ms at 128, 62 vs 60 at 256)
 WEIGHT_ONLY_FEW_TOKENS = 12
 WEIGHT_ONLY_FUSED_BLAS_TOKENS = 256
-#: INT8 weights on AVX-512: up to this many tokens on the row-buffer kernel, then the fused panel kernel (below
-#: WEIGHT_ONLY_FUSED_BLAS_TOKENS).  4096x4096, 2 threads, vs NumPy float32: row buffer 1.7-4x at 2-8 tokens and
-#: 0.7-0.8x from 12; fused 1.9-2.6x at 12-32, 1.3x at 48-64, 0.9x at 128, where BLAS blocks reach 0.5-0.7x
-WEIGHT_ONLY_W8_ROWBUF_TOKENS = 8
+#: INT8 weights on AVX-512: up to this many tokens on the GEMV-style IR rows (:func:`_wo8_rows`, two tokens per
+#: pass), then the fused panel kernel (below WEIGHT_ONLY_FUSED_BLAS_TOKENS).  Cold 4096x4096, 2 threads,
+#: interleaved medians, rows vs fused: 2.84 vs 6.39 ms at 8 tokens, 5.55 vs 6.32 at 16, 7.15 vs 9.91 at 20, 8.57
+#: vs 8.78 at 24, 12.4 vs 9.1 at 32 (the row-buffer kernel they replace took 3.1 / 4.1 / 6.9 ms at 2 / 4 / 8)
+WEIGHT_ONLY_W8_FEW_TOKENS = 20
 #: float32 bytes of one dequantized weight block on that path
 _WO_BLOCK_BYTES = 16 << 20
 
@@ -1556,9 +1582,9 @@ def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -
 
     INT4 on AVX-512 (:func:`_wo4_ir_ok`): up to ``WEIGHT_ONLY_FEW_TOKENS`` tokens on the GEMV-style kernel
     (:func:`_wo4_tokens`), then the fused dequantize-panel + register-tile GEMM (:func:`_wo_fused`), from
-    ``WEIGHT_ONLY_FUSED_BLAS_TOKENS`` dequantized blocks handed to BLAS.  INT8 on AVX-512: the row-buffer kernel
-    up to ``WEIGHT_ONLY_W8_ROWBUF_TOKENS`` tokens, then the same fused kernel with INT8 panels (:func:`_wo_fused`), BLAS
-    blocks from ``WEIGHT_ONLY_FUSED_BLAS_TOKENS``.  Otherwise (other CPUs, odd INT4 group sizes): weight rows
+    ``WEIGHT_ONLY_FUSED_BLAS_TOKENS`` dequantized blocks handed to BLAS.  INT8 on AVX-512: the GEMV-style IR rows
+    (:func:`_wo8_rows`) up to ``WEIGHT_ONLY_W8_FEW_TOKENS`` tokens, then the same fused kernel with INT8 panels
+    (:func:`_wo_fused`), BLAS blocks from ``WEIGHT_ONLY_FUSED_BLAS_TOKENS``.  Otherwise (other CPUs, odd INT4 group sizes): weight rows
     dequantized one by one inside the row-buffer kernel, or from ``WEIGHT_ONLY_BLAS_TOKENS`` tokens blocks
     handed to BLAS (:func:`_weight_only_blas`)."""
     m = x.shape[0]
@@ -1569,7 +1595,9 @@ def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -
         if m < WEIGHT_ONLY_FUSED_BLAS_TOKENS:
             return _wo_fused(x, pw, bias_v)
         return _weight_only_blas(x, pw, bias_v)
-    if pw.bits == 8 and _DEFAULT_PATH == "vnni" and m > WEIGHT_ONLY_W8_ROWBUF_TOKENS:
+    if pw.bits == 8 and _DEFAULT_PATH == "vnni":
+        if m <= WEIGHT_ONLY_W8_FEW_TOKENS:
+            return _wo8_rows(x, pw, bias_v)
         if m < WEIGHT_ONLY_FUSED_BLAS_TOKENS:
             return _wo_fused(x, pw, bias_v)
         return _weight_only_blas(x, pw, bias_v)
@@ -1847,14 +1875,12 @@ def quantized_linear(x, packed: PackedWeights, bias=None, *, act_quant: str | No
     elif m == 1:
         if pw.bits == 4:
             y = _int4_gemv_raw(x2[0], pw, bias_v).reshape(1, n)
+        elif _DEFAULT_PATH == "vnni":
+            y = _wo8_rows(x2, pw, bias_v)
         else:
             y = np.empty(n, dtype=np.float32)
             xs = np.float32(x2[0].sum(dtype=np.float32))
-            if _DEFAULT_PATH == "vnni":
-                _int8_gemv_zmm_kernel(x2[0], xs, pw.q8, pw.scale, pw.zero_point, pw._zp_used, bias_v, y,
-                                      max(1, num_threads()))
-            else:
-                _int8_gemv_kernel(x2[0], xs, pw.q8, pw.scale, pw.zero_point, pw._zp_used, bias_v, y)
+            _int8_gemv_kernel(x2[0], xs, pw.q8, pw.scale, pw.zero_point, pw._zp_used, bias_v, y)
             y = y.reshape(1, n)
     else:
         y = _blocked_weight_only(x2, pw, bias_v)

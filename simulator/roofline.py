@@ -44,11 +44,11 @@ Vector work besides the main product (same SMs / cores: its time *adds* to the m
       scale, round and clip per element are float work), else at the conversion fraction of the compute
       dtype's vector peak.
     * CPUs whose profile gives ``weight_only_gemm_fraction``: the product of a weight-only quantized GEMM
-      with more than ``WO_FEW_TOKENS`` tokens (INT8/INT4 weights, float activations) runs at that fraction of
-      the vector peak -- the rate memwall's batched dequantizing kernel reaches (measured by calibrate) --
-      instead of the dense-GEMM fraction; its dequantization work is charged as above.  With 2 to
-      ``WO_FEW_TOKENS`` tokens memwall's INT4 kernel makes GEMV-style passes: the product at the GEMV's rate and the
-      weights decoded ``ceil(m / WO_TOKENS_PER_DECODE)`` times.
+      with more than ``WO_FEW_TOKENS`` tokens (INT4 weights; ``WO8_FEW_TOKENS`` for INT8 weights; float
+      activations) runs at that fraction of the vector peak -- the rate memwall's batched dequantizing kernel
+      reaches (measured by calibrate) -- instead of the dense-GEMM fraction; its dequantization work is charged as
+      above.  With 2 to ``WO_FEW_TOKENS`` (``WO8_FEW_TOKENS``) tokens memwall's INT4 (INT8) kernel makes GEMV-style
+      passes: the product at the GEMV's rate and the weights decoded ``ceil(m / WO_TOKENS_PER_DECODE)`` times.
     * CPUs whose profile gives ``blas_pack_bandwidth_fraction``: a BLAS copies the weight operand of a dense
       float GEMM with more than one token into its packed panel layout before the product (GotoBLAS-style),
       a pass that does not overlap it: ``weight bytes / (bandwidth of the level the weights come from x
@@ -100,11 +100,13 @@ from .devices import Device, load_device
 from .energy import energy_components  # noqa: F401  (re-exported helper; the vector path inlines the sums)
 from .ops import GemmOp, MemoryOp
 
-#: memwall's weight-only INT4 kernels on AVX-512 CPUs (``memwall.kernels.gemm``; a test keeps these equal to
-#: ``WEIGHT_ONLY_FEW_TOKENS`` and ``_WO_TOK`` there): up to WO_FEW_TOKENS tokens run GEMV-style passes that decode
-#: the weights once per WO_TOKENS_PER_DECODE tokens; more tokens dequantize each weight panel once for all tokens.
-#: Used for profiles that describe memwall's kernels, i.e. give ``weight_only_gemm_fraction`` (calibrated hosts).
+#: memwall's weight-only kernels on AVX-512 CPUs (``memwall.kernels.gemm``; a test keeps these equal to
+#: ``WEIGHT_ONLY_FEW_TOKENS``, ``WEIGHT_ONLY_W8_FEW_TOKENS`` and ``_WO_TOK`` there): up to WO_FEW_TOKENS tokens
+#: (INT4 weights) or WO8_FEW_TOKENS tokens (INT8) run GEMV-style passes that decode the weights once per
+#: WO_TOKENS_PER_DECODE tokens; more tokens dequantize each weight panel once for all tokens.  Used for profiles
+#: that describe memwall's kernels, i.e. give ``weight_only_gemm_fraction`` (calibrated hosts).
 WO_FEW_TOKENS = 12
+WO8_FEW_TOKENS = 20
 WO_TOKENS_PER_DECODE = 2
 
 __all__ = [
@@ -404,7 +406,7 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
         wo = wop & _IS_INT[w_eff] & ~_IS_INT[a] & (m >= 2) & ~use_tensor & ((fmt == _F["dense"]) | (fmt == _F["channel"]))
         # up to WO_FEW_TOKENS tokens memwall runs GEMV-style passes instead (product at the GEMV's rate; the
         # weights are decoded once per WO_TOKENS_PER_DECODE tokens: see reuse_w below)
-        wo_few = wo & (w_eff == _D["int4"]) & (m <= WO_FEW_TOKENS)  # INT4 only: INT8 has no such kernel
+        wo_few = wo & (((w_eff == _D["int4"]) & (m <= WO_FEW_TOKENS)) | ((w_eff == _D["int8"]) & (m <= WO8_FEW_TOKENS)))
         peak = _sel(wo & ~wo_few, T.v_dense[T.vdt[c]] * T.f_wo, peak)
     work = useful
     nm_sparse = np.zeros((), dtype=bool)

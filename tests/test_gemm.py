@@ -554,15 +554,15 @@ def test_int8_weight_only_fused_matches_reference(m, n, k, sym, seed):
 @needs_ir
 @settings(max_examples=30)
 @given(n=st.sampled_from([1, 3, 4, 5, 16, 17, 33, 70, 101]), k=st.sampled_from([1, 15, 16, 17, 63, 64, 65, 100, 256, 1000]),
-       sym=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_int8_weight_only_gemv_zmm_matches_reference(n, k, sym, seed):
-    """One token through INT8 weights on the zmm IR rows (K off the 16- and 64-byte steps: the tail is summed
-    apart; rows off the 4-row tasks; prefetch on from 20 rows) against the float64 reference and the portable
-    kernel; 1 and 2 threads give the same bits."""
+       m=st.sampled_from([1, 2, 3, 5, 20]), sym=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_int8_weight_only_rows_zmm_match_reference(n, k, m, sym, seed):
+    """Few tokens through INT8 weights on the zmm IR rows (K off the 16- and 64-byte steps: the tail is summed
+    apart; rows off the 4-row tasks; tokens in pairs and a last single one; prefetch on from 20 rows) against the
+    float64 reference (and one token against the portable kernel); 1 and 2 threads give the same bits."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((n, k)).astype(np.float32)
-    x = rng.standard_normal((1, k)).astype(np.float32)
-    x[0, rng.integers(0, k)] *= 50.0
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[:, rng.integers(0, k)] *= 50.0
     bias = rng.standard_normal(n).astype(np.float32)
     pw = G.pack_weights(w, bits=8, symmetric=sym)
     want, terms = _linear_reference(x, pw, bias, "none")
@@ -579,21 +579,23 @@ def test_int8_weight_only_gemv_zmm_matches_reference(n, k, sym, seed):
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(outs[0], outs[1])
-    assert outs[0].shape == (1, n)
-    assert_close(outs[0][0], want[0], terms[0])
+    assert outs[0].shape == (m, n)
+    assert_close(outs[0], want, terms)
+    np.testing.assert_array_equal(G._wo8_rows(x, pw, bias), outs[0])
 
 
 @needs_ir
 def test_int8_weight_only_dispatch_and_threads(rng, monkeypatch):
-    """quantized_linear(act_quant="none") on 8-bit weights: row buffer, fused kernel, BLAS blocks by the token
-    count; the fused kernel gives the same bits on 1 and 2 threads."""
+    """quantized_linear(act_quant="none") on 8-bit weights: GEMV-style IR rows, fused kernel, BLAS blocks by the
+    token count; the fused kernel gives the same bits on 1 and 2 threads."""
     w = rng.standard_normal((40, 200)).astype(np.float32)
     x = rng.standard_normal((12, 200)).astype(np.float32)
     bias = rng.standard_normal(40).astype(np.float32)
     pw = G.pack_weights(w, bits=8, symmetric=False)
     want, terms = _linear_reference(x, pw, bias, "none")
-    monkeypatch.setattr(G, "WEIGHT_ONLY_W8_ROWBUF_TOKENS", 3)
+    monkeypatch.setattr(G, "WEIGHT_ONLY_W8_FEW_TOKENS", 3)
     monkeypatch.setattr(G, "WEIGHT_ONLY_FUSED_BLAS_TOKENS", 8)
+    np.testing.assert_array_equal(G.quantized_linear(x[:3], pw, bias, act_quant="none"), G._wo8_rows(x[:3], pw, bias))
     np.testing.assert_array_equal(G.quantized_linear(x[:5], pw, bias, act_quant="none"), G._wo_fused(x[:5], pw, bias))
     np.testing.assert_array_equal(G.quantized_linear(x, pw, bias, act_quant="none"), G._weight_only_blas(x, pw, bias))
     for y in (G.quantized_linear(x[:3], pw, bias, act_quant="none"), G._weight_only_blas(x, pw, bias)[:3]):

@@ -503,7 +503,8 @@ def test_weight_only_few_tokens_decode_per_token_pair(tmp_path):
     from memwall.simulator import roofline as R
 
     # the model describes the kernel that runs: its thresholds are the kernel's
-    assert (R.WO_FEW_TOKENS, R.WO_TOKENS_PER_DECODE) == (G.WEIGHT_ONLY_FEW_TOKENS, G._WO_TOK)
+    assert (R.WO_FEW_TOKENS, R.WO8_FEW_TOKENS, R.WO_TOKENS_PER_DECODE) == (
+        G.WEIGHT_ONLY_FEW_TOKENS, G.WEIGHT_ONLY_W8_FEW_TOKENS, G._WO_TOK)
     plain = _template_with(tmp_path, "plain")
     dev = _template_with(tmp_path, "wo", weight_only_gemm_fraction=0.2)
     w4 = Compression(weights="int4", acts="fp32", group_size=128)
@@ -521,11 +522,15 @@ def test_weight_only_few_tokens_decode_per_token_pair(tmp_path):
     out = estimate_gemm_arrays(dev, np.array([8, 13]), 4096, 4096, weights="int4", acts="fp32", group_size=128)
     assert out["time_s"][0] == pytest.approx(estimate(dev, op, w4).time_s, rel=1e-12)
     assert out["time_s"][1] == pytest.approx(estimate(dev, op13, w4).time_s, rel=1e-12)
-    # INT8 weight-only has no few-token kernel: its product runs at the calibrated rate from 2 tokens
+    # INT8 weight-only: GEMV-style passes up to 20 tokens (2 ops per INT8 weight: convert, scale), the
+    # fused kernel's calibrated rate from 21
     w8 = Compression(weights="int8", acts="fp32")
     diff8 = estimate(dev, op, w8).time_by_roof["vector"] - estimate(plain, op, w8).time_by_roof["vector"]
-    ops8 = 2 * 8 * 4096 * 4096
-    assert diff8 == pytest.approx(ops8 / (0.32e12 * 0.2) - ops8 / (0.32e12 * 0.8), rel=1e-9)
+    assert diff8 == pytest.approx(3 * 2 * 4096 * 4096 / (0.32e12 * 0.8), rel=1e-9)
+    op21 = GemmOp("fc", 21, 4096, 4096)
+    diff21 = estimate(dev, op21, w8).time_by_roof["vector"] - estimate(plain, op21, w8).time_by_roof["vector"]
+    ops21 = 2 * 21 * 4096 * 4096
+    assert diff21 == pytest.approx(ops21 / (0.32e12 * 0.2) - ops21 / (0.32e12 * 0.8), rel=1e-9)
 
 
 def test_csr_cost_per_stored_nonzero(tmp_path):
