@@ -584,6 +584,24 @@ def test_int8_weight_only_rows_zmm_match_reference(n, k, m, sym, seed):
     np.testing.assert_array_equal(G._wo8_rows(x, pw, bias), outs[0])
 
 
+@pytest.mark.parametrize("bits,group", [(8, None), (4, 32), (4, None)])
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_weight_only_portable_paths_match_reference(bits, group, m, rng, monkeypatch):
+    """The kernels other CPUs (and MEMWALL_ISA=generic) run for float activations: the portable GEMV, the
+    row-buffer kernel below WEIGHT_ONLY_BLAS_TOKENS tokens, dequantized blocks for BLAS from it."""
+    monkeypatch.setattr(G, "_DEFAULT_PATH", "generic")
+    w = rng.standard_normal((37, 96)).astype(np.float32)
+    x = rng.standard_normal((m, 96)).astype(np.float32)
+    bias = rng.standard_normal(37).astype(np.float32)
+    pw = G.pack_weights(w, bits=bits, group_size=group, symmetric=False)
+    want, terms = _linear_reference(x, pw, bias, "none")
+    y = G.quantized_linear(x, pw, bias, act_quant="none")
+    assert y.shape == (m, 37)
+    assert_close(y, want, terms)
+    if m < G.WEIGHT_ONLY_BLAS_TOKENS and m > 1:  # the row-buffer kernel itself, against the BLAS blocks
+        assert_close(G._weight_only_blas(x, pw, bias), want, terms)
+
+
 @needs_ir
 def test_int8_weight_only_dispatch_and_threads(rng, monkeypatch):
     """quantized_linear(act_quant="none") on 8-bit weights: GEMV-style IR rows, fused kernel, BLAS blocks by the
