@@ -1584,9 +1584,9 @@ def _blocked_weight_only(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -
     (:func:`_wo4_tokens`), then the fused dequantize-panel + register-tile GEMM (:func:`_wo_fused`), from
     ``WEIGHT_ONLY_FUSED_BLAS_TOKENS`` dequantized blocks handed to BLAS.  INT8 on AVX-512: the GEMV-style IR rows
     (:func:`_wo8_rows`) up to ``WEIGHT_ONLY_W8_FEW_TOKENS`` tokens, then the same fused kernel with INT8 panels
-    (:func:`_wo_fused`), BLAS blocks from ``WEIGHT_ONLY_FUSED_BLAS_TOKENS``.  Otherwise (other CPUs, odd INT4 group sizes): weight rows
-    dequantized one by one inside the row-buffer kernel, or from ``WEIGHT_ONLY_BLAS_TOKENS`` tokens blocks
-    handed to BLAS (:func:`_weight_only_blas`)."""
+    (:func:`_wo_fused`), BLAS blocks from ``WEIGHT_ONLY_FUSED_BLAS_TOKENS``.  Otherwise (other CPUs, odd INT4
+    group sizes): weight rows dequantized one by one inside the row-buffer kernel, or from
+    ``WEIGHT_ONLY_BLAS_TOKENS`` tokens blocks handed to BLAS (:func:`_weight_only_blas`)."""
     m = x.shape[0]
     n, k = pw.shape
     if pw.bits == 4 and _wo4_ir_ok(pw):

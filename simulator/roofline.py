@@ -406,7 +406,8 @@ def _gemm_core(T: _Tables, m, n, k, count, w, a, fmt, sp, group, sbytes, zp, br,
         wo = wop & _IS_INT[w_eff] & ~_IS_INT[a] & (m >= 2) & ~use_tensor & ((fmt == _F["dense"]) | (fmt == _F["channel"]))
         # up to WO_FEW_TOKENS tokens memwall runs GEMV-style passes instead (product at the GEMV's rate; the
         # weights are decoded once per WO_TOKENS_PER_DECODE tokens: see reuse_w below)
-        wo_few = wo & (((w_eff == _D["int4"]) & (m <= WO_FEW_TOKENS)) | ((w_eff == _D["int8"]) & (m <= WO8_FEW_TOKENS)))
+        few4 = (w_eff == _D["int4"]) & (m <= WO_FEW_TOKENS)
+        wo_few = wo & (few4 | ((w_eff == _D["int8"]) & (m <= WO8_FEW_TOKENS)))
         peak = _sel(wo & ~wo_few, T.v_dense[T.vdt[c]] * T.f_wo, peak)
     work = useful
     nm_sparse = np.zeros((), dtype=bool)
