@@ -90,6 +90,14 @@ class _Em:
         for r, v in enumerate(vecs):
             self.b.store(self.hsum(v), self.b.gep(optr, [self.k(r)]), align=4)
 
+    def store_token_sums(self, vecs, optr, ldo, rows, tokens):
+        """``optr[t*ldo + r]`` = the horizontal sum of ``vecs[r*tokens + t]`` (``ldo``: an i64 value)."""
+        b = self.b
+        for r in range(rows):
+            for t in range(tokens):
+                o = b.add(b.mul(ldo, self.k(t)), self.k(r))
+                b.store(self.hsum(vecs[r * tokens + t]), b.gep(optr, [o]), align=4)
+
     def hsum(self, v):
         b = self.b
         width = 16
@@ -434,11 +442,7 @@ def make_int4_rows_tokens(rows: int, tokens: int):
                 sv = e.splat(b.load(b.gep(rows_s[r], [g]), align=4))
                 for t in range(tokens):
                     tots.append(e.fma(sv, accs[r * tokens + t], gl.vals[r * tokens + t]))
-            tots = gl.close(tots)
-            for r in range(rows):
-                for t in range(tokens):
-                    o = b.add(b.mul(ldo_v, e.k(t)), e.k(r))
-                    b.store(e.hsum(tots[r * tokens + t]), b.gep(op, [o]), align=4)
+            e.store_token_sums(gl.close(tots), op, ldo_v, rows, tokens)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -494,11 +498,7 @@ def make_int8_rows(rows: int, tokens: int = 1):
                 acc = step(b.add(cl.i, e.k(16 * s)), acc)
             acc = cl.close(acc)
             tl = _Loop(b, "i8t", k64, k16_v, 16, acc)
-            acc = tl.close(step(tl.i, list(tl.vals)))
-            for r in range(rows):
-                for t in range(tokens):
-                    o = b.add(b.mul(ldo_v, e.k(t)), e.k(r))
-                    b.store(e.hsum(acc[r * tokens + t]), b.gep(op, [o]), align=4)
+            e.store_token_sums(tl.close(step(tl.i, list(tl.vals))), op, ldo_v, rows, tokens)
             return context.get_dummy_value()
 
         return sig, codegen
