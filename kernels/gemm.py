@@ -108,6 +108,11 @@ def active_paths() -> dict[str, str]:
         "int4_gemm": ("W4A16: <= 12 tokens zmm GEMV-style IR (2 tokens per decoded step), then 16-channel panels "
                       "dequantized in L1 + zmm register tiles, BLAS blocks from 256 tokens" if vnni else
                       "W4A16: weight rows dequantized in L1, dot with every token") + "; W4A8 on the int8 path",
+        "int8_wo": (f"W8A16: <= {WEIGHT_ONLY_W8_FEW_TOKENS} tokens zmm IR rows (vpmovsxbd + vcvtdq2ps, 2 tokens per "
+                    f"pass), {_GEMV_RB} rows/task + prefetch, per-thread row ranges with stealing, then 16-channel "
+                    f"INT8 panels + zmm register tiles, BLAS blocks from {WEIGHT_ONLY_FUSED_BLAS_TOKENS} tokens" if vnni
+                    else "W8A16: numba row loop (one token), weight rows dequantized in L1 (few tokens), BLAS blocks "
+                    f"from {WEIGHT_ONLY_BLAS_TOKENS} tokens"),
         "isa": config.requested_isa(),
     }
 

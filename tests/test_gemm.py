@@ -413,7 +413,7 @@ def test_bad_input_weights_and_linear(rng):
 # ================================================================================================
 def test_active_paths():
     info = G.active_paths()
-    assert {"int8_gemm", "int4_gemv", "int4_gemm"} <= set(info)
+    assert {"int8_gemm", "int4_gemv", "int4_gemm", "int8_wo"} <= set(info)
     assert "generic" in PATHS
     assert info["int8_gemm"].startswith("avx512-vnni" if G._DEFAULT_PATH == "vnni" else "generic")
 
