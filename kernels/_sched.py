@@ -87,6 +87,31 @@ def next_task(queue, w, workers, ntask, done):  # pragma: no cover - compiled
     return ntask, done
 
 
+@njit(inline="always")
+def chunk_workers(ntask, chunk, workers):  # pragma: no cover - compiled
+    """Threads worth starting for ``ntask`` tasks taken ``chunk`` at a time by :func:`next_chunk`."""
+    return min(workers, (ntask + chunk - 1) // chunk)
+
+
+@njit(inline="always")
+def next_chunk(queue, w, workers, ntask, chunk, done):  # pragma: no cover - compiled
+    """``(t0, t1, done)``: the next ``chunk`` consecutive tasks ``[t0, t1)`` of thread ``w`` (:func:`next_task` over
+    the chunks of ``ntask`` tasks); ``t0 >= ntask`` when none is left.  Usage::
+
+        nw = chunk_workers(ntask, chunk, workers)
+        queue = task_queues(nw)
+        for w in prange(nw):
+            t0, t1, done = next_chunk(queue, w, nw, ntask, chunk, 0)
+            while t0 < ntask:
+                for t in range(t0, t1):
+                    ...
+                t0, t1, done = next_chunk(queue, w, nw, ntask, chunk, done)
+    """
+    nchunk = (ntask + chunk - 1) // chunk
+    ch, done = next_task(queue, w, workers, nchunk, done)
+    return ch * chunk, min(ntask, (ch + 1) * chunk), done
+
+
 # ------------------------------------------------------------------------------------------------
 # thread count of the calling thread, cheaply
 # ------------------------------------------------------------------------------------------------

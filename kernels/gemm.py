@@ -28,7 +28,7 @@ from . import config
 from ._validate import as_array, check_choice, check_finite, check_int, check_positive, check_range
 from ._generic_ir import KB2, make_madd_microkernel
 from .cpu import has_avx512_vnni
-from ._sched import next_task, num_threads, task_queues
+from ._sched import chunk_workers, next_chunk, next_task, num_threads, task_queues
 from .quant import _quantize_rows_int8
 
 __all__ = [
@@ -1131,13 +1131,12 @@ if has_avx512_vnni():
         sf = scale.reshape(n * ngroups)
         nblk = n // _GEMV_RB
         ntask = nblk + 1
-        nchunk = (ntask + _GEMV_CHUNK - 1) // _GEMV_CHUNK
-        nw = min(workers, nchunk)
+        nw = chunk_workers(ntask, _GEMV_CHUNK, workers)
         queue = task_queues(nw)
         for w in prange(nw):
-            ch, done = next_task(queue, w, nw, nchunk, 0)
-            while ch < nchunk:
-                for t in range(ch * _GEMV_CHUNK, min(ntask, (ch + 1) * _GEMV_CHUNK)):
+            ta, tb, done = next_chunk(queue, w, nw, ntask, _GEMV_CHUNK, 0)
+            while ta < ntask:
+                for t in range(ta, tb):
                     j0 = t * _GEMV_RB
                     if t < nblk:
                         pf = _GEMV_PF_ROWS * nb if j0 + _GEMV_PF_ROWS + _GEMV_RB <= n else 0
@@ -1154,7 +1153,7 @@ if has_avx512_vnni():
                                 _int4_rows_one(qf, j * nb, nb, xe, xo, sf, j * ngroups, ngroups, gb, 0, out, j)
                         j1 = n
                     _gemv_rows_epilogue(out, j0, j1, has_zp, scale, zp8, xgs, bias)
-                ch, done = next_task(queue, w, nw, nchunk, done)
+                ta, tb, done = next_chunk(queue, w, nw, ntask, _GEMV_CHUNK, done)
         return -1
 
 
@@ -1181,13 +1180,12 @@ if has_avx512_vnni():
         of = out.reshape(m * n)
         nblk = n // _GEMV_RB
         ntask = nblk + 1
-        nchunk = (ntask + _GEMV_CHUNK - 1) // _GEMV_CHUNK
-        nw = min(workers, nchunk)
+        nw = chunk_workers(ntask, _GEMV_CHUNK, workers)
         queue = task_queues(nw)
         for w in prange(nw):
-            ch, done = next_task(queue, w, nw, nchunk, 0)
-            while ch < nchunk:
-                for t in range(ch * _GEMV_CHUNK, min(ntask, (ch + 1) * _GEMV_CHUNK)):
+            ta, tb, done = next_chunk(queue, w, nw, ntask, _GEMV_CHUNK, 0)
+            while ta < ntask:
+                for t in range(ta, tb):
                     j0 = t * _GEMV_RB
                     j1 = min(n, j0 + _GEMV_RB)
                     for t0 in range(0, m, 2):
@@ -1213,7 +1211,7 @@ if has_avx512_vnni():
                             if has_zp:
                                 acc -= np.float32(zp[j]) * xs[tt]
                             out[tt, j] = scale[j] * acc + bias[j]
-                ch, done = next_task(queue, w, nw, nchunk, done)
+                ta, tb, done = next_chunk(queue, w, nw, ntask, _GEMV_CHUNK, done)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -1446,13 +1444,12 @@ if has_avx512_vnni():
         of = out.reshape(mpad * n)
         nblk = n // _WO_TOK_ROWS
         ntask = nblk + 1
-        nchunk = (ntask + _GEMV_CHUNK - 1) // _GEMV_CHUNK
-        nw = min(workers, nchunk)
+        nw = chunk_workers(ntask, _GEMV_CHUNK, workers)
         queue = task_queues(nw)
         for w in prange(nw):
-            ch, done = next_task(queue, w, nw, nchunk, 0)
-            while ch < nchunk:
-                for t in range(ch * _GEMV_CHUNK, min(ntask, (ch + 1) * _GEMV_CHUNK)):
+            ta, tb, done = next_chunk(queue, w, nw, ntask, _GEMV_CHUNK, 0)
+            while ta < ntask:
+                for t in range(ta, tb):
                     j0 = _WO_TOK_ROWS * t
                     j1 = min(n, j0 + _WO_TOK_ROWS)
                     for t0 in range(0, mpad, _WO_TOK):
@@ -1471,7 +1468,7 @@ if has_avx512_vnni():
                             for g in range(ngroups):
                                 c += scale[j, g] * zp8[j, g] * xgs[tt, g]
                             out[tt, j] -= c
-                ch, done = next_task(queue, w, nw, nchunk, done)
+                ta, tb, done = next_chunk(queue, w, nw, ntask, _GEMV_CHUNK, done)
 
 
 def _wo_fused(x: np.ndarray, pw: PackedWeights, bias_v: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from numba import njit, prange
 
 from memwall.kernels import _validate as v
-from memwall.kernels._sched import call_serial, next_task, num_threads, task_queues
+from memwall.kernels._sched import call_serial, chunk_workers, next_chunk, next_task, num_threads, task_queues
 from memwall.simulator import cli
 
 
@@ -187,6 +187,35 @@ def test_next_task_hands_out_every_task_once(ntask, workers):
     hits = np.zeros(ntask, np.int64)
     _run_queue(ntask, workers, hits)
     assert (hits == 1).all()
+
+
+@njit(parallel=True)
+def _run_chunks(ntask, chunk, workers, hits, runs):
+    nw = chunk_workers(ntask, chunk, workers)
+    queue = task_queues(max(nw, 1))
+    for w in prange(nw):
+        ta, tb, done = next_chunk(queue, w, nw, ntask, chunk, 0)
+        while ta < ntask:
+            runs[ta] = tb - ta  # a run of consecutive tasks starts at ta
+            for t in range(ta, tb):
+                hits[t] += 1
+            ta, tb, done = next_chunk(queue, w, nw, ntask, chunk, done)
+    return nw
+
+
+@settings(max_examples=40, deadline=None)
+@given(ntask=st.integers(0, 300), chunk=st.integers(1, 9), workers=st.integers(1, 5))
+def test_next_chunk_hands_out_every_task_once_in_aligned_runs(ntask, chunk, workers):
+    """Chunks of consecutive tasks: each task once, every run starts on a multiple of chunk and is chunk long
+    (the last one shorter), and no more threads start than there are chunks."""
+    hits = np.zeros(ntask, np.int64)
+    runs = np.zeros(ntask, np.int64)
+    nw = _run_chunks(ntask, chunk, workers, hits, runs)
+    assert (hits == 1).all()
+    assert nw == min(workers, -(-ntask // chunk))
+    starts = np.flatnonzero(runs)
+    assert list(starts) == list(range(0, ntask, chunk))
+    assert all(runs[a] == min(chunk, ntask - a) for a in starts)
 
 
 def test_next_task_takes_the_own_range_first_then_the_others():
