@@ -96,17 +96,9 @@ def chunk_workers(ntask, chunk, workers):  # pragma: no cover - compiled
 @njit(inline="always")
 def next_chunk(queue, w, workers, ntask, chunk, done):  # pragma: no cover - compiled
     """``(t0, t1, done)``: the next ``chunk`` consecutive tasks ``[t0, t1)`` of thread ``w`` (:func:`next_task` over
-    the chunks of ``ntask`` tasks); ``t0 >= ntask`` when none is left.  Usage::
-
-        nw = chunk_workers(ntask, chunk, workers)
-        queue = task_queues(nw)
-        for w in prange(nw):
-            t0, t1, done = next_chunk(queue, w, nw, ntask, chunk, 0)
-            while t0 < ntask:
-                for t in range(t0, t1):
-                    ...
-                t0, t1, done = next_chunk(queue, w, nw, ntask, chunk, done)
-    """
+    the chunks of ``ntask`` tasks); ``t0 >= ntask`` when none is left.  Used as :func:`next_task` is (module
+    docstring), with ``nw = chunk_workers(ntask, chunk, workers)`` threads and ``for t in range(t0, t1)`` per
+    chunk (e.g. :func:`memwall.kernels.gemm._int4_gemv_zmm_kernel`)."""
     nchunk = (ntask + chunk - 1) // chunk
     ch, done = next_task(queue, w, workers, nchunk, done)
     return ch * chunk, min(ntask, (ch + 1) * chunk), done
