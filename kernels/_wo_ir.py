@@ -73,10 +73,14 @@ class _Em:
     def vstore(self, val, fptr, off, align=4):
         self.b.store(val, self.b.bitcast(self.b.gep(fptr, [off]), _VF.as_pointer()), align=align)
 
+    def bytes16(self, ptr, off):
+        """The 16 bytes at ptr + off as ``<16 x i8>`` (unaligned)."""
+        return self.b.load(self.b.bitcast(self.b.gep(ptr, [off]), _VB.as_pointer()), align=1)
+
     def nibbles(self, qptr, off, table=_TABLE):
         """(low, high) nibbles of the 16 bytes at qptr + off looked up in ``table`` (0.0 .. 15.0 by default)."""
         b = self.b
-        q = b.zext(b.load(b.bitcast(b.gep(qptr, [off]), _VB.as_pointer()), align=1), _VI)
+        q = b.zext(self.bytes16(qptr, off), _VI)
         lo = b.call(self.perm_fn, [table, q])
         hi = b.call(self.perm_fn, [table, b.lshr(q, _FOUR)])
         return lo, hi
@@ -482,8 +486,7 @@ def make_int8_rows(rows: int, tokens: int = 1):
                 xv = [e.vload(xps[t], i) for t in range(tokens)]
                 out_acc = list(acc)
                 for r in range(rows):
-                    qv = b.load(b.bitcast(b.gep(rowq[r], [i]), _VB.as_pointer()), align=1)
-                    wf = b.sitofp(b.sext(qv, _VI), _VF)
+                    wf = b.sitofp(b.sext(e.bytes16(rowq[r], i), _VI), _VF)
                     for t in range(tokens):
                         out_acc[r * tokens + t] = e.fma(xv[t], wf, acc[r * tokens + t])
                 return out_acc
